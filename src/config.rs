@@ -1,0 +1,422 @@
+//! What a `reader.conf.d` entry asks of a reader: the DEVICENAME (or CHANNELID)
+//! syntax of the C vpcd, plus our options.
+//!
+//! ```text
+//! DEVICENAME /dev/null:0x8C7B              listen on 35963 (slot n: 35963 + n), C form
+//! DEVICENAME localhost:35963               reversed: connect out to a listening vicc
+//! DEVICENAME [::1]:35963                   reversed over IPv6
+//! DEVICENAME Virtual PCD                   no ':' (macOS friendly name): listen on 35963
+//! DEVICENAME /dev/null:35963/slots=4/listen=127.0.0.1/timeout=10
+//! DEVICENAME ::1:35963/timeout=5           reversed over IPv6, unquoted
+//! DEVICENAME "[::1]:35963"                 the same, quoted (pcscd keeps the quotes)
+//! ```
+//!
+//! Options follow the port, each after a '/'. pcscd's config lexer accepts only
+//! letters, digits and `= \ / - . _ @ :` in an unquoted value (a ',' or '[' makes it
+//! refuse the whole file), and the C driver reads its port with `strtoul`, which stops
+//! at the '/': an entry with options still means the same port to the C driver.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+/// The port the C vpcd listens on by default (0x8C7B).
+pub const DEFAULT_PORT: u16 = 35963;
+/// Slots per reader when the entry does not say: two, as in the C driver.
+pub const DEFAULT_SLOTS: u16 = 2;
+/// Most slots one reader may have.
+pub const MAX_SLOTS: u16 = 16;
+/// How long a vicc may take to answer one command. A real card relayed over a
+/// mobile network generating an RSA key fits; a stalled peer is dropped after it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which protocol a reader speaks on its sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Vpcd,
+    VsCard,
+}
+
+/// Where a reader's vicc comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Wait for vicc connections on this address.
+    Listen { addr: IpAddr, v6only: bool },
+    /// Reversed mode: connect out to a vicc that listens on this host.
+    Connect { host: String },
+}
+
+/// A parsed reader.conf.d entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderConfig {
+    pub endpoint: Endpoint,
+    /// Port of slot 0; slot n uses `port + n`.
+    pub port: u16,
+    pub slots: u16,
+    pub timeout: Duration,
+    pub protocol: Protocol,
+    /// Log verbosity for this reader (`log=` option), if set.
+    pub log_level: Option<log::LevelFilter>,
+    /// Log every APDU and reply (`trace=yes`): off by default, APDUs carry PINs.
+    pub trace_apdus: bool,
+}
+
+/// Why a DEVICENAME or CHANNELID was refused. Its text quotes the input and says
+/// what was expected, for pcscd's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub input: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot use DEVICENAME \"{}\": {}; expected /dev/null:PORT (listen), HOST:PORT (reversed) \
+             or CHANNELID PORT, optionally followed by /slots=N /listen=ADDR /v6only=yes|no \
+             /timeout=SECONDS /protocol=vpcd|vscard /log=error|warn|info|debug|trace /trace=yes|no",
+            self.input.escape_debug(),
+            self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ReaderConfig {
+    fn new(endpoint: Endpoint, port: u16) -> ReaderConfig {
+        ReaderConfig {
+            endpoint,
+            port,
+            slots: DEFAULT_SLOTS,
+            timeout: DEFAULT_TIMEOUT,
+            protocol: Protocol::Vpcd,
+            log_level: None,
+            trace_apdus: false,
+        }
+    }
+
+    fn listen_all(port: u16) -> ReaderConfig {
+        ReaderConfig::new(
+            Endpoint::Listen {
+                addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                v6only: false,
+            },
+            port,
+        )
+    }
+
+    /// The entry of a reader.conf.d file with an empty DEVICENAME: listen on CHANNELID.
+    pub fn from_channel_id(channel: u32) -> Result<ReaderConfig, ConfigError> {
+        let input = format!("CHANNELID {channel:#X}");
+        let port = u16::try_from(channel)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| ConfigError {
+                input: input.clone(),
+                reason: "the channel is no TCP port (1 to 65535)".into(),
+            })?;
+        let cfg = ReaderConfig::listen_all(port);
+        cfg.check_ports().map_err(|reason| ConfigError { input, reason })?;
+        Ok(cfg)
+    }
+
+    /// Parses a DEVICENAME value.
+    pub fn parse(device_name: &str) -> Result<ReaderConfig, ConfigError> {
+        let fail = |reason: String| ConfigError {
+            input: device_name.to_owned(),
+            reason,
+        };
+        let value = device_name.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value)
+            .trim();
+        let (base, options) = split_options(value);
+        let mut cfg = match base.rsplit_once(':') {
+            // macOS hands us the bundle's friendly name: the C driver's default port.
+            None => ReaderConfig::listen_all(DEFAULT_PORT),
+            Some((host, port)) => {
+                let port = parse_port(port).map_err(fail)?;
+                match host {
+                    "/dev/null" => ReaderConfig::listen_all(port),
+                    "" => {
+                        return Err(fail(
+                            "the host before ':' is empty; write /dev/null:PORT to listen".into(),
+                        ))
+                    }
+                    host => {
+                        let host = unbracket(host);
+                        if host.is_empty() || host.contains(char::is_whitespace) {
+                            return Err(fail(format!("\"{host}\" is no host name")));
+                        }
+                        ReaderConfig::new(
+                            Endpoint::Connect {
+                                host: host.to_owned(),
+                            },
+                            port,
+                        )
+                    }
+                }
+            }
+        };
+        if let Some(options) = options {
+            cfg.apply_options(options).map_err(fail)?;
+        }
+        cfg.check_ports().map_err(fail)?;
+        Ok(cfg)
+    }
+
+    fn apply_options(&mut self, options: &str) -> Result<(), String> {
+        let mut unknown = vec![];
+        let mut v6only = None;
+        for option in options.split('/').map(str::trim).filter(|o| !o.is_empty()) {
+            let (key, value) = option.split_once('=').unwrap_or((option, ""));
+            let bad = |what: &str| format!("option {key}={value}: {what}");
+            match key {
+                "slots" => {
+                    self.slots = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_SLOTS).contains(n))
+                        .ok_or_else(|| bad(&format!("expected 1 to {MAX_SLOTS}")))?;
+                }
+                "listen" => {
+                    let addr: IpAddr = unbracket(value)
+                        .parse()
+                        .map_err(|_| bad("expected an IPv4 or IPv6 address"))?;
+                    match &mut self.endpoint {
+                        Endpoint::Listen { addr: a, .. } => *a = addr,
+                        Endpoint::Connect { .. } => {
+                            return Err(bad("reversed mode connects out and listens nowhere"))
+                        }
+                    }
+                }
+                "v6only" => v6only = Some(parse_bool(value).ok_or_else(|| bad("expected yes or no"))?),
+                "timeout" => {
+                    let secs: f64 = value
+                        .parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s >= 0.001 && *s <= 86_400.0)
+                        .ok_or_else(|| bad("expected seconds, 0.001 to 86400"))?;
+                    self.timeout = Duration::from_secs_f64(secs);
+                }
+                "protocol" => {
+                    self.protocol = match value {
+                        "vpcd" => Protocol::Vpcd,
+                        "vscard" => Protocol::VsCard,
+                        _ => return Err(bad("expected vpcd or vscard")),
+                    }
+                }
+                "log" => {
+                    self.log_level = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad("expected off, error, warn, info, debug or trace"))?,
+                    )
+                }
+                "trace" => {
+                    self.trace_apdus = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
+                }
+                _ => unknown.push(key.to_owned()),
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(format!("unknown option(s): {}", unknown.join(", ")));
+        }
+        if let Some(flag) = v6only {
+            match &mut self.endpoint {
+                Endpoint::Listen { addr: IpAddr::V6(_), v6only } => *v6only = flag,
+                _ => return Err("option v6only applies only to an IPv6 listen address".into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn check_ports(&self) -> Result<(), String> {
+        if u32::from(self.port) + u32::from(self.slots) - 1 > u32::from(u16::MAX) {
+            return Err(format!(
+                "port {} + {} slots runs past 65535",
+                self.port, self.slots
+            ));
+        }
+        Ok(())
+    }
+
+    /// The TCP port of `slot`, if the reader has that slot.
+    pub fn port_of(&self, slot: u16) -> Option<u16> {
+        (slot < self.slots).then(|| self.port + slot)
+    }
+
+    /// True when a listening reader accepts connections from other machines.
+    pub fn listens_beyond_loopback(&self) -> bool {
+        matches!(&self.endpoint, Endpoint::Listen { addr, .. } if !addr.is_loopback())
+    }
+}
+
+/// The `::` listen address, for callers that want dual-stack.
+pub const IPV6_ANY: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// Splits `HOST:PORT/opt=v/...` at the first '/' after the first ':' (the host
+/// `/dev/null` has slashes of its own; an IPv6 host has colons).
+fn split_options(value: &str) -> (&str, Option<&str>) {
+    let Some(colon) = value.find(':') else {
+        return (value, None);
+    };
+    match value[colon..].find('/') {
+        Some(slash) => (&value[..colon + slash], Some(&value[colon + slash + 1..])),
+        None => (value, None),
+    }
+}
+
+fn unbracket(s: &str) -> &str {
+    s.strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s)
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s {
+        "yes" | "true" | "on" | "1" => Some(true),
+        "no" | "false" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// A port as the C driver reads it with `strtoul(s, NULL, 0)`: decimal, `0x` hex or
+/// `0` octal.
+fn parse_port(s: &str) -> Result<u16, String> {
+    let s = s.trim();
+    let parsed = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16)
+    } else if s.len() > 1 && s.starts_with('0') {
+        u32::from_str_radix(&s[1..], 8)
+    } else {
+        s.parse::<u32>()
+    };
+    match parsed {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        _ => Err(format!(
+            "port \"{s}\" is not a number from 1 to 65535 (decimal or 0x hex)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn listen(addr: &str, v6only: bool) -> Endpoint {
+        Endpoint::Listen {
+            addr: addr.parse().unwrap(),
+            v6only,
+        }
+    }
+
+    #[test]
+    fn c_driver_forms() {
+        let c = ReaderConfig::parse("/dev/null:0x8C7B").unwrap();
+        assert_eq!(c.endpoint, listen("0.0.0.0", false));
+        assert_eq!((c.port, c.slots), (35963, 2));
+        assert_eq!(ReaderConfig::parse("/dev/null:35963").unwrap(), c);
+        assert_eq!(ReaderConfig::parse("/dev/null:0106173").unwrap().port, 35963);
+
+        let r = ReaderConfig::parse("localhost:35963").unwrap();
+        assert_eq!(r.endpoint, Endpoint::Connect { host: "localhost".into() });
+        assert_eq!(r.port, 35963);
+
+        let m = ReaderConfig::parse("Virtual PCD").unwrap();
+        assert_eq!((m.endpoint, m.port), (listen("0.0.0.0", false), DEFAULT_PORT));
+    }
+
+    #[test]
+    fn ipv6_reversed_hosts() {
+        for name in ["[::1]:4000", "::1:4000", "\"[::1]:4000\"", "::1:4000/timeout=1"] {
+            let c = ReaderConfig::parse(name).unwrap();
+            assert_eq!(c.endpoint, Endpoint::Connect { host: "::1".into() });
+            assert_eq!(c.port, 4000);
+        }
+    }
+
+    #[test]
+    fn channel_id() {
+        let c = ReaderConfig::from_channel_id(0x8C7B).unwrap();
+        assert_eq!((c.port, c.slots), (35963, 2));
+        assert!(ReaderConfig::from_channel_id(0).is_err());
+        assert!(ReaderConfig::from_channel_id(70000).is_err());
+        assert!(ReaderConfig::from_channel_id(65535).is_err(), "slot 1 would be 65536");
+    }
+
+    #[test]
+    fn options() {
+        let c = ReaderConfig::parse(
+            "/dev/null:35963/slots=4/listen=::1/timeout=2.5/log=debug/trace=yes",
+        )
+        .unwrap();
+        assert_eq!(c.slots, 4);
+        assert_eq!(c.endpoint, listen("::1", false));
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.log_level, Some(log::LevelFilter::Debug));
+        assert!(c.trace_apdus);
+        assert_eq!(c.port_of(3), Some(35966));
+        assert_eq!(c.port_of(4), None);
+
+        let d = ReaderConfig::parse("/dev/null:35963/listen=::/v6only=yes").unwrap();
+        assert_eq!(d.endpoint, listen("::", true));
+        assert_eq!(
+            ReaderConfig::parse("/dev/null:1/protocol=vscard").unwrap().protocol,
+            Protocol::VsCard
+        );
+        assert!(!ReaderConfig::parse("/dev/null:1/listen=127.0.0.1")
+            .unwrap()
+            .listens_beyond_loopback());
+    }
+
+    #[test]
+    fn errors_quote_the_input_and_name_the_problem() {
+        let cases = [
+            ("/dev/null:", "port"),
+            ("/dev/null:99999", "port"),
+            ("/dev/null:0", "port"),
+            ("/dev/null:abc", "port"),
+            ("/dev/null:1/slots=0", "slots"),
+            ("/dev/null:1/slots=17", "slots"),
+            ("/dev/null:1/colour=red/flavour", "colour, flavour"),
+            ("/dev/null:1/listen=nowhere", "listen"),
+            ("/dev/null:1/v6only=yes", "v6only"),
+            ("host:1/listen=::1", "reversed"),
+            ("/dev/null:65535", "65535"),
+            ("/dev/null:1/timeout=0", "timeout"),
+            ("/dev/null:1/timeout=nan", "timeout"),
+            (":35963", "empty"),
+        ];
+        for (input, needle) in cases {
+            let e = ReaderConfig::parse(input).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(input), "{text}");
+            assert!(text.contains(needle), "{input}: {text}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in ".{0,80}") {
+            if let Ok(c) = ReaderConfig::parse(&s) {
+                prop_assert!((1..=MAX_SLOTS).contains(&c.slots));
+                prop_assert!(c.port_of(c.slots - 1).is_some());
+            }
+        }
+
+        #[test]
+        fn any_listen_port_round_trips(port in 1u16..=65534, slots in 1u16..=16) {
+            let s = format!("/dev/null:{port:#x}/slots={slots}");
+            match ReaderConfig::parse(&s) {
+                Ok(c) => prop_assert_eq!((c.port, c.slots), (port, slots)),
+                Err(_) => prop_assert!(u32::from(port) + u32::from(slots) > 65536),
+            }
+        }
+    }
+}

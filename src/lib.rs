@@ -1,0 +1,23 @@
+//! # vpcd: a virtual smart card reader for pcsc-lite
+//!
+//! `libifdvpcd.so` is an IFD handler that pcscd loads like any reader driver. Each
+//! slot of the reader is a TCP endpoint; a virtual card (a *vicc*) that connects to
+//! it is a card inserted in that slot, and pcscd's power events and APDUs travel to it
+//! in the vpcd protocol. It is a drop-in replacement for the C vpcd of the vsmartcard
+//! project: same `reader.conf.d` syntax, same wire protocol.
+//!
+//! ## Module map
+//! - [`ifd`]: the `extern "C"` IFD Handler API pcscd calls, IFD constants and the log
+//!   bridge into pcscd's log. With [`sys`] (the `poll` call), the only `unsafe` code.
+//! - [`driver`]: the table of open slots by Lun.
+//! - [`slot`]: one slot: its vicc connection, card state, watcher thread, timeouts.
+//! - [`protocol`]: the vpcd wire codec, pure and allocation-bounded.
+//! - [`config`]: DEVICENAME / CHANNELID parsing and the reader options.
+//! - `src/bin/`: the tools: `vpcd-vicc` (a built-in virtual card).
+
+pub mod config;
+pub mod driver;
+pub mod ifd;
+pub mod protocol;
+pub mod slot;
+pub mod sys;

@@ -1,0 +1,340 @@
+//! The vpcd wire protocol as a pure codec: no sockets, no allocation beyond what a
+//! caller asks for.
+//!
+//! Every message is a 2-byte big-endian length followed by that many bytes. A message
+//! of exactly one byte is a control code from the reader to the card (power off, power
+//! on, reset, get ATR). Anything longer is a command APDU; the card answers GET ATR and
+//! every APDU with one framed reply. The length field bounds every frame at 65535
+//! bytes, so a peer can never make us allocate more than that.
+
+use std::fmt;
+
+/// Size of the length prefix.
+pub const HEADER_LEN: usize = 2;
+
+/// Largest payload a frame can carry.
+pub const MAX_PAYLOAD: usize = u16::MAX as usize;
+
+/// Largest ATR ISO/IEC 7816-3 allows.
+pub const MAX_ATR_LEN: usize = 33;
+
+/// Largest command data an extended case 4 APDU can carry inside one frame:
+/// header (4) + extended Lc (3) + data + extended Le (2) must fit in [`MAX_PAYLOAD`].
+pub const MAX_APDU_DATA: usize = MAX_PAYLOAD - 4 - 3 - 2;
+
+/// The one-byte control messages of the vpcd protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Control {
+    PowerOff = 0,
+    PowerOn = 1,
+    Reset = 2,
+    GetAtr = 4,
+}
+
+impl Control {
+    pub const ALL: [Control; 4] = [
+        Control::PowerOff,
+        Control::PowerOn,
+        Control::Reset,
+        Control::GetAtr,
+    ];
+
+    pub fn from_byte(byte: u8) -> Option<Control> {
+        Control::ALL.into_iter().find(|c| *c as u8 == byte)
+    }
+
+    /// The complete frame for this control message.
+    pub fn frame(self) -> [u8; 3] {
+        [0, 1, self as u8]
+    }
+}
+
+/// Why a frame or its content was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// A payload longer than a frame can carry.
+    TooLong(usize),
+    /// A one-byte message whose byte is no known control code.
+    UnknownControl(u8),
+    /// A frame of length zero where a message was required.
+    Empty,
+    /// A reply larger than the space the caller has for it.
+    ReplyTooLarge { len: usize, capacity: usize },
+    /// An APDU reply without the two status bytes.
+    ReplyTooShort(usize),
+    /// An ATR that ISO/IEC 7816-3 does not allow.
+    InvalidAtr(AtrError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtrError {
+    Empty,
+    TooLong(usize),
+    BadTs(u8),
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::TooLong(n) => {
+                write!(f, "{n} bytes do not fit in one frame (max {MAX_PAYLOAD})")
+            }
+            ProtocolError::UnknownControl(b) => write!(f, "unknown control code 0x{b:02X}"),
+            ProtocolError::Empty => write!(f, "empty frame"),
+            ProtocolError::ReplyTooLarge { len, capacity } => write!(
+                f,
+                "reply of {len} bytes is larger than the caller's buffer of {capacity}"
+            ),
+            ProtocolError::ReplyTooShort(n) => {
+                write!(f, "reply of {n} byte(s) lacks the status word SW1 SW2")
+            }
+            ProtocolError::InvalidAtr(AtrError::Empty) => write!(f, "empty ATR"),
+            ProtocolError::InvalidAtr(AtrError::TooLong(n)) => {
+                write!(f, "ATR of {n} bytes is longer than {MAX_ATR_LEN}")
+            }
+            ProtocolError::InvalidAtr(AtrError::BadTs(ts)) => {
+                write!(f, "ATR starts with TS=0x{ts:02X}, not 0x3B or 0x3F")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// The length prefix for a payload of `len` bytes.
+pub fn header(len: usize) -> Result<[u8; HEADER_LEN], ProtocolError> {
+    u16::try_from(len)
+        .map(u16::to_be_bytes)
+        .map_err(|_| ProtocolError::TooLong(len))
+}
+
+/// The payload length a prefix announces.
+pub fn payload_len(header: [u8; HEADER_LEN]) -> usize {
+    usize::from(u16::from_be_bytes(header))
+}
+
+/// Appends one complete frame (prefix and payload) to `out`, so that it can go out
+/// in a single write.
+pub fn encode(payload: &[u8], out: &mut Vec<u8>) -> Result<(), ProtocolError> {
+    let prefix = header(payload.len())?;
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&prefix);
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Checks an ATR the way pcscd will read it: 1 to 33 bytes, TS direct or inverse.
+pub fn check_atr(atr: &[u8]) -> Result<(), ProtocolError> {
+    match atr {
+        [] => Err(ProtocolError::InvalidAtr(AtrError::Empty)),
+        _ if atr.len() > MAX_ATR_LEN => Err(ProtocolError::InvalidAtr(AtrError::TooLong(atr.len()))),
+        [0x3B | 0x3F, ..] => Ok(()),
+        [ts, ..] => Err(ProtocolError::InvalidAtr(AtrError::BadTs(*ts))),
+    }
+}
+
+/// Checks an APDU reply: it must carry at least SW1 SW2 and fit the caller's buffer.
+pub fn check_reply(len: usize, capacity: usize) -> Result<(), ProtocolError> {
+    if len < 2 {
+        Err(ProtocolError::ReplyTooShort(len))
+    } else if len > capacity {
+        Err(ProtocolError::ReplyTooLarge { len, capacity })
+    } else {
+        Ok(())
+    }
+}
+
+/// A message as the card side sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message<'a> {
+    Control(Control),
+    Apdu(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// Classifies a received payload (card side).
+    pub fn parse(payload: &'a [u8]) -> Result<Message<'a>, ProtocolError> {
+        match payload {
+            [] => Err(ProtocolError::Empty),
+            [byte] => Control::from_byte(*byte)
+                .map(Message::Control)
+                .ok_or(ProtocolError::UnknownControl(*byte)),
+            apdu => Ok(Message::Apdu(apdu)),
+        }
+    }
+}
+
+/// Incremental frame decoder for a byte stream (tokio-util style, without tokio):
+/// feed it whatever arrived, take out complete payloads.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet returned as a frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete payload, if one has fully arrived.
+    pub fn next_frame(&mut self) -> Option<Vec<u8>> {
+        let prefix: [u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        let end = HEADER_LEN + payload_len(prefix);
+        if self.buf.len() < end {
+            return None;
+        }
+        let payload = self.buf[HEADER_LEN..end].to_vec();
+        self.buf.drain(..end);
+        Some(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn control_frames_are_three_bytes() {
+        assert_eq!(Control::PowerOff.frame(), [0, 1, 0]);
+        assert_eq!(Control::PowerOn.frame(), [0, 1, 1]);
+        assert_eq!(Control::Reset.frame(), [0, 1, 2]);
+        assert_eq!(Control::GetAtr.frame(), [0, 1, 4]);
+    }
+
+    #[test]
+    fn control_codes_round_trip_and_unknown_ones_are_rejected() {
+        for byte in 0..=255u8 {
+            match Control::from_byte(byte) {
+                Some(c) => assert_eq!(c as u8, byte),
+                None => assert!(![0, 1, 2, 4].contains(&byte)),
+            }
+        }
+        assert_eq!(
+            Message::parse(&[3]),
+            Err(ProtocolError::UnknownControl(3))
+        );
+        assert_eq!(Message::parse(&[]), Err(ProtocolError::Empty));
+    }
+
+    #[test]
+    fn header_limits() {
+        assert_eq!(header(0), Ok([0, 0]));
+        assert_eq!(header(0x1234), Ok([0x12, 0x34]));
+        assert_eq!(header(MAX_PAYLOAD), Ok([0xFF, 0xFF]));
+        assert_eq!(header(MAX_PAYLOAD + 1), Err(ProtocolError::TooLong(MAX_PAYLOAD + 1)));
+        let mut out = vec![];
+        assert!(encode(&vec![0; MAX_PAYLOAD + 1], &mut out).is_err());
+        assert!(out.is_empty(), "a rejected frame writes nothing");
+    }
+
+    #[test]
+    fn extended_apdu_limit_fits_a_frame() {
+        assert_eq!(4 + 3 + MAX_APDU_DATA + 2, MAX_PAYLOAD);
+    }
+
+    #[test]
+    fn atr_checks() {
+        assert!(check_atr(&[0x3B, 0x00]).is_ok());
+        assert!(check_atr(&[0x3F]).is_ok());
+        assert!(check_atr(&[0x3B; 33]).is_ok());
+        assert_eq!(check_atr(&[]), Err(ProtocolError::InvalidAtr(AtrError::Empty)));
+        assert_eq!(
+            check_atr(&[0x3B; 34]),
+            Err(ProtocolError::InvalidAtr(AtrError::TooLong(34)))
+        );
+        assert_eq!(
+            check_atr(&[0x00, 0x11]),
+            Err(ProtocolError::InvalidAtr(AtrError::BadTs(0)))
+        );
+    }
+
+    #[test]
+    fn reply_checks() {
+        assert_eq!(check_reply(0, 10), Err(ProtocolError::ReplyTooShort(0)));
+        assert_eq!(check_reply(1, 10), Err(ProtocolError::ReplyTooShort(1)));
+        assert_eq!(check_reply(2, 10), Ok(()));
+        assert_eq!(check_reply(10, 10), Ok(()));
+        assert_eq!(
+            check_reply(11, 10),
+            Err(ProtocolError::ReplyTooLarge { len: 11, capacity: 10 })
+        );
+    }
+
+    #[test]
+    fn decoder_waits_for_complete_frames() {
+        let mut d = Decoder::new();
+        assert_eq!(d.next_frame(), None);
+        d.feed(&[0]);
+        assert_eq!(d.next_frame(), None);
+        d.feed(&[3, 1, 2]);
+        assert_eq!(d.next_frame(), None);
+        d.feed(&[3, 0, 0, 0, 1]);
+        assert_eq!(d.next_frame(), Some(vec![1, 2, 3]));
+        assert_eq!(d.next_frame(), Some(vec![]));
+        assert_eq!(d.buffered(), 2);
+        assert_eq!(d.next_frame(), None);
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_in_any_chunking(
+            payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..8),
+            chunk in 1usize..97,
+        ) {
+            let mut wire = vec![];
+            for p in &payloads {
+                encode(p, &mut wire).unwrap();
+            }
+            let mut d = Decoder::new();
+            let mut got = vec![];
+            for piece in wire.chunks(chunk) {
+                d.feed(piece);
+                while let Some(f) = d.next_frame() {
+                    got.push(f);
+                }
+            }
+            prop_assert_eq!(got, payloads);
+            prop_assert_eq!(d.buffered(), 0);
+        }
+
+        #[test]
+        fn decoder_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let mut d = Decoder::new();
+            d.feed(&bytes);
+            let mut total = 0;
+            while let Some(f) = d.next_frame() {
+                prop_assert!(f.len() <= MAX_PAYLOAD);
+                total += HEADER_LEN + f.len();
+            }
+            prop_assert_eq!(total + d.buffered(), bytes.len());
+        }
+
+        #[test]
+        fn parse_classifies_by_length(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            match Message::parse(&bytes) {
+                Ok(Message::Control(c)) => prop_assert_eq!(bytes, vec![c as u8]),
+                Ok(Message::Apdu(a)) => { prop_assert!(a.len() >= 2); prop_assert_eq!(a, &bytes[..]); }
+                Err(ProtocolError::Empty) => prop_assert!(bytes.is_empty()),
+                Err(ProtocolError::UnknownControl(b)) => prop_assert_eq!(bytes, vec![b]),
+                Err(e) => prop_assert!(false, "unexpected {e}"),
+            }
+        }
+
+        #[test]
+        fn check_atr_matches_the_rules(atr in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let ok = !atr.is_empty() && atr.len() <= MAX_ATR_LEN && (atr[0] == 0x3B || atr[0] == 0x3F);
+            prop_assert_eq!(check_atr(&atr).is_ok(), ok);
+        }
+    }
+}

@@ -1,0 +1,721 @@
+//! One slot of a reader: its vicc connection, its card state, and the watcher thread
+//! that notices a vicc arriving or leaving the moment it happens.
+//!
+//! Two kinds of thread touch a slot:
+//! - pcscd's threads call [`Slot::power`], [`Slot::transmit`] and friends. Each
+//!   exchange holds the slot's `io` lock, so commands on one slot are serialized while
+//!   other slots and readers run in parallel.
+//! - the slot's watcher thread accepts (or, reversed, connects) vicc sockets and
+//!   watches the connected one for the peer going away. It never reads data, so it
+//!   cannot race an exchange for the bytes of a reply.
+//!
+//! Card presence is the state `conn`; every change bumps `generation` and wakes
+//! pcscd's polling callback ([`Slot::wait_for_event`]), so an insertion or removal is
+//! reported at once and no traffic is sent to the vicc while nothing changes.
+
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::config::{Endpoint, ReaderConfig};
+use crate::protocol::{self, Control, ProtocolError, HEADER_LEN, MAX_ATR_LEN};
+use crate::sys::{self, Interest};
+
+/// First wait before reconnecting to a reversed-mode vicc, and the cap of the backoff.
+const RECONNECT_FIRST: Duration = Duration::from_millis(20);
+const RECONNECT_MAX: Duration = Duration::from_millis(1000);
+/// How long one outgoing connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What pcscd asks of the card's power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    Up,
+    Down,
+    Reset,
+}
+
+/// Why an exchange with the vicc failed.
+#[derive(Debug)]
+pub enum SlotError {
+    /// No vicc is connected: no card in the slot.
+    NoCard,
+    /// The vicc did not answer within the reader's timeout; it was dropped.
+    Timeout,
+    /// The connection failed; the vicc was dropped.
+    Io(io::Error),
+    /// The vicc broke the protocol.
+    Protocol(ProtocolError),
+}
+
+impl std::fmt::Display for SlotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotError::NoCard => write!(f, "no vicc connected"),
+            SlotError::Timeout => write!(f, "vicc did not answer in time"),
+            SlotError::Io(e) => write!(f, "connection to vicc failed: {e}"),
+            SlotError::Protocol(e) => write!(f, "vicc broke the protocol: {e}"),
+        }
+    }
+}
+
+impl From<ProtocolError> for SlotError {
+    fn from(e: ProtocolError) -> SlotError {
+        SlotError::Protocol(e)
+    }
+}
+
+impl From<io::Error> for SlotError {
+    fn from(e: io::Error) -> SlotError {
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => SlotError::Timeout,
+            _ => SlotError::Io(e),
+        }
+    }
+}
+
+/// One connected vicc.
+struct Conn {
+    id: u64,
+    stream: TcpStream,
+    peer: SocketAddr,
+}
+
+#[derive(Default)]
+struct State {
+    conn: Option<Arc<Conn>>,
+    /// Bumped on every insertion and removal.
+    generation: u64,
+    /// The generation pcscd saw at its last presence check.
+    reported: u64,
+    /// A card left since pcscd last looked: report it absent once, even if a new
+    /// vicc has already taken its place.
+    removal_unreported: bool,
+    /// Calls of pcscd's stop-polling callback, and how many a wait has consumed.
+    stop_requests: u64,
+    stops_seen: u64,
+    closing: bool,
+    /// The ATR of the powered card.
+    atr: Option<Vec<u8>>,
+}
+
+/// The part of a slot its watcher thread shares.
+struct Shared {
+    label: String,
+    timeout: Duration,
+    trace_apdus: bool,
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Held for the whole of one command/reply exchange.
+    io: Mutex<Vec<u8>>,
+}
+
+/// Where the watcher gets its vicc from.
+enum Source {
+    Listener(TcpListener),
+    Connector(Connector),
+}
+
+pub struct Slot {
+    shared: Arc<Shared>,
+    wake: UnixStream,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Slot {
+    /// Opens slot `index` of a reader: binds its port (or prepares to connect out)
+    /// and starts its watcher thread.
+    pub fn open(cfg: &ReaderConfig, lun: u32, index: u16) -> io::Result<Slot> {
+        let port = cfg.port_of(index).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("slot {index} does not exist: the reader has {} slot(s)", cfg.slots),
+            )
+        })?;
+        let (label, source) = match &cfg.endpoint {
+            Endpoint::Listen { addr, v6only } => {
+                let at = SocketAddr::new(*addr, port);
+                let listener = bind(at, *v6only).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot listen on {at}: {e}"))
+                })?;
+                (format!("lun {lun:#x} listen {at}"), Source::Listener(listener))
+            }
+            Endpoint::Connect { host } => (
+                format!("lun {lun:#x} connect {host}:{port}"),
+                Source::Connector(Connector::new(host.clone(), port)),
+            ),
+        };
+        let shared = Arc::new(Shared {
+            label,
+            timeout: cfg.timeout,
+            trace_apdus: cfg.trace_apdus,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            io: Mutex::new(Vec::new()),
+        });
+        let (wake, wake_rx) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let watcher_shared = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name(format!("vpcd-{lun:x}"))
+            .spawn(move || watch(&watcher_shared, source, wake_rx))?;
+        log::info!("{}: slot open", shared.label);
+        Ok(Slot {
+            shared,
+            wake,
+            watcher: Mutex::new(Some(handle)),
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.shared.label
+    }
+
+    /// Is a card (a vicc) in the slot? Also records that pcscd has now seen the
+    /// current state, which is what [`Slot::wait_for_event`] waits to change.
+    pub fn presence(&self) -> bool {
+        let mut s = self.shared.state.lock();
+        s.reported = s.generation;
+        if s.removal_unreported {
+            s.removal_unreported = false;
+            if s.conn.is_some() {
+                // A new card is already in: report the old one's removal now and make
+                // the next poll return at once so pcscd sees the new one.
+                s.reported = s.generation.wrapping_sub(1);
+            }
+            return false;
+        }
+        s.conn.is_some()
+    }
+
+    /// pcscd's polling callback: blocks until the card state changes since pcscd last
+    /// looked, the stop callback is called, the slot closes, or `timeout` passes.
+    pub fn wait_for_event(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.shared.state.lock();
+        loop {
+            if s.closing || s.generation != s.reported || s.stop_requests != s.stops_seen {
+                s.stops_seen = s.stop_requests;
+                return;
+            }
+            if self
+                .shared
+                .changed
+                .wait_until(&mut s, deadline)
+                .timed_out()
+            {
+                return;
+            }
+        }
+    }
+
+    /// pcscd's stop-polling callback: ends the current (or next) wait, nothing more.
+    pub fn stop_waiting(&self) {
+        self.shared.state.lock().stop_requests += 1;
+        self.shared.changed.notify_all();
+    }
+
+    /// The ATR of the powered card, if any.
+    pub fn atr(&self) -> Option<Vec<u8>> {
+        self.shared.state.lock().atr.clone()
+    }
+
+    /// Powers the card up, down or resets it; returns the ATR (empty after power down).
+    pub fn power(&self, action: PowerAction) -> Result<Vec<u8>, SlotError> {
+        let conn = match (self.shared.current(), action) {
+            (Some(conn), _) => conn,
+            (None, PowerAction::Down) => return Ok(Vec::new()),
+            (None, _) => return Err(SlotError::NoCard),
+        };
+        let mut io = self.shared.io.lock();
+        self.shared.state.lock().atr = None;
+        let result = match action {
+            PowerAction::Down => self
+                .shared
+                .send(&conn, &Control::PowerOff.frame())
+                .map(|()| Vec::new()),
+            PowerAction::Up | PowerAction::Reset => {
+                let first = if action == PowerAction::Up {
+                    Control::PowerOn
+                } else {
+                    Control::Reset
+                };
+                io.clear();
+                io.extend_from_slice(&first.frame());
+                io.extend_from_slice(&Control::GetAtr.frame());
+                self.shared.send(&conn, &io).and_then(|()| {
+                    let mut atr = [0u8; MAX_ATR_LEN];
+                    let n = self.shared.receive(&conn, &mut atr)?;
+                    protocol::check_atr(&atr[..n])?;
+                    Ok(atr[..n].to_vec())
+                })
+            }
+        };
+        drop(io);
+        match result {
+            Ok(atr) => {
+                if !atr.is_empty() {
+                    log::debug!("{}: ATR {}", self.label(), hex(&atr));
+                    self.shared.state.lock().atr = Some(atr.clone());
+                }
+                Ok(atr)
+            }
+            Err(e) => Err(self.shared.fail(&conn, e)),
+        }
+    }
+
+    /// Sends one command APDU and copies the vicc's reply into `reply`; returns its
+    /// length.
+    pub fn transmit(&self, apdu: &[u8], reply: &mut [u8]) -> Result<usize, SlotError> {
+        let conn = self.shared.current().ok_or(SlotError::NoCard)?;
+        if apdu.len() < 2 {
+            // A one-byte frame would be read as a control code by the vicc.
+            log::error!("{}: refusing a {}-byte APDU", self.label(), apdu.len());
+            return Err(SlotError::Protocol(ProtocolError::ReplyTooShort(apdu.len())));
+        }
+        if self.shared.trace_apdus {
+            log::info!("{}: APDU > {}", self.label(), hex(apdu));
+        }
+        let mut io = self.shared.io.lock();
+        io.clear();
+        let result = protocol::encode(apdu, &mut io)
+            .map_err(SlotError::from)
+            .and_then(|()| self.shared.send(&conn, &io))
+            .and_then(|()| self.shared.receive(&conn, reply));
+        drop(io);
+        match result {
+            Ok(n) => {
+                if self.shared.trace_apdus {
+                    log::info!("{}: APDU < {}", self.label(), hex(&reply[..n]));
+                }
+                Ok(n)
+            }
+            Err(e) => Err(self.shared.fail(&conn, e)),
+        }
+    }
+
+    /// Stops the watcher thread and drops the vicc; blocked exchanges on other threads
+    /// fail at once. Idempotent.
+    pub fn close(&self) {
+        {
+            let mut s = self.shared.state.lock();
+            s.closing = true;
+            if let Some(conn) = s.conn.take() {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        self.shared.changed.notify_all();
+        let _ = (&self.wake).write(&[1]);
+        if let Some(handle) = self.watcher.lock().take() {
+            if handle.join().is_err() {
+                log::error!("{}: watcher thread panicked", self.label());
+            }
+            log::info!("{}: slot closed", self.label());
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Shared {
+    fn current(&self) -> Option<Arc<Conn>> {
+        self.state.lock().conn.clone()
+    }
+
+    /// Writes a whole frame sequence before the deadline of the reader's timeout.
+    /// Before that, makes sure the vicc has not sent anything unasked: stale bytes
+    /// would be taken for the reply to this command.
+    fn send(&self, conn: &Conn, bytes: &[u8]) -> Result<(), SlotError> {
+        match peek(&conn.stream) {
+            Ok(0) => return Err(SlotError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {
+                return Err(SlotError::Protocol(ProtocolError::UnknownControl(0)))
+                    .map_err(|_| {
+                        SlotError::Io(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "vicc sent data nobody asked for",
+                        ))
+                    })
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        (&conn.stream).write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads one reply frame into `into`; the frame must fit.
+    fn receive(&self, conn: &Conn, into: &mut [u8]) -> Result<usize, SlotError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut prefix = [0u8; HEADER_LEN];
+        read_exact_by(&conn.stream, &mut prefix, deadline)?;
+        let len = protocol::payload_len(prefix);
+        if len > into.len() || len == 0 {
+            // Keep the stream in step, then refuse the reply.
+            discard_by(&conn.stream, len, deadline)?;
+            return Err(if len == 0 {
+                ProtocolError::Empty
+            } else {
+                ProtocolError::ReplyTooLarge {
+                    len,
+                    capacity: into.len(),
+                }
+            }
+            .into());
+        }
+        read_exact_by(&conn.stream, &mut into[..len], deadline)?;
+        Ok(len)
+    }
+
+    /// Logs a failed exchange; drops the vicc unless the stream is still in step.
+    fn fail(&self, conn: &Conn, e: SlotError) -> SlotError {
+        match &e {
+            SlotError::Protocol(_) => log::error!("{}: {e}", self.label),
+            SlotError::NoCard => {}
+            SlotError::Timeout | SlotError::Io(_) => {
+                log::error!("{}: {e}; dropping vicc {}", self.label, conn.peer);
+                self.remove(conn.id, "exchange failed");
+            }
+        }
+        e
+    }
+
+    /// Makes a connected vicc the slot's card, unless the slot already has one.
+    fn insert(&self, stream: TcpStream, peer: SocketAddr) {
+        if let Err(e) = configure(&stream, self.timeout) {
+            log::error!("{}: cannot set up connection from {peer}: {e}", self.label);
+            return;
+        }
+        let mut s = self.state.lock();
+        if s.closing {
+            return;
+        }
+        if let Some(active) = &s.conn {
+            log::warn!(
+                "{}: refusing vicc {peer}: slot is busy with {}",
+                self.label,
+                active.peer
+            );
+            return;
+        }
+        s.conn = Some(Arc::new(Conn {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            stream,
+            peer,
+        }));
+        s.atr = None;
+        s.generation = s.generation.wrapping_add(1);
+        drop(s);
+        self.changed.notify_all();
+        log::info!("{}: vicc {peer} connected: card inserted", self.label);
+    }
+
+    /// Drops the vicc `id` if it is still the slot's card.
+    fn remove(&self, id: u64, why: &str) {
+        let mut s = self.state.lock();
+        let Some(conn) = s.conn.take_if(|c| c.id == id) else {
+            return;
+        };
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        s.atr = None;
+        s.generation = s.generation.wrapping_add(1);
+        s.removal_unreported = true;
+        drop(s);
+        self.changed.notify_all();
+        log::info!("{}: vicc {} gone ({why}): card removed", self.label, conn.peer);
+    }
+}
+
+/// The watcher thread's loop.
+fn watch(shared: &Shared, mut source: Source, wake_rx: UnixStream) {
+    loop {
+        let conn = {
+            let s = shared.state.lock();
+            if s.closing {
+                break;
+            }
+            s.conn.clone()
+        };
+        if let (Source::Connector(c), None) = (&mut source, &conn) {
+            if let Some(stream) = c.step(&shared.label) {
+                c.connected(&shared.label);
+                let peer = stream.peer_addr().unwrap_or(c.target());
+                shared.insert(stream, peer);
+                continue;
+            }
+        }
+        let mut fds = vec![(wake_rx.as_fd(), Interest::Read)];
+        let mut timeout = None;
+        match &source {
+            Source::Listener(l) => fds.push((l.as_fd(), Interest::Read)),
+            Source::Connector(c) if conn.is_none() => match &c.pending {
+                Some((socket, deadline)) => {
+                    fds.push((socket.as_fd(), Interest::Write));
+                    timeout = Some(deadline.saturating_duration_since(Instant::now()));
+                }
+                None => timeout = Some(c.next_try.saturating_duration_since(Instant::now())),
+            },
+            Source::Connector(_) => {}
+        }
+        let conn_index = conn.as_ref().map(|c| {
+            fds.push((c.stream.as_fd(), Interest::Hangup));
+            fds.len() - 1
+        });
+        let ready = match sys::poll(&fds, timeout) {
+            Ok(ready) => ready,
+            Err(e) => {
+                log::error!("{}: poll failed: {e}", shared.label);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        drop(fds);
+        if ready[0].readable {
+            let mut sink = [0u8; 64];
+            while matches!((&wake_rx).read(&mut sink), Ok(n) if n > 0) {}
+        }
+        if let Source::Listener(listener) = &source {
+            if ready[1].readable || ready[1].hangup {
+                accept_all(shared, listener);
+            }
+        }
+        if let (Some(i), Some(conn)) = (conn_index, conn) {
+            if ready[i].readable || ready[i].hangup {
+                check_idle_conn(shared, &conn);
+            }
+        }
+    }
+    if let Some(conn) = shared.state.lock().conn.take() {
+        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn accept_all(shared: &Shared, listener: &TcpListener) {
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => shared.insert(stream, peer),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // EMFILE and friends: do not spin on a listener we cannot serve.
+                log::error!("{}: accept failed: {e}", shared.label);
+                std::thread::sleep(Duration::from_millis(50));
+                return;
+            }
+        }
+    }
+}
+
+/// The watched connection stirred while no exchange was running: the peer went away
+/// or sent bytes nobody asked for. Either way it is no longer a usable card.
+fn check_idle_conn(shared: &Shared, conn: &Conn) {
+    // Wait for a running exchange to finish: its reply is what woke us on systems
+    // without POLLRDHUP, and it reads that reply itself.
+    let _io = shared.io.lock();
+    match peek(&conn.stream) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Ok(0) => shared.remove(conn.id, "vicc closed the connection"),
+        Ok(_) => {
+            log::error!("{}: vicc {} sent data nobody asked for", shared.label, conn.peer);
+            shared.remove(conn.id, "protocol violation");
+        }
+        Err(e) => shared.remove(conn.id, &e.to_string()),
+    }
+}
+
+/// Reversed mode: connects out with a non-blocking connect and capped backoff, so
+/// neither pcscd nor the watcher ever blocks on an absent vicc.
+struct Connector {
+    host: String,
+    port: u16,
+    pending: Option<(Socket, Instant)>,
+    candidates: Vec<SocketAddr>,
+    next_try: Instant,
+    backoff: Duration,
+    failures: u32,
+}
+
+impl Connector {
+    fn new(host: String, port: u16) -> Connector {
+        Connector {
+            host,
+            port,
+            pending: None,
+            candidates: Vec::new(),
+            next_try: Instant::now(),
+            backoff: RECONNECT_FIRST,
+            failures: 0,
+        }
+    }
+
+    fn target(&self) -> SocketAddr {
+        self.candidates
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port)))
+    }
+
+    /// Advances the connection attempt; returns the stream once connected.
+    fn step(&mut self, label: &str) -> Option<TcpStream> {
+        let now = Instant::now();
+        if let Some((socket, deadline)) = &self.pending {
+            match socket.take_error() {
+                Ok(None) if socket.peer_addr().is_ok() => {
+                    let (socket, _) = self.pending.take()?;
+                    return Some(socket.into());
+                }
+                Ok(None) if now < *deadline => return None,
+                Ok(None) => self.failed(label, &io::ErrorKind::TimedOut.into()),
+                Ok(Some(e)) | Err(e) => self.failed(label, &e),
+            }
+        }
+        if now < self.next_try {
+            return None;
+        }
+        if self.candidates.is_empty() {
+            match (self.host.as_str(), self.port).to_socket_addrs() {
+                Ok(addrs) => self.candidates = addrs.collect(),
+                Err(e) => {
+                    self.failed(label, &e);
+                    return None;
+                }
+            }
+        }
+        let Some(addr) = self.candidates.first().copied() else {
+            self.failed(label, &io::Error::new(io::ErrorKind::NotFound, "no address"));
+            return None;
+        };
+        let attempt = Socket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|s| {
+            s.set_nonblocking(true)?;
+            match s.connect(&addr.into()) {
+                Ok(()) => Ok(s),
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(s),
+                Err(e) => Err(e),
+            }
+        });
+        match attempt {
+            Ok(socket) => self.pending = Some((socket, now + CONNECT_TIMEOUT)),
+            Err(e) => self.failed(label, &e),
+        }
+        None
+    }
+
+    fn failed(&mut self, label: &str, e: &io::Error) {
+        self.pending = None;
+        // Try the host's next address; re-resolve once all failed.
+        if !self.candidates.is_empty() {
+            self.candidates.remove(0);
+        }
+        if self.failures == 0 {
+            log::info!("{label}: no vicc yet ({e}); retrying with backoff up to {RECONNECT_MAX:?}");
+        } else {
+            log::trace!("{label}: connect failed: {e}");
+        }
+        self.failures += 1;
+        if self.candidates.is_empty() {
+            self.next_try = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    fn connected(&mut self, label: &str) {
+        log::debug!("{label}: connected after {} failed attempt(s)", self.failures);
+        self.failures = 0;
+        self.backoff = RECONNECT_FIRST;
+        self.candidates.clear();
+        self.next_try = Instant::now();
+    }
+}
+
+fn bind(at: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+    // A restarted pcscd must get its port back while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    if at.is_ipv6() {
+        socket.set_only_v6(v6only)?;
+    }
+    socket.bind(&at.into())?;
+    socket.listen(16)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn configure(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    // One command, one reply: Nagle and delayed ACKs would cost ~40 ms per exchange.
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(timeout))?;
+    // Notice a phone that vanished from the network without closing.
+    let keepalive = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
+    Ok(())
+}
+
+/// Looks at the next byte without taking it and without blocking.
+fn peek(stream: &TcpStream) -> io::Result<usize> {
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    SockRef::from(stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+}
+
+/// `read_exact` that gives up at `deadline`, however slowly the bytes trickle in.
+fn read_exact_by(mut stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(remaining))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::ErrorKind::TimedOut.into())
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn discard_by(stream: &TcpStream, mut len: usize, deadline: Instant) -> io::Result<()> {
+    let mut sink = [0u8; 4096];
+    while len > 0 {
+        let n = len.min(sink.len());
+        read_exact_by(stream, &mut sink[..n], deadline)?;
+        len -= n;
+    }
+    Ok(())
+}
+
+/// Bytes as `3B 8A 80 01`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
+}
