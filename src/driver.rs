@@ -60,13 +60,31 @@ pub fn get(lun: u32) -> Option<Arc<OpenSlot>> {
 
 /// Closes slot `lun`: its thread is joined before this returns. Returns whether it
 /// was open.
+///
+/// pcscd removes a reader's slots one after the other, and before it closes the next
+/// one it takes that slot's lock, which an exchange with a stalled vicc would hold
+/// until the response timeout. So closing one slot also ends the exchanges in flight
+/// on its sibling slots: the whole reader is going away.
 pub fn close(lun: u32) -> bool {
-    let removed = SLOTS.lock().as_mut().and_then(|m| m.remove(&lun));
-    match removed {
-        Some(open) => {
-            open.slot.close();
-            true
-        }
-        None => false,
+    let (removed, siblings) = {
+        let mut table = SLOTS.lock();
+        let Some(map) = table.as_mut() else {
+            return false;
+        };
+        let removed = map.remove(&lun);
+        let siblings: Vec<_> = map
+            .iter()
+            .filter(|(other, _)| *other >> 16 == lun >> 16)
+            .map(|(_, open)| Arc::clone(open))
+            .collect();
+        (removed, siblings)
+    };
+    let Some(open) = removed else {
+        return false;
+    };
+    open.slot.close();
+    for sibling in siblings {
+        sibling.slot.drop_vicc("its reader is closing");
     }
+    true
 }

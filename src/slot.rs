@@ -306,6 +306,14 @@ impl Slot {
         }
     }
 
+    /// Drops the connected vicc, if any: a card removal, and an exchange in flight
+    /// fails at once.
+    pub fn drop_vicc(&self, why: &str) {
+        if let Some(conn) = self.shared.current() {
+            self.shared.remove(conn.id, why);
+        }
+    }
+
     /// Stops the watcher thread and drops the vicc; blocked exchanges on other threads
     /// fail at once. Idempotent.
     pub fn close(&self) {

@@ -1,0 +1,256 @@
+//! The core driver against a real private pcscd, with the `pcsc` crate as client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const NAME: &str = "Virtual PCD";
+const SECOND: Duration = Duration::from_secs(1);
+
+fn one_reader(options: &str) -> (Pcscd, u16) {
+    let port = free_ports(4);
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}{options}"))]);
+    (pcscd, port)
+}
+
+#[test]
+fn readers_appear_with_slot_names_and_no_card() {
+    let (pcscd, _) = one_reader("");
+    let names = [reader_name(NAME, 0, 0), reader_name(NAME, 0, 1)];
+    pcscd.wait_readers(&names);
+    let ctx = pcscd.context();
+    for name in &names {
+        wait_card(&ctx, name, false, SECOND);
+    }
+}
+
+#[test]
+fn insertion_removal_and_reinsertion_are_seen() {
+    let (pcscd, port) = one_reader("");
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let ctx = pcscd.context();
+    for _ in 0..3 {
+        let vicc = Vicc::connect(port, Behaviour::Echo);
+        wait_card(&ctx, &reader, true, 2 * SECOND);
+        vicc.disconnect();
+        wait_card(&ctx, &reader, false, 2 * SECOND);
+    }
+}
+
+#[test]
+fn power_up_gives_the_atr_and_apdus_of_every_size_round_trip() {
+    let (pcscd, port) = one_reader("");
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let _vicc = Vicc::connect(port, Behaviour::Echo);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &reader, true, 2 * SECOND);
+    let card = connect(&ctx, &reader);
+    let mut names = [0u8; 256];
+    let mut atr = [0u8; 64];
+    let status = card.status2(&mut names, &mut atr).unwrap();
+    assert_eq!(status.atr(), TEST_ATR);
+
+    let mut apdus = vec![vec![0x00, 0x84, 0x00, 0x00, 0x08], {
+        let mut a = vec![0x00, 0xD6, 0x00, 0x00, 0xFF];
+        a.extend([0x5A; 255]);
+        a
+    }];
+    // 4 KiB, and the largest extended APDU one vpcd frame carries.
+    apdus.push(extended_apdu(4096));
+    apdus.push(extended_apdu(65535 - 7));
+    for apdu in apdus {
+        let reply = transmit(&card, &apdu).unwrap_or_else(|e| panic!("{} bytes: {e}", apdu.len()));
+        assert_eq!(reply, echo_reply(&apdu), "reply to a {}-byte APDU", apdu.len());
+    }
+}
+
+#[test]
+fn both_slots_work_at_once() {
+    let (pcscd, port) = one_reader("");
+    let readers = [reader_name(NAME, 0, 0), reader_name(NAME, 0, 1)];
+    pcscd.wait_readers(&readers);
+    let _viccs = [Vicc::connect(port, Behaviour::Echo), Vicc::connect(port + 1, Behaviour::Echo)];
+    std::thread::scope(|s| {
+        for (i, reader) in readers.iter().enumerate() {
+            let pcscd = &pcscd;
+            s.spawn(move || {
+                let ctx = pcscd.context();
+                wait_card(&ctx, reader, true, 2 * SECOND);
+                let card = connect(&ctx, reader);
+                for n in 0..200u32 {
+                    let apdu = [0x00, 0xB0, i as u8, n as u8, 0x00];
+                    assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn reversed_mode_connects_to_a_listening_vicc() {
+    let port = free_ports(2);
+    let vicc = ListeningVicc::start(([127, 0, 0, 1], port).into());
+    let _second = ListeningVicc::start(([127, 0, 0, 1], port + 1).into());
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("localhost:{port}"))]);
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &reader, true, 2 * SECOND);
+    let card = connect(&ctx, &reader);
+    let apdu = [0x00, 0xA4, 0x00, 0x0C, 0x02, 0x3F, 0x00];
+    assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
+    drop(card);
+    drop(vicc);
+    wait_card(&ctx, &reader, false, 2 * SECOND);
+}
+
+#[test]
+fn channel_id_alone_listens_on_that_port() {
+    let port = free_ports(2);
+    let mut entry = Entry::device(NAME, "");
+    entry.device_name = None;
+    entry.channel_id = Some(format!("{port:#X}"));
+    let pcscd = Pcscd::start(&[entry]);
+    let reader = reader_name(NAME, 0, 1);
+    pcscd.wait_readers(&[reader_name(NAME, 0, 0), reader.clone()]);
+    let _vicc = Vicc::connect(port + 1, Behaviour::Echo);
+    wait_card(&pcscd.context(), &reader, true, 2 * SECOND);
+}
+
+#[test]
+fn the_c_drivers_stock_entry_works_with_only_libpath_changed() {
+    // Debian's /etc/reader.conf.d/vpcd, byte for byte but for LIBPATH.
+    let conf = format!(
+        "FRIENDLYNAME \"Virtual PCD\"\nDEVICENAME   /dev/null:0x8C7B\nLIBPATH      {}\nCHANNELID    0x8C7B\n",
+        driver_path().display()
+    );
+    let pcscd = Pcscd::start_with_config(&conf);
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let _vicc = Vicc::connect(0x8C7B, Behaviour::Echo);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &reader, true, 2 * SECOND);
+    let card = connect(&ctx, &reader);
+    assert_eq!(transmit(&card, &[0, 0xB0, 0, 0, 0]).unwrap(), echo_reply(&[0, 0xB0, 0, 0, 0]));
+}
+
+#[test]
+fn a_bad_devicename_fails_its_reader_with_a_clear_log_line_and_spares_the_others() {
+    let port = free_ports(2);
+    let pcscd = Pcscd::start(&[
+        Entry::device("Broken", "/dev/null:0x8C7B/slots=99"),
+        Entry::device(NAME, &format!("/dev/null:{port}")),
+    ]);
+    assert!(
+        pcscd.wait_log("cannot use DEVICENAME \"/dev/null:0x8C7B/slots=99\"", 5 * SECOND),
+        "{}",
+        pcscd.log_text()
+    );
+    assert!(pcscd.log_text().contains("slots=99: expected 1 to 16"));
+    // pcscd gives the failed reader's index to the next one.
+    let good = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[good.clone(), reader_name(NAME, 0, 1)]);
+    let _vicc = Vicc::connect(port, Behaviour::Echo);
+    wait_card(&pcscd.context(), &good, true, 2 * SECOND);
+}
+
+#[test]
+fn a_port_in_use_fails_the_reader_with_a_log_line() {
+    let port = free_ports(2);
+    let _squatter = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}"))]);
+    assert!(
+        pcscd.wait_log(&format!("cannot listen on 0.0.0.0:{port}"), 5 * SECOND),
+        "{}",
+        pcscd.log_text()
+    );
+    assert!(common::list_readers(&pcscd.context()).is_empty());
+}
+
+fn broken_vicc_case(behaviour: Behaviour) {
+    let (mut pcscd, port) = one_reader("/timeout=1");
+    let readers = [reader_name(NAME, 0, 0), reader_name(NAME, 0, 1)];
+    pcscd.wait_readers(&readers);
+    let ctx = pcscd.context();
+    let _healthy = Vicc::connect(port + 1, Behaviour::Echo);
+    let bad = Vicc::connect(port, behaviour);
+    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    let card = connect(&ctx, &readers[0]);
+    let apdu = [0x00, 0xB0, 0x00, 0x00, 0x10];
+    assert!(transmit(&card, &apdu).is_err(), "{behaviour:?}: the APDU must fail");
+    assert!(pcscd.is_running(), "pcscd died");
+    // The broken vicc is dropped: a card removal.
+    wait_card(&ctx, &readers[0], false, 3 * SECOND);
+    drop(card);
+    drop(bad);
+    // The other slot never noticed.
+    wait_card(&ctx, &readers[1], true, SECOND);
+    let other = connect(&ctx, &readers[1]);
+    assert_eq!(transmit(&other, &apdu).unwrap(), echo_reply(&apdu));
+    // The slot takes a good vicc afterwards.
+    let _good = Vicc::connect(port, Behaviour::Echo);
+    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    let card = connect(&ctx, &readers[0]);
+    assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
+}
+
+#[test]
+fn a_vicc_that_sends_garbage_is_dropped_and_the_slot_recovers() {
+    broken_vicc_case(Behaviour::GarbageOnApdu);
+}
+
+#[test]
+fn a_vicc_that_closes_mid_apdu_is_dropped_and_the_slot_recovers() {
+    broken_vicc_case(Behaviour::CloseOnApdu);
+}
+
+#[test]
+fn a_vicc_that_closes_mid_reply_is_dropped_and_the_slot_recovers() {
+    broken_vicc_case(Behaviour::CloseMidReply);
+}
+
+#[test]
+fn a_vicc_that_never_answers_times_out_and_the_slot_recovers() {
+    broken_vicc_case(Behaviour::StallOnApdu);
+}
+
+#[test]
+fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
+    let (mut pcscd, port) = one_reader("");
+    let readers = [reader_name(NAME, 0, 0), reader_name(NAME, 0, 1)];
+    pcscd.wait_readers(&readers);
+    let _a = Vicc::connect(port, Behaviour::Echo);
+    let stalled = Vicc::connect(port + 1, Behaviour::StallOnApdu);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    wait_card(&ctx, &readers[1], true, 2 * SECOND);
+    let stuck_reader = readers[1].clone();
+    let client = std::thread::spawn(move || {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+        let card = connect(&ctx, &stuck_reader);
+        transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x00]).is_err()
+    });
+    let deadline = std::time::Instant::now() + 2 * SECOND;
+    while stalled.apdus.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the APDU never reached the vicc");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = pcscd.stop();
+    assert!(client.join().unwrap(), "the stalled transmit must fail");
+    let log = pcscd.log_text();
+    assert_eq!(log.matches("slot closed").count(), 2, "{log}");
+    // pcscd itself spends a second stopping its hotplug thread before it closes any
+    // reader; the driver's part, from there to exit, must be quick.
+    let cleanup = log.split("RFCleanupReaders() entering").nth(1).expect("cleanup logged");
+    let driver_part: u64 = cleanup
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(driver_part < 700_000, "closing the readers took {driver_part} us:\n{log}");
+    assert!(took < 3 * SECOND, "pcscd took {took:?} to stop");
+}
