@@ -145,20 +145,26 @@ impl Pcscd {
 
     pub fn start_with_config(conf: &str) -> Pcscd {
         let dir = TempDir::new("pcscd");
-        let run = dir.0.join("run");
-        std::fs::create_dir_all(&run).unwrap();
+        let run_dir = dir.0.join("run");
+        std::fs::create_dir_all(&run_dir).unwrap();
         let conf_path = dir.0.join("reader.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let log = dir.0.join("pcscd.log");
-        let socket = run.join("pcscd.comm");
+        let socket = run_dir.join("pcscd.comm");
         std::fs::create_dir_all("/run/pcscd").unwrap();
         let script = format!(
             "mount --bind '{}' /run/pcscd && exec pcscd -f -d --config '{}'",
-            run.display(),
+            run_dir.display(),
             conf_path.display()
         );
+        // As root a mount namespace is enough; otherwise a user namespace maps us to root.
+        let root = run(Command::new("id").arg("-u")).1.trim() == "0";
+        let mut args = vec!["-m", "--propagation", "private", "sh", "-c", &script];
+        if !root {
+            args.insert(0, "-r");
+        }
         let child = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .args(&args)
             .env("VPCD_LOG", std::env::var("VPCD_LOG").unwrap_or_else(|_| "debug".into()))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
@@ -518,4 +524,52 @@ pub fn run(cmd: &mut Command) -> (bool, String) {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A process killed (by pid) and reaped on drop.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Process {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        Process { child, log }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reference Python vicc (Debian's vsmartcard-vpicc). Debian 12 installs its
+/// modules off the path, and it wants PyCryptodome as `Crypto`, which Debian ships as
+/// `Cryptodome`: a directory with that alias fixes both.
+pub fn python_vicc(dir: &Path, args: &[&str]) -> Process {
+    let shim = dir.join("pyshim");
+    std::fs::create_dir_all(&shim).unwrap();
+    let alias = shim.join("Crypto");
+    if !alias.exists() {
+        std::os::unix::fs::symlink("/usr/lib/python3/dist-packages/Cryptodome", &alias).unwrap();
+    }
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg("/usr/bin/vicc")
+        .args(args)
+        .env("PYTHONPATH", format!("{}:/usr/lib/python3/site-packages/virtualsmartcard", shim.display()));
+    Process::spawn(&mut cmd, dir.join(format!("vicc-{}.log", args.join("_").replace('/', "_"))))
 }

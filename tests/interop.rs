@@ -1,0 +1,81 @@
+//! Interoperability: the reference Python vicc through our driver, seen by real
+//! PC/SC clients (opensc-tool, pyscard).
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const NAME: &str = "Virtual PCD";
+/// The ATR of the Python vicc's iso7816 card.
+const PY_ATR: &str = "3b:95:13:81:01:80:73:ff:01:00:0b";
+
+fn opensc_tool(reader: &str, args: &[&str]) -> String {
+    let (ok, out) = run(Command::new("opensc-tool").args(["-r", reader]).args(args));
+    assert!(ok, "opensc-tool {args:?} failed:\n{out}");
+    out
+}
+
+#[test]
+fn opensc_tool_talks_to_the_python_vicc_through_our_driver() {
+    let port = free_ports(2);
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}"))]);
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let vicc = python_vicc(&pcscd.dir.0, &["-t", "iso7816", "-P", &port.to_string()]);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &reader, true, Duration::from_secs(10));
+
+    let atr = opensc_tool(&reader, &["-a"]);
+    assert!(atr.to_lowercase().contains(PY_ATR), "opensc-tool -a:\n{atr}\n{}", vicc.output());
+
+    let out = opensc_tool(&reader, &["-s", "00A4000C023F00", "-s", "0084000008"]);
+    assert_eq!(out.matches("SW1=0x90, SW2=0x00").count(), 2, "{out}");
+    // The challenge: opensc-tool's hex dump after the last status line.
+    let challenge = out.rsplit("SW2=0x00").next().unwrap();
+    let bytes = challenge
+        .split_whitespace()
+        .filter(|w| w.len() == 2 && u8::from_str_radix(w, 16).is_ok())
+        .count();
+    assert_eq!(bytes, 8, "{out}");
+}
+
+#[test]
+fn pyscard_lists_and_uses_the_card() {
+    let port = free_ports(2);
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}"))]);
+    let reader = reader_name(NAME, 0, 1);
+    pcscd.wait_readers(&[reader_name(NAME, 0, 0), reader.clone()]);
+    let _vicc = python_vicc(&pcscd.dir.0, &["-t", "iso7816", "-P", &(port + 1).to_string()]);
+    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(10));
+    let script = format!(
+        r#"
+from smartcard.System import readers
+r = [x for x in readers() if str(x) == "{reader}"][0]
+c = r.createConnection()
+c.connect()
+print("ATR", " ".join("%02X" % b for b in c.getATR()))
+data, sw1, sw2 = c.transmit([0x00, 0x84, 0x00, 0x00, 0x08])
+print("CHALLENGE", len(data), "%02X%02X" % (sw1, sw2))
+"#
+    );
+    let (ok, out) = run(Command::new("/usr/bin/python3").args(["-c", &script]));
+    assert!(ok, "{out}");
+    assert!(out.contains("ATR 3B 95 13 81 01 80 73 FF 01 00 0B"), "{out}");
+    assert!(out.contains("CHALLENGE 8 9000"), "{out}");
+}
+
+#[test]
+fn reversed_mode_reaches_a_listening_python_vicc() {
+    let port = free_ports(2);
+    let dir = TempDir::new("pyvicc");
+    let _v0 = python_vicc(&dir.0, &["-t", "iso7816", "--reversed", "-P", &port.to_string()]);
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("localhost:{port}"))]);
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(10));
+    let atr = opensc_tool(&reader, &["-a"]);
+    assert!(atr.to_lowercase().contains(PY_ATR), "{atr}");
+}
