@@ -134,6 +134,11 @@ impl ReaderConfig {
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(value)
             .trim();
+        // pcscd's USB hotplug names a pretend-USB bundle's device "usb:VID/PID:...";
+        // like the C driver, such a reader listens on the default port.
+        if value.starts_with("usb:") {
+            return Ok(ReaderConfig::listen_all(DEFAULT_PORT));
+        }
         let (base, options) = split_options(value);
         let mut cfg = match base.rsplit_once(':') {
             // macOS hands us the bundle's friendly name: the C driver's default port.
@@ -327,6 +332,9 @@ mod tests {
         let r = ReaderConfig::parse("localhost:35963").unwrap();
         assert_eq!(r.endpoint, Endpoint::Connect { host: "localhost".into() });
         assert_eq!(r.port, 35963);
+
+        let u = ReaderConfig::parse("usb:18d1/4ee1:libudev:0:/dev/bus/usb/001/005").unwrap();
+        assert_eq!(u.port, DEFAULT_PORT);
 
         let m = ReaderConfig::parse("Virtual PCD").unwrap();
         assert_eq!((m.endpoint, m.port), (listen("0.0.0.0", false), DEFAULT_PORT));

@@ -15,9 +15,13 @@
 //! - [`config`]: DEVICENAME / CHANNELID parsing and the reader options.
 //! - `src/bin/`: the tools: `vpcd-vicc` (a built-in virtual card).
 
+pub mod card;
 pub mod config;
 pub mod driver;
 pub mod ifd;
 pub mod protocol;
 pub mod slot;
 pub mod sys;
+
+/// The macOS bundle's `Contents/Info.plist`, rendered by build.rs from Info.plist.in.
+pub const INFO_PLIST: &str = include_str!(concat!(env!("OUT_DIR"), "/Info.plist"));
