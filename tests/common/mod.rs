@@ -376,6 +376,12 @@ impl Vicc {
         Vicc::serve(stream, behaviour)
     }
 
+    /// Connects to a listening slot at `addr`.
+    pub fn connect_to(addr: SocketAddr, behaviour: Behaviour) -> std::io::Result<Vicc> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        Ok(Vicc::serve(stream, behaviour))
+    }
+
     pub fn serve(stream: TcpStream, behaviour: Behaviour) -> Vicc {
         stream.set_nodelay(true).unwrap();
         let apdus = Arc::new(AtomicU32::new(0));

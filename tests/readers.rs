@@ -1,0 +1,201 @@
+//! Many readers and slots in one pcscd, isolation between them, reversed mode that
+//! heals, IPv6 and listen-address control.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn four_readers_of_four_slots_each_work_in_parallel() {
+    let base = free_ports(16);
+    let entries: Vec<Entry> = (0..4)
+        .map(|r| Entry::device(&format!("VPCD {r}"), &format!("/dev/null:{}/slots=4", base + 4 * r)))
+        .collect();
+    let pcscd = Pcscd::start(&entries);
+    let names: Vec<String> = (0..4u8)
+        .flat_map(|r| (0..4u8).map(move |s| reader_name(&format!("VPCD {r}"), r, s)))
+        .collect();
+    pcscd.wait_readers(&names);
+    let _viccs: Vec<Vicc> = (0..16).map(|i| Vicc::connect(base + i, Behaviour::Echo)).collect();
+    std::thread::scope(|scope| {
+        for (i, name) in names.iter().enumerate() {
+            let pcscd = &pcscd;
+            scope.spawn(move || {
+                let ctx = pcscd.context();
+                wait_card(&ctx, name, true, 5 * SECOND);
+                let card = connect(&ctx, name);
+                for n in 0..100u8 {
+                    let apdu = [0x00, 0xB0, i as u8, n, 0x04];
+                    assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu), "{name}");
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_stalled_slot_does_not_delay_other_slots_or_readers() {
+    let base = free_ports(4);
+    let pcscd = Pcscd::start(&[
+        Entry::device("A", &format!("/dev/null:{base}/timeout=30")),
+        Entry::device("B", &format!("/dev/null:{}", base + 2)),
+    ]);
+    let stalled = reader_name("A", 0, 0);
+    let sibling = reader_name("A", 0, 1);
+    let other = reader_name("B", 1, 0);
+    pcscd.wait_readers(&[stalled.clone(), sibling.clone(), other.clone(), reader_name("B", 1, 1)]);
+    let stuck_vicc = Vicc::connect(base, Behaviour::StallOnApdu);
+    let _s = Vicc::connect(base + 1, Behaviour::Echo);
+    let _o = Vicc::connect(base + 2, Behaviour::Echo);
+    let ctx = pcscd.context();
+    for r in [&stalled, &sibling, &other] {
+        wait_card(&ctx, r, true, 2 * SECOND);
+    }
+    let stuck = stalled.clone();
+    let blocked = std::thread::spawn(move || {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+        let card = connect(&ctx, &stuck);
+        let _ = transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x00]);
+    });
+    while stuck_vicc.apdus.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    for reader in [&sibling, &other] {
+        let card = connect(&ctx, reader);
+        let mut times: Vec<Duration> = (0..50)
+            .map(|_| {
+                let t = Instant::now();
+                transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x02]).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        assert!(times[25] < Duration::from_millis(5), "{reader}: median {:?} while a slot stalls", times[25]);
+        assert!(times[49] < Duration::from_millis(100), "{reader}: max {:?}", times[49]);
+    }
+    drop(stuck_vicc);
+    blocked.join().unwrap();
+}
+
+/// Reversed mode: pcscd starts first, the vicc later, then it dies and comes back.
+/// `device_name` has `PORT` where the port goes.
+fn reversed_mode_heals(device_name: &str, bind: SocketAddr) {
+    let device_name = device_name.replace("PORT", &bind.port().to_string());
+    let pcscd = Pcscd::start(&[Entry::device("Rev", &device_name)]);
+    let reader = reader_name("Rev", 0, 0);
+    pcscd.wait_readers(std::slice::from_ref(&reader));
+
+    // Watch pcscd's responsiveness all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+            let mut worst = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                assert_eq!(list_readers(&ctx).len(), 1);
+                worst = worst.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            worst
+        })
+    };
+    let ctx = pcscd.context();
+    std::thread::sleep(Duration::from_millis(500));
+    wait_card(&ctx, &reader, false, SECOND);
+    for round in 0..3 {
+        let vicc = ListeningVicc::start(bind);
+        let took = wait_card(&ctx, &reader, true, 3 * SECOND);
+        let card = connect(&ctx, &reader);
+        let apdu = [0x00, 0xB0, 0x00, round, 0x00];
+        assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
+        drop(card);
+        drop(vicc);
+        wait_card(&ctx, &reader, false, 3 * SECOND);
+        assert!(took < 2 * SECOND, "round {round}: card appeared after {took:?}");
+        std::thread::sleep(Duration::from_millis(300 * round as u64));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let worst = watch.join().unwrap();
+    assert!(worst < Duration::from_millis(500), "SCardListReaders took up to {worst:?}");
+}
+
+#[test]
+fn reversed_mode_heals_over_ipv4() {
+    let port = free_ports(1);
+    reversed_mode_heals("127.0.0.1:PORT/slots=1", ([127, 0, 0, 1], port).into());
+}
+
+#[test]
+fn reversed_mode_heals_over_ipv6_loopback() {
+    let port = free_ports(1);
+    reversed_mode_heals("::1:PORT/slots=1", format!("[::1]:{port}").parse().unwrap());
+}
+
+#[test]
+fn reversed_mode_takes_a_quoted_bracketed_ipv6_literal() {
+    let port = free_ports(1);
+    reversed_mode_heals("\"[::1]:PORT/slots=1\"", format!("[::1]:{port}").parse().unwrap());
+}
+
+#[test]
+fn reversed_mode_resolves_host_names() {
+    let port = free_ports(1);
+    reversed_mode_heals("localhost:PORT/slots=1", ([127, 0, 0, 1], port).into());
+}
+
+fn can_connect(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, SECOND).is_ok()
+}
+
+fn listen_case(option: &str, must: &[&str], must_not: &[&str]) {
+    let port = free_ports(2);
+    let pcscd = Pcscd::start(&[Entry::device("L", &format!("/dev/null:{port}/slots=1/{option}"))]);
+    let reader = reader_name("L", 0, 0);
+    pcscd.wait_readers(std::slice::from_ref(&reader));
+    let ctx = pcscd.context();
+    for host in must {
+        let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
+        let vicc = Vicc::connect_to(addr, Behaviour::Echo).unwrap_or_else(|e| panic!("{option}: {addr} must accept: {e}"));
+        wait_card(&ctx, &reader, true, 2 * SECOND);
+        vicc.disconnect();
+        wait_card(&ctx, &reader, false, 2 * SECOND);
+    }
+    for host in must_not {
+        let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
+        assert!(!can_connect(addr), "{option}: {addr} must not accept");
+    }
+}
+
+#[test]
+fn listen_on_ipv6_loopback_only() {
+    listen_case("listen=::1", &["[::1]"], &["127.0.0.1"]);
+}
+
+#[test]
+fn listen_on_ipv4_loopback_only() {
+    listen_case("listen=127.0.0.1", &["127.0.0.1"], &["[::1]"]);
+}
+
+#[test]
+fn listen_dual_stack() {
+    listen_case("listen=::", &["127.0.0.1", "[::1]"], &[]);
+}
+
+#[test]
+fn listen_ipv6_only() {
+    listen_case("listen=::/v6only=yes", &["[::1]"], &["127.0.0.1"]);
+}
+
+#[test]
+fn the_default_listens_on_ipv4_only() {
+    listen_case("slots=1", &["127.0.0.1"], &["[::1]"]);
+}
