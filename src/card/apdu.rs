@@ -79,14 +79,12 @@ pub fn parse(apdu: &[u8]) -> Result<Command<'_>, ApduError> {
             }
             match rest.len().checked_sub(nc) {
                 Some(0) => Ok(cmd(rest, None, true)),
-                Some(2) => Ok(cmd(
-                    &rest[..nc],
-                    Some(ext_ne(rest[nc], rest[nc + 1])),
-                    true,
-                )),
+                Some(2) => Ok(cmd(&rest[..nc], Some(ext_ne(rest[nc], rest[nc + 1])), true)),
                 _ => Err(ApduError::BadLength),
             }
         }
+        // A short Lc of 00 is not allowed: `00 xx` is neither 2S nor 2E.
+        [0, _] => Err(ApduError::BadLength),
         [lc, rest @ ..] => {
             let nc = usize::from(*lc);
             match rest.len().checked_sub(nc) {
@@ -145,8 +143,14 @@ mod tests {
     #[test]
     fn short_cases() {
         assert_eq!(parse(&[0, 0xA4, 4, 0x0C]), Ok(c(&[], None, false)));
-        assert_eq!(parse(&[0, 0xA4, 4, 0x0C, 0x10]), Ok(c(&[], Some(16), false)));
-        assert_eq!(parse(&[0, 0xA4, 4, 0x0C, 0x00]), Ok(c(&[], Some(256), false)));
+        assert_eq!(
+            parse(&[0, 0xA4, 4, 0x0C, 0x10]),
+            Ok(c(&[], Some(16), false))
+        );
+        assert_eq!(
+            parse(&[0, 0xA4, 4, 0x0C, 0x00]),
+            Ok(c(&[], Some(256), false))
+        );
         assert_eq!(
             parse(&[0, 0xA4, 4, 0x0C, 2, 0x3F, 0]),
             Ok(c(&[0x3F, 0], None, false))
@@ -163,8 +167,14 @@ mod tests {
 
     #[test]
     fn extended_cases() {
-        assert_eq!(parse(&[0, 0xA4, 4, 0x0C, 0, 1, 0]), Ok(c(&[], Some(256), true)));
-        assert_eq!(parse(&[0, 0xA4, 4, 0x0C, 0, 0, 0]), Ok(c(&[], Some(65536), true)));
+        assert_eq!(
+            parse(&[0, 0xA4, 4, 0x0C, 0, 1, 0]),
+            Ok(c(&[], Some(256), true))
+        );
+        assert_eq!(
+            parse(&[0, 0xA4, 4, 0x0C, 0, 0, 0]),
+            Ok(c(&[], Some(65536), true))
+        );
         let mut a = vec![0, 0xA4, 4, 0x0C, 0, 1, 0];
         a.extend(std::iter::repeat(7).take(256));
         assert_eq!(parse(&a), Ok(c(&[7; 256], None, true)));
@@ -179,13 +189,22 @@ mod tests {
         assert_eq!(parse(&[]), Err(ApduError::TooShort(0)));
         assert_eq!(parse(&[0, 0xA4, 4]), Err(ApduError::TooShort(3)));
         // Lc says 2, one byte present.
-        assert_eq!(parse(&[0, 0xA4, 4, 0x0C, 2, 0x3F]), Err(ApduError::BadLength));
+        assert_eq!(
+            parse(&[0, 0xA4, 4, 0x0C, 2, 0x3F]),
+            Err(ApduError::BadLength)
+        );
         // Lc says 1, three bytes follow.
-        assert_eq!(parse(&[0, 0xA4, 4, 0x0C, 1, 1, 2, 3]), Err(ApduError::BadLength));
+        assert_eq!(
+            parse(&[0, 0xA4, 4, 0x0C, 1, 1, 2, 3]),
+            Err(ApduError::BadLength)
+        );
         // 00 then one byte: neither 2S nor 2E.
         assert_eq!(parse(&[0, 0xA4, 4, 0x0C, 0, 1]), Err(ApduError::BadLength));
         // Extended Lc of zero with data following.
-        assert_eq!(parse(&[0, 0xA4, 4, 0x0C, 0, 0, 0, 5]), Err(ApduError::BadLength));
+        assert_eq!(
+            parse(&[0, 0xA4, 4, 0x0C, 0, 0, 0, 5]),
+            Err(ApduError::BadLength)
+        );
         // Extended Lc of 2, then one byte of Le: 4E needs two.
         assert_eq!(
             parse(&[0, 0xA4, 4, 0x0C, 0, 0, 2, 1, 2, 3]),

@@ -50,9 +50,14 @@ impl std::fmt::Display for AtrProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AtrProblem::Truncated => write!(f, "ATR is shorter than its T0/TDi bytes announce"),
-            AtrProblem::MissingTck => write!(f, "ATR offers a protocol other than T=0 but has no TCK"),
+            AtrProblem::MissingTck => {
+                write!(f, "ATR offers a protocol other than T=0 but has no TCK")
+            }
             AtrProblem::BadTck { expected, found } => {
-                write!(f, "ATR check byte TCK is {found:02X}, should be {expected:02X}")
+                write!(
+                    f,
+                    "ATR check byte TCK is {found:02X}, should be {expected:02X}"
+                )
             }
             AtrProblem::TrailingBytes(n) => write!(f, "{n} byte(s) after the end of the ATR"),
         }
@@ -148,10 +153,7 @@ mod tests {
     #[test]
     fn default_atr_is_valid_and_offers_t1() {
         let atr = default_atr();
-        assert_eq!(
-            to_hex(&atr),
-            "3B 8A 80 01 80 73 90 01 40 54 76 70 63 64 7C"
-        );
+        assert_eq!(to_hex(&atr), "3B 8A 80 01 80 73 90 01 40 54 76 70 63 64 7C");
         assert_eq!(check(&atr), Ok(()));
         assert!(crate::protocol::check_atr(&atr).is_ok());
         // TD2 offers T=1.
@@ -164,7 +166,10 @@ mod tests {
         assert_eq!(check(&[0x3B, 0x00]), Ok(()));
         assert_eq!(check(&[0x3B, 0x02, 0x14, 0x50]), Ok(()));
         assert_eq!(check(&[0x3B, 0x02, 0x14]), Err(AtrProblem::Truncated));
-        assert_eq!(check(&[0x3B, 0x00, 0x99]), Err(AtrProblem::TrailingBytes(1)));
+        assert_eq!(
+            check(&[0x3B, 0x00, 0x99]),
+            Err(AtrProblem::TrailingBytes(1))
+        );
         assert_eq!(check(&[0x3B]), Err(AtrProblem::Truncated));
         // TA1 present.
         assert_eq!(check(&[0x3B, 0x10, 0x96]), Ok(()));

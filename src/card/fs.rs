@@ -112,7 +112,10 @@ impl Df {
     }
 
     pub fn child(&self, fid: u16) -> Option<(usize, &Node)> {
-        self.children.iter().enumerate().find(|(_, n)| n.fid() == fid)
+        self.children
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.fid() == fid)
     }
 }
 
