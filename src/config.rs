@@ -118,7 +118,8 @@ impl ReaderConfig {
                 reason: "the channel is no TCP port (1 to 65535)".into(),
             })?;
         let cfg = ReaderConfig::listen_all(port);
-        cfg.check_ports().map_err(|reason| ConfigError { input, reason })?;
+        cfg.check_ports()
+            .map_err(|reason| ConfigError { input, reason })?;
         Ok(cfg)
     }
 
@@ -199,7 +200,9 @@ impl ReaderConfig {
                         }
                     }
                 }
-                "v6only" => v6only = Some(parse_bool(value).ok_or_else(|| bad("expected yes or no"))?),
+                "v6only" => {
+                    v6only = Some(parse_bool(value).ok_or_else(|| bad("expected yes or no"))?)
+                }
                 "timeout" => {
                     let secs: f64 = value
                         .parse()
@@ -233,7 +236,10 @@ impl ReaderConfig {
         }
         if let Some(flag) = v6only {
             match &mut self.endpoint {
-                Endpoint::Listen { addr: IpAddr::V6(_), v6only } => *v6only = flag,
+                Endpoint::Listen {
+                    addr: IpAddr::V6(_),
+                    v6only,
+                } => *v6only = flag,
                 _ => return Err("option v6only applies only to an IPv6 listen address".into()),
             }
         }
@@ -327,22 +333,38 @@ mod tests {
         assert_eq!(c.endpoint, listen("0.0.0.0", false));
         assert_eq!((c.port, c.slots), (35963, 2));
         assert_eq!(ReaderConfig::parse("/dev/null:35963").unwrap(), c);
-        assert_eq!(ReaderConfig::parse("/dev/null:0106173").unwrap().port, 35963);
+        assert_eq!(
+            ReaderConfig::parse("/dev/null:0106173").unwrap().port,
+            35963
+        );
 
         let r = ReaderConfig::parse("localhost:35963").unwrap();
-        assert_eq!(r.endpoint, Endpoint::Connect { host: "localhost".into() });
+        assert_eq!(
+            r.endpoint,
+            Endpoint::Connect {
+                host: "localhost".into()
+            }
+        );
         assert_eq!(r.port, 35963);
 
         let u = ReaderConfig::parse("usb:18d1/4ee1:libudev:0:/dev/bus/usb/001/005").unwrap();
         assert_eq!(u.port, DEFAULT_PORT);
 
         let m = ReaderConfig::parse("Virtual PCD").unwrap();
-        assert_eq!((m.endpoint, m.port), (listen("0.0.0.0", false), DEFAULT_PORT));
+        assert_eq!(
+            (m.endpoint, m.port),
+            (listen("0.0.0.0", false), DEFAULT_PORT)
+        );
     }
 
     #[test]
     fn ipv6_reversed_hosts() {
-        for name in ["[::1]:4000", "::1:4000", "\"[::1]:4000\"", "::1:4000/timeout=1"] {
+        for name in [
+            "[::1]:4000",
+            "::1:4000",
+            "\"[::1]:4000\"",
+            "::1:4000/timeout=1",
+        ] {
             let c = ReaderConfig::parse(name).unwrap();
             assert_eq!(c.endpoint, Endpoint::Connect { host: "::1".into() });
             assert_eq!(c.port, 4000);
@@ -355,7 +377,10 @@ mod tests {
         assert_eq!((c.port, c.slots), (35963, 2));
         assert!(ReaderConfig::from_channel_id(0).is_err());
         assert!(ReaderConfig::from_channel_id(70000).is_err());
-        assert!(ReaderConfig::from_channel_id(65535).is_err(), "slot 1 would be 65536");
+        assert!(
+            ReaderConfig::from_channel_id(65535).is_err(),
+            "slot 1 would be 65536"
+        );
     }
 
     #[test]
@@ -375,7 +400,9 @@ mod tests {
         let d = ReaderConfig::parse("/dev/null:35963/listen=::/v6only=yes").unwrap();
         assert_eq!(d.endpoint, listen("::", true));
         assert_eq!(
-            ReaderConfig::parse("/dev/null:1/protocol=vscard").unwrap().protocol,
+            ReaderConfig::parse("/dev/null:1/protocol=vscard")
+                .unwrap()
+                .protocol,
             Protocol::VsCard
         );
         assert!(!ReaderConfig::parse("/dev/null:1/listen=127.0.0.1")

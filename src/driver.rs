@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::config::{ConfigError, ReaderConfig};
-use crate::slot::Slot;
+use crate::config::{ConfigError, Protocol, ReaderConfig};
+use crate::slot::{CardSlot, Slot};
 
 /// An open slot and the configuration of its reader.
 pub struct OpenSlot {
-    pub slot: Slot,
+    pub slot: Box<dyn CardSlot>,
     pub config: ReaderConfig,
 }
 
@@ -47,9 +47,22 @@ pub fn open(lun: u32, config: Result<ReaderConfig, ConfigError>) -> Result<(), O
     crate::ifd::log_bridge::raise_level(config.log_level);
     // A Lun pcscd opens again replaces the old slot, whose port must be free first.
     close(lun);
-    let slot = Slot::open(&config, lun, slot_index(lun)).map_err(OpenError::Io)?;
+    let slot: Box<dyn CardSlot> = match config.protocol {
+        Protocol::Vpcd => {
+            Box::new(Slot::open(&config, lun, slot_index(lun)).map_err(OpenError::Io)?)
+        }
+        Protocol::VsCard => {
+            return Err(OpenError::Io(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "protocol=vscard is not available yet",
+            )))
+        }
+    };
     let open = Arc::new(OpenSlot { slot, config });
-    SLOTS.lock().get_or_insert_with(HashMap::new).insert(lun, open);
+    SLOTS
+        .lock()
+        .get_or_insert_with(HashMap::new)
+        .insert(lun, open);
     Ok(())
 }
 

@@ -10,15 +10,19 @@
 //! - [`ifd`]: the `extern "C"` IFD Handler API pcscd calls, IFD constants and the log
 //!   bridge into pcscd's log. With [`sys`] (the `poll` call), the only `unsafe` code.
 //! - [`driver`]: the table of open slots by Lun.
-//! - [`slot`]: one slot: its vicc connection, card state, watcher thread, timeouts.
+//! - [`slot`]: one slot: its vicc connection, card state, watcher thread, timeouts;
+//!   [`slot::CardSlot`] is what pcscd needs of any slot.
+//! - [`presence`]: card presence as pcscd sees it, and the polling callback's wait.
 //! - [`protocol`]: the vpcd wire codec, pure and allocation-bounded.
 //! - [`config`]: DEVICENAME / CHANNELID parsing and the reader options.
-//! - `src/bin/`: the tools: `vpcd-vicc` (a built-in virtual card).
+//! - [`card`]: the built-in virtual card (ISO 7816-4) behind `vpcd-vicc`.
+//! - `src/bin/`: the tools: `vpcd-vicc` (a virtual card), `vpcd-config` (pairing).
 
 pub mod card;
 pub mod config;
 pub mod driver;
 pub mod ifd;
+pub mod presence;
 pub mod protocol;
 pub mod slot;
 pub mod sys;

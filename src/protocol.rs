@@ -127,7 +127,9 @@ pub fn encode(payload: &[u8], out: &mut Vec<u8>) -> Result<(), ProtocolError> {
 pub fn check_atr(atr: &[u8]) -> Result<(), ProtocolError> {
     match atr {
         [] => Err(ProtocolError::InvalidAtr(AtrError::Empty)),
-        _ if atr.len() > MAX_ATR_LEN => Err(ProtocolError::InvalidAtr(AtrError::TooLong(atr.len()))),
+        _ if atr.len() > MAX_ATR_LEN => {
+            Err(ProtocolError::InvalidAtr(AtrError::TooLong(atr.len())))
+        }
         [0x3B | 0x3F, ..] => Ok(()),
         [ts, ..] => Err(ProtocolError::InvalidAtr(AtrError::BadTs(*ts))),
     }
@@ -220,10 +222,7 @@ mod tests {
                 None => assert!(![0, 1, 2, 4].contains(&byte)),
             }
         }
-        assert_eq!(
-            Message::parse(&[3]),
-            Err(ProtocolError::UnknownControl(3))
-        );
+        assert_eq!(Message::parse(&[3]), Err(ProtocolError::UnknownControl(3)));
         assert_eq!(Message::parse(&[]), Err(ProtocolError::Empty));
     }
 
@@ -232,7 +231,10 @@ mod tests {
         assert_eq!(header(0), Ok([0, 0]));
         assert_eq!(header(0x1234), Ok([0x12, 0x34]));
         assert_eq!(header(MAX_PAYLOAD), Ok([0xFF, 0xFF]));
-        assert_eq!(header(MAX_PAYLOAD + 1), Err(ProtocolError::TooLong(MAX_PAYLOAD + 1)));
+        assert_eq!(
+            header(MAX_PAYLOAD + 1),
+            Err(ProtocolError::TooLong(MAX_PAYLOAD + 1))
+        );
         let mut out = vec![];
         assert!(encode(&vec![0; MAX_PAYLOAD + 1], &mut out).is_err());
         assert!(out.is_empty(), "a rejected frame writes nothing");
@@ -248,7 +250,10 @@ mod tests {
         assert!(check_atr(&[0x3B, 0x00]).is_ok());
         assert!(check_atr(&[0x3F]).is_ok());
         assert!(check_atr(&[0x3B; 33]).is_ok());
-        assert_eq!(check_atr(&[]), Err(ProtocolError::InvalidAtr(AtrError::Empty)));
+        assert_eq!(
+            check_atr(&[]),
+            Err(ProtocolError::InvalidAtr(AtrError::Empty))
+        );
         assert_eq!(
             check_atr(&[0x3B; 34]),
             Err(ProtocolError::InvalidAtr(AtrError::TooLong(34)))
@@ -267,7 +272,10 @@ mod tests {
         assert_eq!(check_reply(10, 10), Ok(()));
         assert_eq!(
             check_reply(11, 10),
-            Err(ProtocolError::ReplyTooLarge { len: 11, capacity: 10 })
+            Err(ProtocolError::ReplyTooLarge {
+                len: 11,
+                capacity: 10
+            })
         );
     }
 

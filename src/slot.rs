@@ -9,8 +9,8 @@
 //!   watches the connected one for the peer going away. It never reads data, so it
 //!   cannot race an exchange for the bytes of a reply.
 //!
-//! Card presence is the state `conn`; every change bumps `generation` and wakes
-//! pcscd's polling callback ([`Slot::wait_for_event`]), so an insertion or removal is
+//! Card presence is whether a vicc is connected; every change goes through
+//! [`Presence`], which wakes pcscd's polling callback, so an insertion or removal is
 //! reported at once and no traffic is sent to the vicc while nothing changes.
 
 use std::io::{self, Read, Write};
@@ -23,10 +23,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::config::{Endpoint, ReaderConfig};
+use crate::presence::Presence;
 use crate::protocol::{self, Control, ProtocolError, HEADER_LEN, MAX_ATR_LEN};
 use crate::sys::{self, Interest};
 
@@ -95,16 +96,6 @@ struct Conn {
 #[derive(Default)]
 struct State {
     conn: Option<Arc<Conn>>,
-    /// Bumped on every insertion and removal.
-    generation: u64,
-    /// The generation pcscd saw at its last presence check.
-    reported: u64,
-    /// A card left since pcscd last looked: report it absent once, even if a new
-    /// vicc has already taken its place.
-    removal_unreported: bool,
-    /// Calls of pcscd's stop-polling callback, and how many a wait has consumed.
-    stop_requests: u64,
-    stops_seen: u64,
     closing: bool,
     /// The ATR of the powered card.
     atr: Option<Vec<u8>>,
@@ -116,7 +107,7 @@ struct Shared {
     timeout: Duration,
     trace_apdus: bool,
     state: Mutex<State>,
-    changed: Condvar,
+    presence: Presence,
     /// Held for the whole of one command/reply exchange.
     io: Mutex<Vec<u8>>,
 }
@@ -133,6 +124,24 @@ pub struct Slot {
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// What pcscd needs of a slot, whatever protocol its card speaks.
+pub trait CardSlot: Send + Sync {
+    /// A short name for log lines.
+    fn label(&self) -> &str;
+    /// Card state for pcscd's polling callback and presence check.
+    fn presence(&self) -> &Presence;
+    /// The ATR of the powered card, if any.
+    fn atr(&self) -> Option<Vec<u8>>;
+    /// Powers the card up, down or resets it; returns the ATR (empty after power down).
+    fn power(&self, action: PowerAction) -> Result<Vec<u8>, SlotError>;
+    /// Sends one command APDU, copies the reply into `reply`, returns its length.
+    fn transmit(&self, apdu: &[u8], reply: &mut [u8]) -> Result<usize, SlotError>;
+    /// Drops the card's peer (a removal); an exchange in flight fails at once.
+    fn drop_vicc(&self, why: &str);
+    /// Stops and joins every thread of the slot. Idempotent.
+    fn close(&self);
+}
+
 impl Slot {
     /// Opens slot `index` of a reader: binds its port (or prepares to connect out)
     /// and starts its watcher thread.
@@ -140,16 +149,21 @@ impl Slot {
         let port = cfg.port_of(index).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("slot {index} does not exist: the reader has {} slot(s)", cfg.slots),
+                format!(
+                    "slot {index} does not exist: the reader has {} slot(s)",
+                    cfg.slots
+                ),
             )
         })?;
         let (label, source) = match &cfg.endpoint {
             Endpoint::Listen { addr, v6only } => {
                 let at = SocketAddr::new(*addr, port);
-                let listener = bind(at, *v6only).map_err(|e| {
-                    io::Error::new(e.kind(), format!("cannot listen on {at}: {e}"))
-                })?;
-                (format!("lun {lun:#x} listen {at}"), Source::Listener(listener))
+                let listener = bind(at, *v6only)
+                    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {at}: {e}")))?;
+                (
+                    format!("lun {lun:#x} listen {at}"),
+                    Source::Listener(listener),
+                )
             }
             Endpoint::Connect { host } => (
                 format!("lun {lun:#x} connect {host}:{port}"),
@@ -161,7 +175,7 @@ impl Slot {
             timeout: cfg.timeout,
             trace_apdus: cfg.trace_apdus,
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            presence: Presence::new(),
             io: Mutex::new(Vec::new()),
         });
         let (wake, wake_rx) = UnixStream::pair()?;
@@ -178,62 +192,24 @@ impl Slot {
             watcher: Mutex::new(Some(handle)),
         })
     }
+}
 
-    pub fn label(&self) -> &str {
+impl CardSlot for Slot {
+    fn label(&self) -> &str {
         &self.shared.label
     }
 
-    /// Is a card (a vicc) in the slot? Also records that pcscd has now seen the
-    /// current state, which is what [`Slot::wait_for_event`] waits to change.
-    pub fn presence(&self) -> bool {
-        let mut s = self.shared.state.lock();
-        s.reported = s.generation;
-        if s.removal_unreported {
-            s.removal_unreported = false;
-            if s.conn.is_some() {
-                // A new card is already in: report the old one's removal now and make
-                // the next poll return at once so pcscd sees the new one.
-                s.reported = s.generation.wrapping_sub(1);
-            }
-            return false;
-        }
-        s.conn.is_some()
-    }
-
-    /// pcscd's polling callback: blocks until the card state changes since pcscd last
-    /// looked, the stop callback is called, the slot closes, or `timeout` passes.
-    pub fn wait_for_event(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let mut s = self.shared.state.lock();
-        loop {
-            if s.closing || s.generation != s.reported || s.stop_requests != s.stops_seen {
-                s.stops_seen = s.stop_requests;
-                return;
-            }
-            if self
-                .shared
-                .changed
-                .wait_until(&mut s, deadline)
-                .timed_out()
-            {
-                return;
-            }
-        }
-    }
-
-    /// pcscd's stop-polling callback: ends the current (or next) wait, nothing more.
-    pub fn stop_waiting(&self) {
-        self.shared.state.lock().stop_requests += 1;
-        self.shared.changed.notify_all();
+    fn presence(&self) -> &Presence {
+        &self.shared.presence
     }
 
     /// The ATR of the powered card, if any.
-    pub fn atr(&self) -> Option<Vec<u8>> {
+    fn atr(&self) -> Option<Vec<u8>> {
         self.shared.state.lock().atr.clone()
     }
 
     /// Powers the card up, down or resets it; returns the ATR (empty after power down).
-    pub fn power(&self, action: PowerAction) -> Result<Vec<u8>, SlotError> {
+    fn power(&self, action: PowerAction) -> Result<Vec<u8>, SlotError> {
         let conn = match (self.shared.current(), action) {
             (Some(conn), _) => conn,
             (None, PowerAction::Down) => return Ok(Vec::new()),
@@ -278,12 +254,14 @@ impl Slot {
 
     /// Sends one command APDU and copies the vicc's reply into `reply`; returns its
     /// length.
-    pub fn transmit(&self, apdu: &[u8], reply: &mut [u8]) -> Result<usize, SlotError> {
+    fn transmit(&self, apdu: &[u8], reply: &mut [u8]) -> Result<usize, SlotError> {
         let conn = self.shared.current().ok_or(SlotError::NoCard)?;
         if apdu.len() < 2 {
             // A one-byte frame would be read as a control code by the vicc.
             log::error!("{}: refusing a {}-byte APDU", self.label(), apdu.len());
-            return Err(SlotError::Protocol(ProtocolError::ReplyTooShort(apdu.len())));
+            return Err(SlotError::Protocol(ProtocolError::ReplyTooShort(
+                apdu.len(),
+            )));
         }
         if self.shared.trace_apdus {
             log::info!("{}: APDU > {}", self.label(), hex(apdu));
@@ -308,7 +286,7 @@ impl Slot {
 
     /// Drops the connected vicc, if any: a card removal, and an exchange in flight
     /// fails at once.
-    pub fn drop_vicc(&self, why: &str) {
+    fn drop_vicc(&self, why: &str) {
         if let Some(conn) = self.shared.current() {
             self.shared.remove(conn.id, why);
         }
@@ -316,7 +294,7 @@ impl Slot {
 
     /// Stops the watcher thread and drops the vicc; blocked exchanges on other threads
     /// fail at once. Idempotent.
-    pub fn close(&self) {
+    fn close(&self) {
         {
             let mut s = self.shared.state.lock();
             s.closing = true;
@@ -324,7 +302,7 @@ impl Slot {
                 let _ = conn.stream.shutdown(std::net::Shutdown::Both);
             }
         }
-        self.shared.changed.notify_all();
+        self.shared.presence.close();
         let _ = (&self.wake).write(&[1]);
         if let Some(handle) = self.watcher.lock().take() {
             if handle.join().is_err() {
@@ -353,13 +331,12 @@ impl Shared {
         match peek(&conn.stream) {
             Ok(0) => return Err(SlotError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {
-                return Err(SlotError::Protocol(ProtocolError::UnknownControl(0)))
-                    .map_err(|_| {
-                        SlotError::Io(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "vicc sent data nobody asked for",
-                        ))
-                    })
+                return Err(SlotError::Protocol(ProtocolError::UnknownControl(0))).map_err(|_| {
+                    SlotError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "vicc sent data nobody asked for",
+                    ))
+                })
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e.into()),
@@ -428,25 +405,29 @@ impl Shared {
             peer,
         }));
         s.atr = None;
-        s.generation = s.generation.wrapping_add(1);
+        self.presence.insert();
         drop(s);
-        self.changed.notify_all();
         log::info!("{}: vicc {peer} connected: card inserted", self.label);
     }
 
     /// Drops the vicc `id` if it is still the slot's card.
     fn remove(&self, id: u64, why: &str) {
         let mut s = self.state.lock();
-        let Some(conn) = s.conn.take_if(|c| c.id == id) else {
+        if s.conn.as_ref().map(|c| c.id) != Some(id) {
+            return;
+        }
+        let Some(conn) = s.conn.take() else {
             return;
         };
         let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         s.atr = None;
-        s.generation = s.generation.wrapping_add(1);
-        s.removal_unreported = true;
+        self.presence.remove();
         drop(s);
-        self.changed.notify_all();
-        log::info!("{}: vicc {} gone ({why}): card removed", self.label, conn.peer);
+        log::info!(
+            "{}: vicc {} gone ({why}): card removed",
+            self.label,
+            conn.peer
+        );
     }
 }
 
@@ -540,7 +521,11 @@ fn check_idle_conn(shared: &Shared, conn: &Conn) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Ok(0) => shared.remove(conn.id, "vicc closed the connection"),
         Ok(_) => {
-            log::error!("{}: vicc {} sent data nobody asked for", shared.label, conn.peer);
+            log::error!(
+                "{}: vicc {} sent data nobody asked for",
+                shared.label,
+                conn.peer
+            );
             shared.remove(conn.id, "protocol violation");
         }
         Err(e) => shared.remove(conn.id, &e.to_string()),
@@ -606,7 +591,10 @@ impl Connector {
             }
         }
         let Some(addr) = self.candidates.first().copied() else {
-            self.failed(label, &io::Error::new(io::ErrorKind::NotFound, "no address"));
+            self.failed(
+                label,
+                &io::Error::new(io::ErrorKind::NotFound, "no address"),
+            );
             return None;
         };
         let attempt = Socket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|s| {
@@ -644,7 +632,10 @@ impl Connector {
     }
 
     fn connected(&mut self, label: &str) {
-        log::debug!("{label}: connected after {} failed attempt(s)", self.failures);
+        log::debug!(
+            "{label}: connected after {} failed attempt(s)",
+            self.failures
+        );
         self.failures = 0;
         self.backoff = RECONNECT_FIRST;
         self.candidates.clear();

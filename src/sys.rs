@@ -41,7 +41,10 @@ impl Interest {
 
 /// Waits until one of `fds` is ready or `timeout` passes (`None`: forever). Returns
 /// the readiness of each descriptor, in order. EINTR counts as a timeout of zero.
-pub fn poll(fds: &[(BorrowedFd<'_>, Interest)], timeout: Option<Duration>) -> io::Result<Vec<Ready>> {
+pub fn poll(
+    fds: &[(BorrowedFd<'_>, Interest)],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<Ready>> {
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|(fd, interest)| libc::pollfd {
@@ -53,11 +56,19 @@ pub fn poll(fds: &[(BorrowedFd<'_>, Interest)], timeout: Option<Duration>) -> io
     let timeout_ms = match timeout {
         None => -1,
         // Round up so a short remaining wait does not become a busy loop of zero waits.
-        Some(t) => libc::c_int::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX),
+        Some(t) => {
+            libc::c_int::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX)
+        }
     };
     // SAFETY: `pollfds` is a valid, exclusively borrowed array of `pollfds.len()`
     // pollfd structs for the whole call; the descriptors are borrowed from live owners.
-    let rc = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout_ms) };
+    let rc = unsafe {
+        libc::poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout_ms,
+        )
+    };
     if rc < 0 {
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
@@ -94,7 +105,11 @@ mod tests {
     #[test]
     fn poll_sees_data_and_hangup() {
         let (mut a, b) = UnixStream::pair().unwrap();
-        let idle = poll(&[(b.as_fd(), Interest::Read)], Some(Duration::from_millis(1))).unwrap();
+        let idle = poll(
+            &[(b.as_fd(), Interest::Read)],
+            Some(Duration::from_millis(1)),
+        )
+        .unwrap();
         assert_eq!(idle[0], Ready::default());
         a.write_all(b"x").unwrap();
         let ready = poll(&[(b.as_fd(), Interest::Read)], None).unwrap();

@@ -64,7 +64,12 @@ fn power_up_gives_the_atr_and_apdus_of_every_size_round_trip() {
     apdus.push(extended_apdu(65535 - 7));
     for apdu in apdus {
         let reply = transmit(&card, &apdu).unwrap_or_else(|e| panic!("{} bytes: {e}", apdu.len()));
-        assert_eq!(reply, echo_reply(&apdu), "reply to a {}-byte APDU", apdu.len());
+        assert_eq!(
+            reply,
+            echo_reply(&apdu),
+            "reply to a {}-byte APDU",
+            apdu.len()
+        );
     }
 }
 
@@ -73,7 +78,10 @@ fn both_slots_work_at_once() {
     let (pcscd, port) = one_reader("");
     let readers = [reader_name(NAME, 0, 0), reader_name(NAME, 0, 1)];
     pcscd.wait_readers(&readers);
-    let _viccs = [Vicc::connect(port, Behaviour::Echo), Vicc::connect(port + 1, Behaviour::Echo)];
+    let _viccs = [
+        Vicc::connect(port, Behaviour::Echo),
+        Vicc::connect(port + 1, Behaviour::Echo),
+    ];
     std::thread::scope(|s| {
         for (i, reader) in readers.iter().enumerate() {
             let pcscd = &pcscd;
@@ -135,7 +143,10 @@ fn the_c_drivers_stock_entry_works_with_only_libpath_changed() {
     let ctx = pcscd.context();
     wait_card(&ctx, &reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
-    assert_eq!(transmit(&card, &[0, 0xB0, 0, 0, 0]).unwrap(), echo_reply(&[0, 0xB0, 0, 0, 0]));
+    assert_eq!(
+        transmit(&card, &[0, 0xB0, 0, 0, 0]).unwrap(),
+        echo_reply(&[0, 0xB0, 0, 0, 0])
+    );
 }
 
 #[test]
@@ -146,7 +157,10 @@ fn a_bad_devicename_fails_its_reader_with_a_clear_log_line_and_spares_the_others
         Entry::device(NAME, &format!("/dev/null:{port}")),
     ]);
     assert!(
-        pcscd.wait_log("cannot use DEVICENAME \"/dev/null:0x8C7B/slots=99\"", 5 * SECOND),
+        pcscd.wait_log(
+            "cannot use DEVICENAME \"/dev/null:0x8C7B/slots=99\"",
+            5 * SECOND
+        ),
         "{}",
         pcscd.log_text()
     );
@@ -181,7 +195,10 @@ fn broken_vicc_case(behaviour: Behaviour) {
     wait_card(&ctx, &readers[0], true, 2 * SECOND);
     let card = connect(&ctx, &readers[0]);
     let apdu = [0x00, 0xB0, 0x00, 0x00, 0x10];
-    assert!(transmit(&card, &apdu).is_err(), "{behaviour:?}: the APDU must fail");
+    assert!(
+        transmit(&card, &apdu).is_err(),
+        "{behaviour:?}: the APDU must fail"
+    );
     assert!(pcscd.is_running(), "pcscd died");
     // The broken vicc is dropped: a card removal.
     wait_card(&ctx, &readers[0], false, 3 * SECOND);
@@ -236,7 +253,10 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
     });
     let deadline = std::time::Instant::now() + 2 * SECOND;
     while stalled.apdus.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the APDU never reached the vicc");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the APDU never reached the vicc"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let took = pcscd.stop();
@@ -245,12 +265,18 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
     assert_eq!(log.matches("slot closed").count(), 2, "{log}");
     // pcscd itself spends a second stopping its hotplug thread before it closes any
     // reader; the driver's part, from there to exit, must be quick.
-    let cleanup = log.split("RFCleanupReaders() entering").nth(1).expect("cleanup logged");
+    let cleanup = log
+        .split("RFCleanupReaders() entering")
+        .nth(1)
+        .expect("cleanup logged");
     let driver_part: u64 = cleanup
         .lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
-    assert!(driver_part < 700_000, "closing the readers took {driver_part} us:\n{log}");
+    assert!(
+        driver_part < 700_000,
+        "closing the readers took {driver_part} us:\n{log}"
+    );
     assert!(took < 3 * SECOND, "pcscd took {took:?} to stop");
 }

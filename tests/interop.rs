@@ -29,7 +29,11 @@ fn opensc_tool_talks_to_the_python_vicc_through_our_driver() {
     wait_card(&ctx, &reader, true, Duration::from_secs(10));
 
     let atr = opensc_tool(&reader, &["-a"]);
-    assert!(atr.to_lowercase().contains(PY_ATR), "opensc-tool -a:\n{atr}\n{}", vicc.output());
+    assert!(
+        atr.to_lowercase().contains(PY_ATR),
+        "opensc-tool -a:\n{atr}\n{}",
+        vicc.output()
+    );
 
     let out = opensc_tool(&reader, &["-s", "00A4000C023F00", "-s", "0084000008"]);
     assert_eq!(out.matches("SW1=0x90, SW2=0x00").count(), 2, "{out}");
@@ -48,7 +52,10 @@ fn pyscard_lists_and_uses_the_card() {
     let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}"))]);
     let reader = reader_name(NAME, 0, 1);
     pcscd.wait_readers(&[reader_name(NAME, 0, 0), reader.clone()]);
-    let _vicc = python_vicc(&pcscd.dir.0, &["-t", "iso7816", "-P", &(port + 1).to_string()]);
+    let _vicc = python_vicc(
+        &pcscd.dir.0,
+        &["-t", "iso7816", "-P", &(port + 1).to_string()],
+    );
     wait_card(&pcscd.context(), &reader, true, Duration::from_secs(10));
     let script = format!(
         r#"
@@ -63,7 +70,10 @@ print("CHALLENGE", len(data), "%02X%02X" % (sw1, sw2))
     );
     let (ok, out) = run(Command::new("/usr/bin/python3").args(["-c", &script]));
     assert!(ok, "{out}");
-    assert!(out.contains("ATR 3B 95 13 81 01 80 73 FF 01 00 0B"), "{out}");
+    assert!(
+        out.contains("ATR 3B 95 13 81 01 80 73 FF 01 00 0B"),
+        "{out}"
+    );
     assert!(out.contains("CHALLENGE 8 9000"), "{out}");
 }
 
@@ -71,7 +81,10 @@ print("CHALLENGE", len(data), "%02X%02X" % (sw1, sw2))
 fn reversed_mode_reaches_a_listening_python_vicc() {
     let port = free_ports(2);
     let dir = TempDir::new("pyvicc");
-    let _v0 = python_vicc(&dir.0, &["-t", "iso7816", "--reversed", "-P", &port.to_string()]);
+    let _v0 = python_vicc(
+        &dir.0,
+        &["-t", "iso7816", "--reversed", "-P", &port.to_string()],
+    );
     let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("localhost:{port}"))]);
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);

@@ -16,14 +16,21 @@ const SECOND: Duration = Duration::from_secs(1);
 fn four_readers_of_four_slots_each_work_in_parallel() {
     let base = free_ports(16);
     let entries: Vec<Entry> = (0..4)
-        .map(|r| Entry::device(&format!("VPCD {r}"), &format!("/dev/null:{}/slots=4", base + 4 * r)))
+        .map(|r| {
+            Entry::device(
+                &format!("VPCD {r}"),
+                &format!("/dev/null:{}/slots=4", base + 4 * r),
+            )
+        })
         .collect();
     let pcscd = Pcscd::start(&entries);
     let names: Vec<String> = (0..4u8)
         .flat_map(|r| (0..4u8).map(move |s| reader_name(&format!("VPCD {r}"), r, s)))
         .collect();
     pcscd.wait_readers(&names);
-    let _viccs: Vec<Vicc> = (0..16).map(|i| Vicc::connect(base + i, Behaviour::Echo)).collect();
+    let _viccs: Vec<Vicc> = (0..16)
+        .map(|i| Vicc::connect(base + i, Behaviour::Echo))
+        .collect();
     std::thread::scope(|scope| {
         for (i, name) in names.iter().enumerate() {
             let pcscd = &pcscd;
@@ -50,7 +57,12 @@ fn a_stalled_slot_does_not_delay_other_slots_or_readers() {
     let stalled = reader_name("A", 0, 0);
     let sibling = reader_name("A", 0, 1);
     let other = reader_name("B", 1, 0);
-    pcscd.wait_readers(&[stalled.clone(), sibling.clone(), other.clone(), reader_name("B", 1, 1)]);
+    pcscd.wait_readers(&[
+        stalled.clone(),
+        sibling.clone(),
+        other.clone(),
+        reader_name("B", 1, 1),
+    ]);
     let stuck_vicc = Vicc::connect(base, Behaviour::StallOnApdu);
     let _s = Vicc::connect(base + 1, Behaviour::Echo);
     let _o = Vicc::connect(base + 2, Behaviour::Echo);
@@ -77,8 +89,16 @@ fn a_stalled_slot_does_not_delay_other_slots_or_readers() {
             })
             .collect();
         times.sort();
-        assert!(times[25] < Duration::from_millis(5), "{reader}: median {:?} while a slot stalls", times[25]);
-        assert!(times[49] < Duration::from_millis(100), "{reader}: max {:?}", times[49]);
+        assert!(
+            times[25] < Duration::from_millis(5),
+            "{reader}: median {:?} while a slot stalls",
+            times[25]
+        );
+        assert!(
+            times[49] < Duration::from_millis(100),
+            "{reader}: max {:?}",
+            times[49]
+        );
     }
     drop(stuck_vicc);
     blocked.join().unwrap();
@@ -120,12 +140,18 @@ fn reversed_mode_heals(device_name: &str, bind: SocketAddr) {
         drop(card);
         drop(vicc);
         wait_card(&ctx, &reader, false, 3 * SECOND);
-        assert!(took < 2 * SECOND, "round {round}: card appeared after {took:?}");
+        assert!(
+            took < 2 * SECOND,
+            "round {round}: card appeared after {took:?}"
+        );
         std::thread::sleep(Duration::from_millis(300 * round as u64));
     }
     stop.store(true, Ordering::Relaxed);
     let worst = watch.join().unwrap();
-    assert!(worst < Duration::from_millis(500), "SCardListReaders took up to {worst:?}");
+    assert!(
+        worst < Duration::from_millis(500),
+        "SCardListReaders took up to {worst:?}"
+    );
 }
 
 #[test]
@@ -143,7 +169,10 @@ fn reversed_mode_heals_over_ipv6_loopback() {
 #[test]
 fn reversed_mode_takes_a_quoted_bracketed_ipv6_literal() {
     let port = free_ports(1);
-    reversed_mode_heals("\"[::1]:PORT/slots=1\"", format!("[::1]:{port}").parse().unwrap());
+    reversed_mode_heals(
+        "\"[::1]:PORT/slots=1\"",
+        format!("[::1]:{port}").parse().unwrap(),
+    );
 }
 
 #[test]
@@ -158,13 +187,17 @@ fn can_connect(addr: SocketAddr) -> bool {
 
 fn listen_case(option: &str, must: &[&str], must_not: &[&str]) {
     let port = free_ports(2);
-    let pcscd = Pcscd::start(&[Entry::device("L", &format!("/dev/null:{port}/slots=1/{option}"))]);
+    let pcscd = Pcscd::start(&[Entry::device(
+        "L",
+        &format!("/dev/null:{port}/slots=1/{option}"),
+    )]);
     let reader = reader_name("L", 0, 0);
     pcscd.wait_readers(std::slice::from_ref(&reader));
     let ctx = pcscd.context();
     for host in must {
         let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
-        let vicc = Vicc::connect_to(addr, Behaviour::Echo).unwrap_or_else(|e| panic!("{option}: {addr} must accept: {e}"));
+        let vicc = Vicc::connect_to(addr, Behaviour::Echo)
+            .unwrap_or_else(|e| panic!("{option}: {addr} must accept: {e}"));
         wait_card(&ctx, &reader, true, 2 * SECOND);
         vicc.disconnect();
         wait_card(&ctx, &reader, false, 2 * SECOND);

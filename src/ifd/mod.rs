@@ -49,10 +49,15 @@ macro_rules! ifd_export {
         log_bridge::init();
         let lun = $lun as u32;
         log::$level!(concat!($name, " (lun {:#x})"), lun);
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> ResponseCode { $body(lun) })) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> ResponseCode {
+            $body(lun)
+        })) {
             Ok(rc) => rc,
             Err(_) => {
-                log::error!(concat!($name, " (lun {:#x}): internal error, call refused"), lun);
+                log::error!(
+                    concat!($name, " (lun {:#x}): internal error, call refused"),
+                    lun
+                );
                 IFD_COMMUNICATION_ERROR
             }
         }
@@ -60,7 +65,11 @@ macro_rules! ifd_export {
 }
 
 /// Runs `f` on the open slot `lun`, or answers `missing`.
-fn with_slot(lun: u32, missing: ResponseCode, f: impl FnOnce(&OpenSlot) -> ResponseCode) -> ResponseCode {
+fn with_slot(
+    lun: u32,
+    missing: ResponseCode,
+    f: impl FnOnce(&OpenSlot) -> ResponseCode,
+) -> ResponseCode {
     match driver::get(lun) {
         Some(open) => f(&open),
         None => {
@@ -70,7 +79,10 @@ fn with_slot(lun: u32, missing: ResponseCode, f: impl FnOnce(&OpenSlot) -> Respo
     }
 }
 
-fn open_channel(lun: u32, config: Result<ReaderConfig, crate::config::ConfigError>) -> ResponseCode {
+fn open_channel(
+    lun: u32,
+    config: Result<ReaderConfig, crate::config::ConfigError>,
+) -> ResponseCode {
     match driver::open(lun, config) {
         Ok(()) => IFD_SUCCESS,
         Err(e) => {
@@ -113,7 +125,9 @@ fn capability(open: &OpenSlot, tag: Dword) -> Option<Vec<u8>> {
         // connection and lock: pcscd may call us for different readers and slots at once.
         TAG_IFD_THREAD_SAFE | TAG_IFD_SLOT_THREAD_SAFE => vec![1],
         TAG_IFD_POLLING_THREAD_KILLABLE => vec![0],
-        TAG_IFD_POLLING_THREAD_WITH_TIMEOUT => (poll_for_event as PollFn as usize).to_ne_bytes().to_vec(),
+        TAG_IFD_POLLING_THREAD_WITH_TIMEOUT => {
+            (poll_for_event as PollFn as usize).to_ne_bytes().to_vec()
+        }
         TAG_IFD_STOP_POLLING_THREAD => (stop_polling as StopFn as usize).to_ne_bytes().to_vec(),
         SCARD_ATTR_VENDOR_NAME => b"vsmartcard vpcd (Rust)\0".to_vec(),
         SCARD_ATTR_VENDOR_IFD_TYPE => b"Virtual PCD\0".to_vec(),
@@ -163,7 +177,10 @@ fn slot_error_code(e: &SlotError) -> ResponseCode {
 /// # Safety
 /// `device_name` is null or a NUL-terminated string valid for the call (pcscd's).
 #[no_mangle]
-pub unsafe extern "C" fn IFDHCreateChannelByName(lun: Dword, device_name: *const c_char) -> ResponseCode {
+pub unsafe extern "C" fn IFDHCreateChannelByName(
+    lun: Dword,
+    device_name: *const c_char,
+) -> ResponseCode {
     ifd_export!("IFDHCreateChannelByName", lun, info, |lun| {
         if device_name.is_null() {
             log::error!("lun {lun:#x}: no DEVICENAME given");
@@ -195,21 +212,33 @@ pub extern "C" fn IFDHCloseChannel(lun: Dword) -> ResponseCode {
 /// # Safety
 /// `length` points to the size of the buffer `value` (pcscd's).
 #[no_mangle]
-pub unsafe extern "C" fn IFDHGetCapabilities(lun: Dword, tag: Dword, length: *mut Dword, value: *mut u8) -> ResponseCode {
+pub unsafe extern "C" fn IFDHGetCapabilities(
+    lun: Dword,
+    tag: Dword,
+    length: *mut Dword,
+    value: *mut u8,
+) -> ResponseCode {
     ifd_export!("IFDHGetCapabilities", lun, debug, |lun| {
-        with_slot(lun, IFD_COMMUNICATION_ERROR, |open| match capability(open, tag) {
-            // SAFETY: pcscd's buffer and its length, per this function's contract.
-            Some(bytes) => unsafe { answer(&bytes, length, value) },
-            None => {
-                log::debug!("lun {lun:#x}: tag {tag:#x} not supported");
-                IFD_ERROR_TAG
+        with_slot(lun, IFD_COMMUNICATION_ERROR, |open| {
+            match capability(open, tag) {
+                // SAFETY: pcscd's buffer and its length, per this function's contract.
+                Some(bytes) => unsafe { answer(&bytes, length, value) },
+                None => {
+                    log::debug!("lun {lun:#x}: tag {tag:#x} not supported");
+                    IFD_ERROR_TAG
+                }
             }
         })
     })
 }
 
 #[no_mangle]
-pub extern "C" fn IFDHSetCapabilities(lun: Dword, tag: Dword, _length: Dword, _value: *mut u8) -> ResponseCode {
+pub extern "C" fn IFDHSetCapabilities(
+    lun: Dword,
+    tag: Dword,
+    _length: Dword,
+    _value: *mut u8,
+) -> ResponseCode {
     ifd_export!("IFDHSetCapabilities", lun, debug, |lun| {
         log::debug!("lun {lun:#x}: cannot set tag {tag:#x}");
         IFD_NOT_SUPPORTED
@@ -238,7 +267,12 @@ pub extern "C" fn IFDHSetProtocolParameters(
 /// `atr` has room for MAX_ATR_SIZE (33) bytes and `atr_length` is writable (pcscd's),
 /// or they are null.
 #[no_mangle]
-pub unsafe extern "C" fn IFDHPowerICC(lun: Dword, action: Dword, atr: *mut u8, atr_length: *mut Dword) -> ResponseCode {
+pub unsafe extern "C" fn IFDHPowerICC(
+    lun: Dword,
+    action: Dword,
+    atr: *mut u8,
+    atr_length: *mut Dword,
+) -> ResponseCode {
     ifd_export!("IFDHPowerICC", lun, debug, |lun| {
         if atr.is_null() || atr_length.is_null() {
             return IFD_COMMUNICATION_ERROR;
@@ -254,17 +288,19 @@ pub unsafe extern "C" fn IFDHPowerICC(lun: Dword, action: Dword, atr: *mut u8, a
                 return IFD_NOT_SUPPORTED;
             }
         };
-        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| match open.slot.power(action) {
-            Ok(bytes) => {
-                let mut len = MAX_ATR_SIZE as Dword;
-                // SAFETY: `atr` has room for MAX_ATR_SIZE bytes per the contract.
-                unsafe { answer(&bytes, &mut len, atr) };
-                // SAFETY: writable per the contract.
-                unsafe { *atr_length = len.min(bytes.len() as Dword) };
-                IFD_SUCCESS
+        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
+            match open.slot.power(action) {
+                Ok(bytes) => {
+                    let mut len = MAX_ATR_SIZE as Dword;
+                    // SAFETY: `atr` has room for MAX_ATR_SIZE bytes per the contract.
+                    unsafe { answer(&bytes, &mut len, atr) };
+                    // SAFETY: writable per the contract.
+                    unsafe { *atr_length = len.min(bytes.len() as Dword) };
+                    IFD_SUCCESS
+                }
+                Err(SlotError::NoCard) => IFD_ICC_NOT_PRESENT,
+                Err(_) => IFD_ERROR_POWER_ACTION,
             }
-            Err(SlotError::NoCard) => IFD_ICC_NOT_PRESENT,
-            Err(_) => IFD_ERROR_POWER_ACTION,
         })
     })
 }
@@ -293,18 +329,20 @@ pub unsafe extern "C" fn IFDHTransmitToICC(
         // SAFETY: pcscd's reply buffer has room for `capacity` bytes, and nothing else
         // refers to it during the call.
         let reply = unsafe { std::slice::from_raw_parts_mut(rx, capacity) };
-        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| match open.slot.transmit(command, reply) {
-            Ok(n) => {
-                // SAFETY: writable per the contract; `recv_pci` is checked for null.
-                unsafe {
-                    *rx_length = n as Dword;
-                    if !recv_pci.is_null() {
-                        *recv_pci = send_pci;
+        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
+            match open.slot.transmit(command, reply) {
+                Ok(n) => {
+                    // SAFETY: writable per the contract; `recv_pci` is checked for null.
+                    unsafe {
+                        *rx_length = n as Dword;
+                        if !recv_pci.is_null() {
+                            *recv_pci = send_pci;
+                        }
                     }
+                    IFD_SUCCESS
                 }
-                IFD_SUCCESS
+                Err(e) => slot_error_code(&e),
             }
-            Err(e) => slot_error_code(&e),
         })
     })
 }
@@ -313,7 +351,7 @@ pub unsafe extern "C" fn IFDHTransmitToICC(
 pub extern "C" fn IFDHICCPresence(lun: Dword) -> ResponseCode {
     ifd_export!("IFDHICCPresence", lun, trace, |lun| {
         with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
-            if open.slot.presence() {
+            if open.slot.presence().check() {
                 IFD_ICC_PRESENT
             } else {
                 IFD_ICC_NOT_PRESENT
@@ -366,7 +404,7 @@ extern "C" fn poll_for_event(lun: Dword, timeout_ms: c_int) -> ResponseCode {
     ifd_export!("poll_for_event", lun, trace, |lun| {
         with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
             let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
-            open.slot.wait_for_event(timeout);
+            open.slot.presence().wait_for_event(timeout);
             IFD_SUCCESS
         })
     })
@@ -376,7 +414,7 @@ extern "C" fn poll_for_event(lun: Dword, timeout_ms: c_int) -> ResponseCode {
 extern "C" fn stop_polling(lun: Dword) -> ResponseCode {
     ifd_export!("stop_polling", lun, debug, |lun| {
         with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
-            open.slot.stop_waiting();
+            open.slot.presence().stop_waiting();
             IFD_SUCCESS
         })
     })
@@ -388,7 +426,10 @@ mod tests {
 
     #[test]
     fn feature_request_names_the_tlv_ioctl() {
-        assert_eq!(control(CM_IOCTL_GET_FEATURE_REQUEST).unwrap(), [0x12, 4, 0x42, 0x33, 0x00, 0x12]);
+        assert_eq!(
+            control(CM_IOCTL_GET_FEATURE_REQUEST).unwrap(),
+            [0x12, 4, 0x42, 0x33, 0x00, 0x12]
+        );
         let props = control(IOCTL_FEATURE_GET_TLV_PROPERTIES).unwrap();
         assert_eq!(props[..2], [10, 4]);
         assert_eq!(u32::from_le_bytes(props[2..].try_into().unwrap()), 65526);
@@ -400,10 +441,16 @@ mod tests {
         let mut buf = [0u8; 4];
         let mut len: Dword = 2;
         // SAFETY: len and buf are valid locals; len <= buf.len().
-        assert_eq!(unsafe { answer(&[1, 2, 3], &mut len, buf.as_mut_ptr()) }, IFD_ERROR_INSUFFICIENT_BUFFER);
+        assert_eq!(
+            unsafe { answer(&[1, 2, 3], &mut len, buf.as_mut_ptr()) },
+            IFD_ERROR_INSUFFICIENT_BUFFER
+        );
         len = 4;
         // SAFETY: as above.
-        assert_eq!(unsafe { answer(&[1, 2, 3], &mut len, buf.as_mut_ptr()) }, IFD_SUCCESS);
+        assert_eq!(
+            unsafe { answer(&[1, 2, 3], &mut len, buf.as_mut_ptr()) },
+            IFD_SUCCESS
+        );
         assert_eq!((len, buf), (3, [1, 2, 3, 0]));
     }
 }

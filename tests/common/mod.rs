@@ -75,7 +75,9 @@ impl Drop for TempDir {
 /// `count` consecutive free TCP ports on every IPv4 interface (and [::] if possible).
 pub fn free_ports(count: u16) -> u16 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     for _ in 0..200 {
         x ^= x << 13;
         x ^= x >> 7;
@@ -139,7 +141,11 @@ static SOCKET_SET: OnceLock<PathBuf> = OnceLock::new();
 
 impl Pcscd {
     pub fn start(entries: &[Entry]) -> Pcscd {
-        let conf = entries.iter().map(Entry::render).collect::<Vec<_>>().join("\n");
+        let conf = entries
+            .iter()
+            .map(Entry::render)
+            .collect::<Vec<_>>()
+            .join("\n");
         Pcscd::start_with_config(&conf)
     }
 
@@ -165,17 +171,25 @@ impl Pcscd {
         }
         let child = Command::new("unshare")
             .args(&args)
-            .env("VPCD_LOG", std::env::var("VPCD_LOG").unwrap_or_else(|_| "debug".into()))
+            .env(
+                "VPCD_LOG",
+                std::env::var("VPCD_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log).unwrap(),
+            ))
             .spawn()
             .expect("start pcscd");
         let set = SOCKET_SET.get_or_init(|| {
             std::env::set_var("PCSCLITE_CSOCK_NAME", &socket);
             socket.clone()
         });
-        assert_eq!(set, &socket, "one pcscd per test process: run with cargo nextest");
+        assert_eq!(
+            set, &socket,
+            "one pcscd per test process: run with cargo nextest"
+        );
         let mut pcscd = Pcscd {
             child: Some(child),
             dir,
@@ -314,7 +328,10 @@ pub fn wait_card(ctx: &Context, reader: &str, present: bool, timeout: Duration) 
             return start.elapsed();
         }
         if start.elapsed() >= timeout {
-            panic!("{reader}: card {} not seen within {timeout:?} (state {state:?})", if present { "insertion" } else { "removal" });
+            panic!(
+                "{reader}: card {} not seen within {timeout:?} (state {state:?})",
+                if present { "insertion" } else { "removal" }
+            );
         }
         states[0].sync_current_state();
     }
@@ -372,7 +389,8 @@ pub struct Vicc {
 impl Vicc {
     /// Connects to a listening slot.
     pub fn connect(port: u16, behaviour: Behaviour) -> Vicc {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connect to port {port}: {e}"));
         Vicc::serve(stream, behaviour)
     }
 
@@ -454,7 +472,9 @@ fn run_vicc(mut stream: TcpStream, behaviour: Behaviour, apdus: &AtomicU32) {
                 false
             }
             Behaviour::GarbageOnApdu => {
-                let garbage: Vec<u8> = (0..97u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+                let garbage: Vec<u8> = (0..97u32)
+                    .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                    .collect();
                 let _ = stream.write_all(&garbage);
                 true
             }
@@ -574,8 +594,15 @@ pub fn python_vicc(dir: &Path, args: &[&str]) -> Process {
         std::os::unix::fs::symlink("/usr/lib/python3/dist-packages/Cryptodome", &alias).unwrap();
     }
     let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg("/usr/bin/vicc")
-        .args(args)
-        .env("PYTHONPATH", format!("{}:/usr/lib/python3/site-packages/virtualsmartcard", shim.display()));
-    Process::spawn(&mut cmd, dir.join(format!("vicc-{}.log", args.join("_").replace('/', "_"))))
+    cmd.arg("/usr/bin/vicc").args(args).env(
+        "PYTHONPATH",
+        format!(
+            "{}:/usr/lib/python3/site-packages/virtualsmartcard",
+            shim.display()
+        ),
+    );
+    Process::spawn(
+        &mut cmd,
+        dir.join(format!("vicc-{}.log", args.join("_").replace('/', "_"))),
+    )
 }

@@ -1,0 +1,220 @@
+//! Card presence as pcscd sees it, and the wait behind pcscd's polling callback.
+//!
+//! Every insertion and removal bumps a generation and wakes the waiter; pcscd's
+//! presence check records which generation it has seen. The polling callback waits
+//! until the generation moves past that, the stop callback is called, or the slot
+//! closes. A removal that pcscd has not seen yet is reported once as "absent" even if
+//! a new card has already taken its place, so a quick swap is never missed.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Debug, Default)]
+struct State {
+    present: bool,
+    /// Bumped on every insertion and removal.
+    generation: u64,
+    /// The generation pcscd saw at its last presence check.
+    reported: u64,
+    removal_unreported: bool,
+    /// Calls of pcscd's stop callback, and how many a wait has consumed.
+    stop_requests: u64,
+    stops_seen: u64,
+    closing: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Presence {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Presence {
+    pub fn new() -> Presence {
+        Presence::default()
+    }
+
+    /// A card arrived. Returns false (and changes nothing) once closing.
+    pub fn insert(&self) -> bool {
+        self.update(|s| {
+            s.present = true;
+        })
+    }
+
+    /// The card left.
+    pub fn remove(&self) {
+        self.update(|s| {
+            s.present = false;
+            s.removal_unreported = true;
+        });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut State)) -> bool {
+        let mut s = self.state.lock();
+        if s.closing {
+            return false;
+        }
+        change(&mut s);
+        s.generation = s.generation.wrapping_add(1);
+        drop(s);
+        self.changed.notify_all();
+        true
+    }
+
+    /// pcscd's presence check: what to report now.
+    pub fn check(&self) -> bool {
+        let mut s = self.state.lock();
+        s.reported = s.generation;
+        if s.removal_unreported {
+            s.removal_unreported = false;
+            if s.present {
+                // A new card is already in: report the old one gone now, and make the
+                // next wait return at once so pcscd sees the new one.
+                s.reported = s.generation.wrapping_sub(1);
+            }
+            return false;
+        }
+        s.present
+    }
+
+    /// pcscd's polling callback: blocks until something pcscd has not seen happens,
+    /// the stop callback is called, the slot closes, or `timeout` passes.
+    pub fn wait_for_event(&self, timeout: Duration) {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut s = self.state.lock();
+        loop {
+            if s.closing || s.generation != s.reported || s.stop_requests != s.stops_seen {
+                s.stops_seen = s.stop_requests;
+                return;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if self.changed.wait_until(&mut s, deadline).timed_out() {
+                        return;
+                    }
+                }
+                None => self.changed.wait(&mut s),
+            }
+        }
+    }
+
+    /// pcscd's stop callback: ends the current wait, or the next one if none runs.
+    pub fn stop_waiting(&self) {
+        self.state.lock().stop_requests += 1;
+        self.changed.notify_all();
+    }
+
+    /// The slot is closing: every wait returns and no card is inserted any more.
+    pub fn close(&self) {
+        self.state.lock().closing = true;
+        self.changed.notify_all();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().closing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    const NOW: Duration = Duration::ZERO;
+    const LONG: Duration = Duration::from_secs(5);
+
+    fn waits(p: &Presence) -> bool {
+        let t = Instant::now();
+        p.wait_for_event(Duration::from_millis(30));
+        t.elapsed() >= Duration::from_millis(30)
+    }
+
+    #[test]
+    fn nothing_changes_then_the_wait_times_out() {
+        let p = Presence::new();
+        assert!(!p.check());
+        assert!(waits(&p));
+    }
+
+    #[test]
+    fn insertion_and_removal_end_the_wait_and_are_reported() {
+        let p = Presence::new();
+        assert!(!p.check());
+        assert!(p.insert());
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        assert!(waits(&p));
+        p.remove();
+        p.wait_for_event(LONG);
+        assert!(!p.check());
+        assert!(waits(&p));
+    }
+
+    #[test]
+    fn an_event_between_check_and_wait_is_not_lost() {
+        let p = Presence::new();
+        p.check();
+        p.insert();
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG);
+    }
+
+    #[test]
+    fn a_quick_swap_is_reported_as_removal_then_insertion() {
+        let p = Presence::new();
+        p.insert();
+        assert!(p.check());
+        p.remove();
+        p.insert();
+        assert!(!p.check(), "the removal first");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG, "then at once another look");
+        assert!(p.check(), "the new card");
+        assert!(waits(&p));
+    }
+
+    #[test]
+    fn stop_ends_one_wait_even_if_it_comes_first() {
+        let p = Presence::new();
+        p.check();
+        p.stop_waiting();
+        p.wait_for_event(LONG);
+        assert!(waits(&p), "a stop ends one wait only");
+    }
+
+    #[test]
+    fn stop_and_close_wake_a_blocked_waiter() {
+        for close in [false, true] {
+            let p = Arc::new(Presence::new());
+            p.check();
+            let waiter = {
+                let p = Arc::clone(&p);
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    p.wait_for_event(Duration::from_secs(600));
+                    t.elapsed()
+                })
+            };
+            std::thread::sleep(Duration::from_millis(20));
+            if close {
+                p.close();
+            } else {
+                p.stop_waiting();
+            }
+            assert!(waiter.join().unwrap() < LONG);
+        }
+    }
+
+    #[test]
+    fn closing_refuses_insertions_and_never_blocks() {
+        let p = Presence::new();
+        p.close();
+        assert!(!p.insert());
+        assert!(!p.check());
+        p.wait_for_event(LONG);
+        p.wait_for_event(NOW);
+    }
+}
