@@ -158,8 +158,17 @@ impl Pcscd {
         let log = dir.0.join("pcscd.log");
         let socket = run_dir.join("pcscd.comm");
         std::fs::create_dir_all("/run/pcscd").unwrap();
+        // VPCD_VALGRIND=1 runs pcscd under valgrind; its report goes to valgrind.log
+        // beside pcscd.log (kept under VPCD_VALGRIND_DIR if set).
+        let valgrind = match std::env::var_os("VPCD_VALGRIND") {
+            Some(_) => format!(
+                "valgrind --error-limit=no --log-file='{}' ",
+                valgrind_log(&dir.0).display()
+            ),
+            None => String::new(),
+        };
         let script = format!(
-            "mount --bind '{}' /run/pcscd && exec pcscd -f -d --config '{}'",
+            "mount --bind '{}' /run/pcscd && exec {valgrind}pcscd -f -d --config '{}'",
             run_dir.display(),
             conf_path.display()
         );
@@ -233,7 +242,13 @@ impl Pcscd {
         };
         let start = Instant::now();
         signal(child.id(), libc_sigint());
-        let deadline = start + Duration::from_secs(10);
+        // Under valgrind, pcscd's own shutdown (its hotplug thread) can take long.
+        let patience = if std::env::var_os("VPCD_VALGRIND").is_some() {
+            60
+        } else {
+            10
+        };
+        let deadline = start + Duration::from_secs(patience);
         loop {
             if child.try_wait().unwrap().is_some() {
                 return start.elapsed();
@@ -241,7 +256,10 @@ impl Pcscd {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("pcscd ignored SIGINT for 10 s:\n{}", self.log_text());
+                panic!(
+                    "pcscd ignored SIGINT for {patience} s:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -279,6 +297,21 @@ impl Pcscd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Where pcscd's valgrind report goes when VPCD_VALGRIND is set.
+fn valgrind_log(dir: &Path) -> PathBuf {
+    match std::env::var_os("VPCD_VALGRIND_DIR") {
+        Some(keep) => {
+            std::fs::create_dir_all(&keep).unwrap();
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("test")
+                .replace("::", "-");
+            PathBuf::from(keep).join(format!("{test}-{}.log", std::process::id()))
+        }
+        None => dir.join("valgrind.log"),
     }
 }
 
