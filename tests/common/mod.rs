@@ -317,7 +317,15 @@ fn valgrind_log(dir: &Path) -> PathBuf {
 
 impl Drop for Pcscd {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if std::thread::panicking() {
+            // No second panic from stop(): end pcscd the hard way.
+            if let Some(mut child) = self.child.take() {
+                signal(child.id(), libc_sigint());
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        } else if self.child.is_some() {
             self.stop();
         }
         if std::thread::panicking() || std::env::var_os("VPCD_TEST_LOG").is_some() {
