@@ -51,12 +51,10 @@ pub fn open(lun: u32, config: Result<ReaderConfig, ConfigError>) -> Result<(), O
         Protocol::Vpcd => {
             Box::new(Slot::open(&config, lun, slot_index(lun)).map_err(OpenError::Io)?)
         }
-        Protocol::VsCard => {
-            return Err(OpenError::Io(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "protocol=vscard is not available yet",
-            )))
-        }
+        Protocol::VsCard => Box::new(
+            crate::vscard::VscardSlot::open(&config, lun, slot_index(lun))
+                .map_err(OpenError::Io)?,
+        ),
     };
     let open = Arc::new(OpenSlot { slot, config });
     SLOTS

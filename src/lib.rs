@@ -14,6 +14,7 @@
 //!   [`slot::CardSlot`] is what pcscd needs of any slot.
 //! - [`presence`]: card presence as pcscd sees it, and the polling callback's wait.
 //! - [`protocol`]: the vpcd wire codec, pure and allocation-bounded.
+//! - [`vscard`]: `protocol=vscard`, QEMU's VSCard protocol (host role) for libcacard clients.
 //! - [`config`]: DEVICENAME / CHANNELID parsing and the reader options.
 //! - [`card`]: the built-in virtual card (ISO 7816-4) behind `vpcd-vicc`.
 //! - `src/bin/`: the tools: `vpcd-vicc` (a virtual card), `vpcd-config` (pairing).
@@ -26,6 +27,7 @@ pub mod presence;
 pub mod protocol;
 pub mod slot;
 pub mod sys;
+pub mod vscard;
 
 /// The macOS bundle's `Contents/Info.plist`, rendered by build.rs from Info.plist.in.
 pub const INFO_PLIST: &str = include_str!(concat!(env!("OUT_DIR"), "/Info.plist"));
