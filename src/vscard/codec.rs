@@ -657,6 +657,28 @@ mod tests {
         }
 
         #[test]
+        fn well_framed_garbage_never_panics(
+            kind in 0u32..12,
+            reader in any::<u32>(),
+            magic in any::<bool>(),
+            mut payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            if magic && payload.len() >= 4 {
+                payload[..4].copy_from_slice(&MAGIC);
+            }
+            let header = Header { kind, reader_id: reader, length: payload.len() as u32 };
+            match decode(&header, &payload) {
+                Ok(Message::Init { capabilities, .. }) => {
+                    prop_assert!(!capabilities.is_empty());
+                    prop_assert_eq!(kind, 1);
+                }
+                Ok(m) => prop_assert_eq!(m.kind() as u32, kind),
+                Err(CodecError::UnknownType(t)) => prop_assert!(t == 0 || t > 9),
+                Err(e) => prop_assert!(e.keeps_stream() || matches!(e, CodecError::BadMagic(_))),
+            }
+        }
+
+        #[test]
         fn decoded_messages_re_encode_to_the_same_bytes((kind, reader, payload) in any_message()) {
             let header = Header { kind, reader_id: reader, length: payload.len() as u32 };
             let message = decode(&header, &payload).unwrap();

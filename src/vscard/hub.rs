@@ -35,6 +35,8 @@ use super::codec::{
 use crate::config::{Endpoint, ReaderConfig};
 use crate::presence::Presence;
 use crate::protocol;
+#[cfg(test)]
+use crate::protocol::ProtocolError;
 use crate::slot::{hex, CardSlot, PowerAction, SlotError};
 use crate::sys::{self, Interest};
 
@@ -940,4 +942,170 @@ fn configure(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
         .with_interval(Duration::from_secs(10));
     SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vscard::codec::{Header, MsgType};
+    use std::net::TcpListener;
+
+    fn config(extra: &str) -> (ReaderConfig, u16) {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = ReaderConfig::parse(&format!(
+            "/dev/null:{port}/protocol=vscard/listen=127.0.0.1/timeout=2{extra}"
+        ))
+        .unwrap();
+        (cfg, port)
+    }
+
+    fn send(stream: &mut TcpStream, reader: u32, message: &Message<'_>) {
+        let mut out = vec![];
+        codec::encode(reader, message, &mut out).unwrap();
+        stream.write_all(&out).unwrap();
+    }
+
+    fn recv(stream: &mut TcpStream) -> (Header, Vec<u8>) {
+        let mut head = [0u8; HEADER_LEN];
+        stream.read_exact(&mut head).unwrap();
+        let header = Header::parse(head);
+        let mut payload = vec![0; header.payload_len().unwrap()];
+        stream.read_exact(&mut payload).unwrap();
+        (header, payload)
+    }
+
+    fn ack(stream: &mut TcpStream) -> (u32, ErrorCode) {
+        let (h, p) = recv(stream);
+        match codec::decode(&h, &p).unwrap() {
+            Message::Error(code) => (h.reader_id, code),
+            other => panic!("expected an Error, got {other:?}"),
+        }
+    }
+
+    fn wait_present(slot: &VscardSlot, present: bool) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while slot.presence().check() != present {
+            assert!(Instant::now() < deadline, "presence never became {present}");
+            slot.presence().wait_for_event(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn slots_share_one_hub_which_the_last_close_joins() {
+        let (cfg, port) = config("");
+        let key = 0xBEE1;
+        let s0 = VscardSlot::open(&cfg, key << 16, 0).unwrap();
+        let s1 = VscardSlot::open(&cfg, key << 16 | 1, 1).unwrap();
+        assert_eq!(HUBS.lock().as_ref().unwrap()[&key].users, 2);
+
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        send(&mut client, 0, &Message::host_init());
+        let (h, p) = recv(&mut client);
+        assert_eq!(h.kind, MsgType::Init as u32);
+        assert_eq!(codec::decode(&h, &p).unwrap(), Message::host_init());
+        for want in [0, 1] {
+            send(
+                &mut client,
+                UNDEFINED_READER_ID,
+                &Message::ReaderAdd { name: b"r" },
+            );
+            assert_eq!(ack(&mut client), (want, ErrorCode::Success));
+        }
+        let atr = [0x3B, 0x80, 0x80, 0x01, 0x01];
+        send(&mut client, 1, &Message::Atr(&atr));
+        assert_eq!(ack(&mut client), (1, ErrorCode::Success));
+        wait_present(&s1, true);
+        assert!(!s0.presence().check());
+
+        // Power: no traffic, and power down leaves the card usable.
+        assert_eq!(s1.power(PowerAction::Down).unwrap(), Vec::<u8>::new());
+        assert_eq!(s1.atr().unwrap(), atr);
+        assert_eq!(s1.power(PowerAction::Reset).unwrap(), atr);
+        assert!(matches!(s0.power(PowerAction::Up), Err(SlotError::NoCard)));
+
+        // An exchange: the reply comes back on reader id 1.
+        let mut peer = client.try_clone().unwrap();
+        let answer = std::thread::spawn(move || {
+            let (h, p) = recv(&mut peer);
+            assert_eq!((h.kind, h.reader_id), (MsgType::Apdu as u32, 1));
+            let mut reply = p.clone();
+            reply.extend_from_slice(&[0x90, 0x00]);
+            send(&mut peer, 1, &Message::Apdu(&reply));
+        });
+        let mut reply = [0u8; 64];
+        let n = s1.transmit(&[0x00, 0xB0, 0x00, 0x00], &mut reply).unwrap();
+        assert_eq!(&reply[..n], [0x00, 0xB0, 0x00, 0x00, 0x90, 0x00]);
+        answer.join().unwrap();
+        // A reply too large for the caller's buffer is refused, the card stays.
+        let mut peer = client.try_clone().unwrap();
+        let answer = std::thread::spawn(move || {
+            recv(&mut peer);
+            send(&mut peer, 1, &Message::Apdu(&[0x61; 100]));
+        });
+        let mut small = [0u8; 8];
+        assert!(matches!(
+            s1.transmit(&[0x00, 0xB0, 0x00, 0x00], &mut small),
+            Err(SlotError::Protocol(ProtocolError::ReplyTooLarge { .. }))
+        ));
+        answer.join().unwrap();
+        assert!(s1.atr().is_some());
+
+        // The first close keeps the hub for the other slot; the last one frees the port.
+        s0.close();
+        assert_eq!(HUBS.lock().as_ref().unwrap()[&key].users, 1);
+        assert!(TcpListener::bind(("127.0.0.1", port)).is_err());
+        s1.close();
+        s1.close();
+        assert!(!HUBS.lock().as_ref().unwrap().contains_key(&key));
+        let mut end = [0u8; 1];
+        assert_eq!(client.read(&mut end).unwrap_or(0), 0, "client dropped");
+        TcpListener::bind(("127.0.0.1", port)).expect("port released");
+    }
+
+    #[test]
+    fn a_slot_beyond_the_reader_and_reversed_mode_are_refused() {
+        let (cfg, _) = config("/slots=1");
+        assert!(VscardSlot::open(&cfg, 0xBEE2 << 16 | 1, 1).is_err());
+        let reversed = ReaderConfig::parse("localhost:4000/protocol=vscard").unwrap();
+        let e = VscardSlot::open(&reversed, 0xBEE3 << 16, 0)
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(!HUBS
+            .lock()
+            .as_ref()
+            .is_some_and(|m| m.contains_key(&0xBEE2) || m.contains_key(&0xBEE3)));
+    }
+
+    #[test]
+    fn close_ends_an_exchange_in_flight_at_once() {
+        let (cfg, port) = config("/timeout=60");
+        let slot = Arc::new(VscardSlot::open(&cfg, 0xBEE4 << 16, 0).unwrap());
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        send(
+            &mut client,
+            UNDEFINED_READER_ID,
+            &Message::ReaderAdd { name: b"" },
+        );
+        assert_eq!(ack(&mut client), (0, ErrorCode::Success));
+        send(&mut client, 0, &Message::Atr(&[0x3B, 0x00]));
+        assert_eq!(ack(&mut client), (0, ErrorCode::Success));
+        wait_present(&slot, true);
+        let exchange = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || {
+                let mut reply = [0u8; 16];
+                slot.transmit(&[0x00, 0xB0, 0x00, 0x00], &mut reply)
+            })
+        };
+        recv(&mut client);
+        let start = Instant::now();
+        slot.close();
+        assert!(exchange.join().unwrap().is_err());
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
 }
