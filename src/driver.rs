@@ -75,7 +75,8 @@ pub fn get(lun: u32) -> Option<Arc<OpenSlot>> {
 /// pcscd removes a reader's slots one after the other, and before it closes the next
 /// one it takes that slot's lock, which an exchange with a stalled vicc would hold
 /// until the response timeout. So closing one slot also ends the exchanges in flight
-/// on its sibling slots: the whole reader is going away.
+/// on its sibling slots: the whole reader is going away. Their presence is frozen
+/// first, so pcscd sees no card removal in the middle of its teardown.
 pub fn close(lun: u32) -> bool {
     let (removed, siblings) = {
         let mut table = SLOTS.lock();
@@ -95,6 +96,7 @@ pub fn close(lun: u32) -> bool {
     };
     open.slot.close();
     for sibling in siblings {
+        sibling.slot.presence().freeze();
         sibling.slot.drop_vicc("its reader is closing");
     }
     true

@@ -22,6 +22,8 @@ struct State {
     stop_requests: u64,
     stops_seen: u64,
     closing: bool,
+    /// No more insertions or removals are reported (the reader is being removed).
+    frozen: bool,
 }
 
 #[derive(Debug, Default)]
@@ -52,7 +54,7 @@ impl Presence {
 
     fn update(&self, change: impl FnOnce(&mut State)) -> bool {
         let mut s = self.state.lock();
-        if s.closing {
+        if s.closing || s.frozen {
             return false;
         }
         change(&mut s);
@@ -103,6 +105,14 @@ impl Presence {
     pub fn stop_waiting(&self) {
         self.state.lock().stop_requests += 1;
         self.changed.notify_all();
+    }
+
+    /// The reader is being removed: from now on nothing is reported as inserted or
+    /// removed, while waits go on as before. pcscd clears a reader's "stop" mark when
+    /// it handles a removal, so a removal reported while pcscd tears the reader down
+    /// would keep its polling thread alive.
+    pub fn freeze(&self) {
+        self.state.lock().frozen = true;
     }
 
     /// The slot is closing: every wait returns and no card is inserted any more.
@@ -206,6 +216,21 @@ mod tests {
             }
             assert!(waiter.join().unwrap() < LONG);
         }
+    }
+
+    #[test]
+    fn frozen_state_reports_nothing_new_but_still_waits_for_stop() {
+        let p = Presence::new();
+        p.insert();
+        assert!(p.check());
+        p.freeze();
+        p.remove();
+        assert!(p.check(), "the removal is not reported");
+        assert!(waits(&p));
+        p.stop_waiting();
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! [`Presence`], which wakes pcscd's polling callback, so an insertion or removal is
 //! reported at once and no traffic is sent to the vicc while nothing changes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
@@ -347,13 +347,25 @@ impl Shared {
 
     /// Reads one reply frame into `into`; the frame must fit.
     fn receive(&self, conn: &Conn, into: &mut [u8]) -> Result<usize, SlotError> {
-        let deadline = Instant::now() + self.timeout;
+        let mut reader = DeadlineReader::new(&conn.stream, self.timeout);
         let mut prefix = [0u8; HEADER_LEN];
-        read_exact_by(&conn.stream, &mut prefix, deadline)?;
+        // One readv usually takes the prefix and the whole reply, straight into place.
+        let n = reader.read(&mut [IoSliceMut::new(&mut prefix), IoSliceMut::new(into)])?;
+        if n < HEADER_LEN {
+            reader.read_exact(&mut prefix[n..])?;
+        }
         let len = protocol::payload_len(prefix);
+        let got = n.saturating_sub(HEADER_LEN);
+        if got > len {
+            // The vicc answers one frame per command; more bytes mean it lost step.
+            return Err(SlotError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("vicc sent {} bytes after its {len}-byte reply", got - len),
+            )));
+        }
         if len > into.len() || len == 0 {
             // Keep the stream in step, then refuse the reply.
-            discard_by(&conn.stream, len, deadline)?;
+            reader.discard(len - got)?;
             return Err(if len == 0 {
                 ProtocolError::Empty
             } else {
@@ -364,7 +376,7 @@ impl Shared {
             }
             .into());
         }
-        read_exact_by(&conn.stream, &mut into[..len], deadline)?;
+        reader.read_exact(&mut into[got..len])?;
         Ok(len)
     }
 
@@ -661,6 +673,7 @@ fn configure(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     // One command, one reply: Nagle and delayed ACKs would cost ~40 ms per exchange.
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(timeout))?;
+    stream.set_read_timeout(Some(timeout))?;
     // Notice a phone that vanished from the network without closing.
     let keepalive = TcpKeepalive::new()
         .with_time(Duration::from_secs(30))
@@ -675,36 +688,77 @@ fn peek(stream: &TcpStream) -> io::Result<usize> {
     SockRef::from(stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
-/// `read_exact` that gives up at `deadline`, however slowly the bytes trickle in.
-fn read_exact_by(mut stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        stream.set_read_timeout(Some(remaining))?;
-        match stream.read(&mut buf[filled..]) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::ErrorKind::TimedOut.into())
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// Reads one reply from a vicc socket before a deadline, however slowly the bytes
+/// trickle in. The socket's receive timeout stays at the reader's full timeout between
+/// exchanges, so the first read of an exchange costs no extra system call; only a
+/// reply that arrives in pieces re-arms it for the time left (and restores it after).
+struct DeadlineReader<'a> {
+    stream: &'a TcpStream,
+    full: Duration,
+    deadline: Instant,
+    first: bool,
+    rearmed: bool,
 }
 
-fn discard_by(stream: &TcpStream, mut len: usize, deadline: Instant) -> io::Result<()> {
-    let mut sink = [0u8; 4096];
-    while len > 0 {
-        let n = len.min(sink.len());
-        read_exact_by(stream, &mut sink[..n], deadline)?;
-        len -= n;
+impl<'a> DeadlineReader<'a> {
+    fn new(stream: &'a TcpStream, timeout: Duration) -> DeadlineReader<'a> {
+        DeadlineReader {
+            stream,
+            full: timeout,
+            deadline: Instant::now() + timeout,
+            first: true,
+            rearmed: false,
+        }
     }
-    Ok(())
+
+    /// One read into `bufs`; at least one byte, or an error (EOF is an error here).
+    fn read(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        loop {
+            if !std::mem::replace(&mut self.first, false) {
+                let remaining = self.deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                self.stream.set_read_timeout(Some(remaining))?;
+                self.rearmed = true;
+            }
+            match (&mut &*self.stream).read_vectored(bufs) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(io::ErrorKind::TimedOut.into())
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read_exact(&mut self, mut buf: &mut [u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = self.read(&mut [IoSliceMut::new(buf)])?;
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self, mut len: usize) -> io::Result<()> {
+        let mut sink = [0u8; 4096];
+        while len > 0 {
+            let n = len.min(sink.len());
+            self.read_exact(&mut sink[..n])?;
+            len -= n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DeadlineReader<'_> {
+    fn drop(&mut self) {
+        if self.rearmed {
+            let _ = self.stream.set_read_timeout(Some(self.full));
+        }
+    }
 }
 
 /// Bytes as `3B 8A 80 01`.

@@ -246,10 +246,18 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
     wait_card(&ctx, &readers[0], true, 2 * SECOND);
     wait_card(&ctx, &readers[1], true, 2 * SECOND);
     let stuck_reader = readers[1].clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
         let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
         let card = connect(&ctx, &stuck_reader);
-        transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x00]).is_err()
+        let failed = transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x00]).is_err();
+        // Hold the handle until pcscd is gone: pcscd 1.9.9 itself can crash when a
+        // client disconnects while it removes that reader (a NULL dereference in
+        // pcscd, seen under valgrind), whatever the driver.
+        let _ = done_rx.recv();
+        std::mem::forget(card);
+        std::mem::forget(ctx);
+        failed
     });
     let deadline = std::time::Instant::now() + 2 * SECOND;
     while stalled.apdus.load(std::sync::atomic::Ordering::Relaxed) == 0 {
@@ -260,6 +268,7 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let took = pcscd.stop();
+    done_tx.send(()).unwrap();
     assert!(client.join().unwrap(), "the stalled transmit must fail");
     let log = pcscd.log_text();
     assert_eq!(log.matches("slot closed").count(), 2, "{log}");

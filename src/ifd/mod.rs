@@ -124,7 +124,13 @@ fn capability(open: &OpenSlot, tag: Dword) -> Option<Vec<u8>> {
         // Readers share no state but a short lookup lock, and every slot has its own
         // connection and lock: pcscd may call us for different readers and slots at once.
         TAG_IFD_THREAD_SAFE | TAG_IFD_SLOT_THREAD_SAFE => vec![1],
-        TAG_IFD_POLLING_THREAD_KILLABLE => vec![0],
+        TAG_IFD_POLLING_THREAD_KILLABLE => {
+            // pcscd asks this only when it tears the slot down, right after marking
+            // its polling thread to exit; a removal reported now would clear that mark
+            // and keep the thread (and pcscd's shutdown) waiting. Report no more.
+            open.slot.presence().freeze();
+            vec![0]
+        }
         TAG_IFD_POLLING_THREAD_WITH_TIMEOUT => {
             (poll_for_event as PollFn as usize).to_ne_bytes().to_vec()
         }

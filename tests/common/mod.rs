@@ -8,6 +8,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -82,11 +83,9 @@ pub fn free_ports(count: u16) -> u16 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let base = 20000 + (x % 30000) as u16;
-        // Stay clear of the C driver's default ports.
-        if (35900..36100).contains(&base) {
-            continue;
-        }
+        // Below Linux's ephemeral range (32768 and up), where client sockets take their
+        // ports, and so clear of the C driver's default 35963 as well.
+        let base = 10000 + (x % 22000) as u16;
         let held: Vec<_> = (0..count)
             .map_while(|i| TcpListener::bind(("0.0.0.0", base + i)).ok())
             .collect();
@@ -250,7 +249,12 @@ impl Pcscd {
         };
         let deadline = start + Duration::from_secs(patience);
         loop {
-            if child.try_wait().unwrap().is_some() {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.code().is_some() || status.signal() == Some(libc_sigint()),
+                    "pcscd died of {status}:\n{}",
+                    self.log_text()
+                );
                 return start.elapsed();
             }
             if Instant::now() > deadline {
