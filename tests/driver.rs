@@ -289,3 +289,29 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
     );
     assert!(took < 3 * SECOND, "pcscd took {took:?} to stop");
 }
+
+fn apdu_trace_case(options: &str, traced: bool) {
+    let (pcscd, port) = one_reader(options);
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let _vicc = Vicc::connect(port, Behaviour::Echo);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &reader, true, 2 * SECOND);
+    let card = connect(&ctx, &reader);
+    // A VERIFY with a PIN: exactly what must not reach a log unasked.
+    let verify = [0x00, 0x20, 0x00, 0x81, 0x04, 0x31, 0x32, 0x33, 0x34];
+    transmit(&card, &verify).unwrap();
+    let log = pcscd.log_text();
+    assert_eq!(log.contains("APDU > 00 20 00 81 04 31 32 33 34"), traced, "{options:?}:\n{log}");
+    assert_eq!(log.contains("APDU < 00 20 00 81 04 31 32 33 34 90 00"), traced);
+}
+
+#[test]
+fn apdus_are_not_logged_by_default() {
+    apdu_trace_case("/log=trace", false);
+}
+
+#[test]
+fn apdus_are_logged_with_trace_yes() {
+    apdu_trace_case("/trace=yes", true);
+}
