@@ -1,5 +1,6 @@
 //! `vpcd-vicc`: a built-in virtual ISO 7816-4 card for the vpcd reader, like
-//! vsmartcard's `vicc` without Python. The card itself is `ifdvpcd::card`.
+//! vsmartcard's `vicc` without Python, or (`--relay`) a relay to a real card in a local
+//! PC/SC reader. The card itself is `ifdvpcd::card`, the relay `ifdvpcd::card::relay`.
 
 #![forbid(unsafe_code)]
 
@@ -9,8 +10,9 @@ use std::time::Duration;
 
 use ifdvpcd::card::atr::{self, to_hex};
 use ifdvpcd::card::fs::{self, Df};
+use ifdvpcd::card::relay::{self, PowerOff, Relay};
 use ifdvpcd::card::server::{self, DEFAULT_PORT};
-use ifdvpcd::card::Card;
+use ifdvpcd::card::{Card, VirtualCard};
 use ifdvpcd::protocol;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
@@ -22,9 +24,12 @@ fn help() -> String {
 vpcd-vicc {version}: a virtual ISO 7816-4 smart card for the vpcd reader
 
 Usage: vpcd-vicc [options]
+       vpcd-vicc --relay READER [options]
+       vpcd-vicc --list-readers
 
 Connects to a slot of the vpcd driver in pcscd, like vsmartcard's vicc, and is
-the card in that slot until the driver closes the connection.
+the card in that slot until the driver closes the connection: the built-in card,
+or with --relay the real card in a PC/SC reader of this machine.
 
 Options:
   -H, --hostname HOST  vpcd to connect to (default: localhost)
@@ -37,9 +42,22 @@ Options:
                        {atr})
       --fs DIR         file system from DIR: files named XXXX (4 hex digits) are
                        EFs in the MF, subdirectories XXXX/ are DFs
+      --relay READER   relay the card in this PC/SC reader (its name, its number
+                       in --list-readers, or a unique part of its name) instead
+                       of being the built-in card; an empty READER or '?' lists
+                       the readers
+      --power-off MODE what a power off from vpcd does to the relayed card:
+                       unpower (default), reset or leave
+  -L, --list-readers   list the PC/SC readers of this machine and their cards
   -v, --verbose        trace APDUs to stderr (> command, < response)
   -h, --help           this help
   -V, --version        version
+
+Relay mode (--relay): power on and reset from vpcd connect to the card (shared,
+T=0 or T=1) or reset it, GET ATR answers the card's ATR, power off disconnects,
+and every APDU goes to the card with SCardTransmit, extended ones included. If
+the card is gone, APDUs answer 6F 00 (and the reason goes to stderr). The PC/SC
+side is the local pcscd (PCSCLITE_CSOCK_NAME selects another one).
 
 The card (built-in file system):
   3F00 MF
@@ -57,6 +75,10 @@ Examples:
   vpcd-vicc -P {port2} -l         the card in slot 1, back after pcscd restarts
   vpcd-vicc -r -P {port}         reversed: vpcd has DEVICENAME host:{port}
   vpcd-vicc --fs ./card         the files of ./card instead of the built-in ones
+  vpcd-vicc -L                  the local readers, numbered
+  vpcd-vicc --relay 0 -H pc.example -l
+                                the card in local reader 0, in slot 0 of the vpcd
+                                on pc.example, whenever that vpcd is up
   opensc-tool -s '00 A4 04 0C 06 F0 76 70 63 64 01' -s '00 A4 02 0C 02 50 01' \\
               -s '00 B0 00 00 00'
   opensc-tool -s '80 EE 00 00 04 DE AD BE EF'
@@ -81,11 +103,15 @@ struct Options {
     atr: Option<String>,
     fs: Option<PathBuf>,
     verbose: bool,
+    /// The reader to relay (`--relay`), as given.
+    relay: Option<String>,
+    power_off: Option<PowerOff>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Parsed {
     Run(Options),
+    ListReaders,
     Help,
     Version,
 }
@@ -102,6 +128,8 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String>
         atr: None,
         fs: None,
         verbose: false,
+        relay: None,
+        power_off: None,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -131,7 +159,15 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String>
         };
         let takes_value = matches!(
             name.as_str(),
-            "-H" | "--hostname" | "--host" | "-P" | "--port" | "--listen" | "--atr" | "--fs"
+            "-H" | "--hostname"
+                | "--host"
+                | "-P"
+                | "--port"
+                | "--listen"
+                | "--atr"
+                | "--fs"
+                | "--relay"
+                | "--power-off"
         );
         if !takes_value {
             if attached.is_some() {
@@ -144,7 +180,12 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String>
         }
         let value = match attached {
             Some(v) => v,
-            None => args.next().ok_or_else(|| format!("{name} needs a value"))?,
+            None => match args.next() {
+                Some(v) => v,
+                // `--relay` alone, at the end: list the readers to choose from.
+                None if name == "--relay" => String::new(),
+                None => return Err(format!("{name} needs a value")),
+            },
         };
         match name.as_str() {
             "-H" | "--hostname" | "--host" => o.host = Some(value),
@@ -155,8 +196,27 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String>
             }
             "--listen" => o.listen = Some(value),
             "--atr" => o.atr = Some(value),
+            "--relay" => o.relay = Some(value),
+            "--power-off" => {
+                o.power_off = Some(PowerOff::parse(&value).ok_or_else(|| {
+                    format!("bad --power-off \"{value}\": expected unpower, reset or leave")
+                })?)
+            }
             _ => o.fs = Some(PathBuf::from(value)),
         }
+    }
+    if o.relay
+        .as_deref()
+        .is_some_and(|r| r.trim().is_empty() || r == "?")
+    {
+        return Ok(Parsed::ListReaders);
+    }
+    if o.relay.is_some() {
+        if o.atr.is_some() || o.fs.is_some() {
+            return Err("--atr and --fs are for the built-in card, not with --relay".into());
+        }
+    } else if o.power_off.is_some() {
+        return Err("--power-off only makes sense with --relay".into());
     }
     if o.port == 0 && !o.reversed {
         return Err("port 0 only makes sense with --reversed".into());
@@ -172,6 +232,7 @@ fn apply_flag(flag: &str, o: &mut Options) -> Result<Option<Parsed>, String> {
         "-l" | "--loop" => o.run_loop = true,
         "-r" | "--reversed" => o.reversed = true,
         "-v" | "--verbose" => o.verbose = true,
+        "-L" | "--list-readers" => return Ok(Some(Parsed::ListReaders)),
         "-H" | "-P" => return Err(format!("{flag} needs a value")),
         _ => return Err(format!("unknown option \"{flag}\"")),
     }
@@ -207,7 +268,7 @@ fn make_card(o: &Options) -> Result<Card, String> {
     Ok(Card::new(atr, mf))
 }
 
-fn run_reversed(o: &Options, card: &mut Card) -> Result<(), String> {
+fn run_reversed<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
     let addr = o.listen.as_deref().or(o.host.as_deref());
     let listener = server::listen(addr, o.port).map_err(|e| format!("cannot listen: {e}"))?;
     let local = listener
@@ -218,7 +279,7 @@ fn run_reversed(o: &Options, card: &mut Card) -> Result<(), String> {
         .map_err(|e| format!("cannot accept connections: {e}"))
 }
 
-fn run_connect(o: &Options, card: &mut Card) -> Result<(), String> {
+fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
     let host = o.host.as_deref().unwrap_or("localhost");
     let mut backoff = FIRST_BACKOFF;
     let mut reported = false;
@@ -228,7 +289,7 @@ fn run_connect(o: &Options, card: &mut Card) -> Result<(), String> {
                 eprintln!("vpcd-vicc: connected to vpcd at {host}:{}", o.port);
                 reported = false;
                 backoff = FIRST_BACKOFF;
-                card.reset();
+                card.connected();
                 let result = server::serve(&mut stream, card, o.verbose);
                 match (result, o.run_loop) {
                     (Ok(()), false) => {
@@ -260,9 +321,59 @@ fn run_connect(o: &Options, card: &mut Card) -> Result<(), String> {
     }
 }
 
+/// Opens the relay to the reader `spec` names and connects to its card, so that errors
+/// show before vpcd asks for the card.
+fn make_relay(spec: &str, o: &Options) -> Result<Relay, String> {
+    let readers = relay::list_readers()?;
+    let name = relay::resolve_reader(spec, &readers)?;
+    let mut relay = Relay::open(&name, o.power_off.unwrap_or_default())?;
+    if relay.power_up() {
+        eprintln!(
+            "vpcd-vicc: relaying the card in \"{name}\", ATR {}",
+            to_hex(relay.atr())
+        );
+    } else {
+        eprintln!(
+            "vpcd-vicc: relaying the reader \"{name}\", which has no usable card yet: \
+             vpcd's power on will try again"
+        );
+    }
+    Ok(relay)
+}
+
+/// `--list-readers`: the readers on stdout.
+fn list_readers() -> ExitCode {
+    match relay::list_readers() {
+        Ok(readers) => {
+            print!("{}", relay::format_readers(&readers));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vpcd-vicc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run<C: VirtualCard>(o: &Options, card: &mut C) -> ExitCode {
+    let result = if o.reversed {
+        run_reversed(o, card)
+    } else {
+        run_connect(o, card)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpcd-vicc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let o = match parse_args(std::env::args().skip(1)) {
         Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::ListReaders) => return list_readers(),
         Ok(Parsed::Help) => {
             print!("{}", help());
             return ExitCode::SUCCESS;
@@ -276,23 +387,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut card = match make_card(&o) {
-        Ok(card) => card,
-        Err(e) => {
-            eprintln!("vpcd-vicc: {e}");
-            return ExitCode::from(2);
+    if let Some(spec) = &o.relay {
+        return match make_relay(spec, &o) {
+            Ok(mut relay) => run(&o, &mut relay),
+            Err(e) => {
+                eprintln!("vpcd-vicc: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match make_card(&o) {
+        Ok(mut card) => {
+            eprintln!("vpcd-vicc: card ATR {}", to_hex(card.atr()));
+            run(&o, &mut card)
         }
-    };
-    let result = if o.reversed {
-        run_reversed(&o, &mut card)
-    } else {
-        run_connect(&o, &mut card)
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vpcd-vicc: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
@@ -362,6 +473,31 @@ mod tests {
         assert!(parse(&["--loop=1"]).is_err());
         assert!(parse(&["stray"]).is_err());
         assert!(help().contains("80 EE"));
+    }
+
+    #[test]
+    fn relay_options() {
+        let o = run(&["--relay", "Virtual PCD 00 00", "-P", "35964", "-v"]);
+        assert_eq!(o.relay.as_deref(), Some("Virtual PCD 00 00"));
+        assert_eq!((o.port, o.verbose, o.power_off), (35964, true, None));
+        let o = run(&["--relay=1", "--power-off", "leave", "-r", "-P", "0"]);
+        assert_eq!(o.relay.as_deref(), Some("1"));
+        assert_eq!(o.power_off, Some(PowerOff::Leave));
+        for list in [
+            &["--relay", ""][..],
+            &["--relay=?"],
+            &["--relay"],
+            &["-L"],
+            &["--list-readers"],
+            &["-vL"],
+        ] {
+            assert_eq!(parse(list), Ok(Parsed::ListReaders), "{list:?}");
+        }
+        assert!(parse(&["--relay", "x", "--atr", "3B 00"]).is_err());
+        assert!(parse(&["--relay", "x", "--fs", "/tmp"]).is_err());
+        assert!(parse(&["--power-off", "leave"]).is_err());
+        assert!(parse(&["--relay", "x", "--power-off", "eject"]).is_err());
+        assert!(help().contains("--relay READER"));
     }
 
     #[test]

@@ -10,13 +10,16 @@
 //! | `00 84 00 00 Le`     | GET CHALLENGE: Le pseudo-random bytes (not for cryptographic use) |
 //! | `80 EE P1 P2 Lc data [Le]` | ECHO: the data field back, short or extended, up to 65526 bytes |
 //!
-//! The wire side (sockets, framing, tracing) is in [`server`].
+//! The wire side (sockets, framing, tracing) is in [`server`]; it serves anything that
+//! implements [`VirtualCard`]: the built-in [`Card`], or a [`relay::Relay`] to a real
+//! card in a PC/SC reader.
 
 #![forbid(unsafe_code)]
 
 pub mod apdu;
 pub mod atr;
 pub mod fs;
+pub mod relay;
 pub mod server;
 
 use std::collections::hash_map::RandomState;
@@ -59,6 +62,33 @@ pub const INS_ECHO: u8 = 0xEE;
 
 /// Most response data that fits one vpcd frame next to SW1 SW2.
 pub const MAX_RESPONSE_DATA: usize = MAX_PAYLOAD - 2;
+
+/// What [`server::serve`] needs of a card.
+pub trait VirtualCard {
+    /// A driver has connected: a new session begins. The built-in card resets.
+    fn connected(&mut self) {}
+
+    /// Handles a control message. Power off, power on and reset have no reply; GET
+    /// ATR's reply is the ATR (empty if the card has none to give).
+    fn control(&mut self, control: Control) -> Option<&[u8]>;
+
+    /// Processes a command APDU and appends the response (data, SW1, SW2) to `out`.
+    fn respond(&mut self, apdu: &[u8], out: &mut Vec<u8>);
+}
+
+impl VirtualCard for Card {
+    fn connected(&mut self) {
+        self.reset();
+    }
+
+    fn control(&mut self, control: Control) -> Option<&[u8]> {
+        Card::control(self, control)
+    }
+
+    fn respond(&mut self, apdu: &[u8], out: &mut Vec<u8>) {
+        Card::respond(self, apdu, out)
+    }
+}
 
 /// Where SELECT has put the card: a path of child indices from the MF to the current
 /// DF, and the index of the current EF in that DF, if any.

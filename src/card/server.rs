@@ -8,7 +8,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use super::{atr::to_hex, Card};
+use super::{atr::to_hex, VirtualCard};
 use crate::protocol::{self, Control, Decoder, Message, HEADER_LEN};
 
 /// The port of the first slot of a vpcd reader.
@@ -39,7 +39,11 @@ fn control_name(control: Control) -> &'static str {
 /// Serves one driver connection: answers GET ATR and every APDU with one frame, power
 /// events with nothing, until the driver closes the connection (`Ok`) or it fails.
 /// A connection closed in the middle of a frame is an `UnexpectedEof` error.
-pub fn serve<S: Read + Write>(stream: &mut S, card: &mut Card, trace: bool) -> io::Result<()> {
+pub fn serve<S: Read + Write, C: VirtualCard + ?Sized>(
+    stream: &mut S,
+    card: &mut C,
+    trace: bool,
+) -> io::Result<()> {
     let mut decoder = Decoder::new();
     let mut chunk = vec![0u8; HEADER_LEN + protocol::MAX_PAYLOAD];
     let mut out: Vec<u8> = Vec::with_capacity(HEADER_LEN + protocol::MAX_PAYLOAD);
@@ -69,7 +73,12 @@ pub fn serve<S: Read + Write>(stream: &mut S, card: &mut Card, trace: bool) -> i
 }
 
 /// Builds the reply frame for one received payload in `out`; false if there is none.
-fn answer(payload: &[u8], card: &mut Card, trace: bool, out: &mut Vec<u8>) -> bool {
+fn answer<C: VirtualCard + ?Sized>(
+    payload: &[u8],
+    card: &mut C,
+    trace: bool,
+    out: &mut Vec<u8>,
+) -> bool {
     out.clear();
     out.extend_from_slice(&[0; HEADER_LEN]);
     match Message::parse(payload) {
@@ -146,12 +155,13 @@ pub fn listen(addr: Option<&str>, port: u16) -> io::Result<TcpListener> {
     Err(first_err.unwrap_or_else(|| io::Error::new(ErrorKind::NotFound, "no address to listen on")))
 }
 
-/// Accepts drivers one after the other and serves each until it leaves, the card
-/// reset for each. Returns after `max_connections` connections if given (for tests),
-/// otherwise only if accepting fails for good.
-pub fn serve_listener(
+/// Accepts drivers one after the other and serves each until it leaves, telling the
+/// card of each ([`VirtualCard::connected`]: the built-in card resets). Returns after
+/// `max_connections` connections if given (for tests), otherwise only if accepting
+/// fails for good.
+pub fn serve_listener<C: VirtualCard + ?Sized>(
     listener: &TcpListener,
-    card: &mut Card,
+    card: &mut C,
     trace: bool,
     max_connections: Option<usize>,
 ) -> io::Result<()> {
@@ -169,7 +179,7 @@ pub fn serve_listener(
         served += 1;
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         eprintln!("vpcd-vicc: driver connected from {peer}");
-        card.reset();
+        card.connected();
         let result = stream
             .set_nodelay(true)
             .and_then(|()| serve(&mut stream, card, trace));
@@ -200,6 +210,7 @@ mod tests {
     use super::*;
     use crate::card::apdu::encode;
     use crate::card::atr::default_atr;
+    use crate::card::Card;
     use std::thread;
 
     /// A byte stream made of scripted input, delivered in small pieces, and the output
