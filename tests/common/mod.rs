@@ -248,7 +248,18 @@ impl Pcscd {
             10
         };
         let deadline = start + Duration::from_secs(patience);
+        let mut resent = false;
         loop {
+            // pcscd 1.9.9 can miss a SIGINT that arrives while its main loop is
+            // between select() calls under load. Say it again, but only while pcscd
+            // has not begun closing readers: a hang in the driver must still show.
+            if !resent
+                && start.elapsed() > Duration::from_secs(3)
+                && !self.log_text().contains("RFCleanupReaders() entering")
+            {
+                signal(child.id(), libc_sigint());
+                resent = true;
+            }
             if let Some(status) = child.try_wait().unwrap() {
                 assert!(
                     status.code().is_some() || status.signal() == Some(libc_sigint()),
