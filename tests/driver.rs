@@ -302,8 +302,15 @@ fn apdu_trace_case(options: &str, traced: bool) {
     let verify = [0x00, 0x20, 0x00, 0x81, 0x04, 0x31, 0x32, 0x33, 0x34];
     transmit(&card, &verify).unwrap();
     let log = pcscd.log_text();
-    assert_eq!(log.contains("APDU > 00 20 00 81 04 31 32 33 34"), traced, "{options:?}:\n{log}");
-    assert_eq!(log.contains("APDU < 00 20 00 81 04 31 32 33 34 90 00"), traced);
+    assert_eq!(
+        log.contains("APDU > 00 20 00 81 04 31 32 33 34"),
+        traced,
+        "{options:?}:\n{log}"
+    );
+    assert_eq!(
+        log.contains("APDU < 00 20 00 81 04 31 32 33 34 90 00"),
+        traced
+    );
 }
 
 #[test]
