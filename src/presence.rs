@@ -1,10 +1,14 @@
 //! Card presence as pcscd sees it, and the wait behind pcscd's polling callback.
 //!
-//! Every insertion and removal bumps a generation and wakes the waiter; pcscd's
-//! presence check records which generation it has seen. The polling callback waits
-//! until the generation moves past that, the stop callback is called, or the slot
-//! closes. A removal that pcscd has not seen yet is reported once as "absent" even if
-//! a new card has already taken its place, so a quick swap is never missed.
+//! Every insertion and removal bumps a generation and wakes the waiter. The polling
+//! callback waits until the generation moves past the one its previous wait returned
+//! at, the stop callback is called, or the slot closes: an event that happens while
+//! pcscd is busy between two waits is never lost. The waiter keeps its own mark
+//! because pcscd also checks presence from other threads (before a power action),
+//! and such a check must not hide an event from the polling thread.
+//!
+//! A removal that pcscd has not seen yet is reported once as "absent" even if a new
+//! card has already taken its place, so a quick swap is never missed.
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +19,11 @@ struct State {
     present: bool,
     /// Bumped on every insertion and removal.
     generation: u64,
-    /// The generation pcscd saw at its last presence check.
-    reported: u64,
+    /// The generation the last wait returned at.
+    waited: u64,
+    /// The next wait returns at once: a presence check reported a removal while the
+    /// next card was already in.
+    recheck: bool,
     removal_unreported: bool,
     /// Calls of pcscd's stop callback, and how many a wait has consumed.
     stop_requests: u64,
@@ -67,14 +74,11 @@ impl Presence {
     /// pcscd's presence check: what to report now.
     pub fn check(&self) -> bool {
         let mut s = self.state.lock();
-        s.reported = s.generation;
         if s.removal_unreported {
             s.removal_unreported = false;
-            if s.present {
-                // A new card is already in: report the old one gone now, and make the
-                // next wait return at once so pcscd sees the new one.
-                s.reported = s.generation.wrapping_sub(1);
-            }
+            // If a new card is already in, report the old one gone now, and make the
+            // next wait return at once so pcscd sees the new one.
+            s.recheck = s.present;
             return false;
         }
         s.present
@@ -86,8 +90,11 @@ impl Presence {
         let deadline = Instant::now().checked_add(timeout);
         let mut s = self.state.lock();
         loop {
-            if s.closing || s.generation != s.reported || s.stop_requests != s.stops_seen {
+            if s.closing || s.recheck || s.generation != s.waited || s.stop_requests != s.stops_seen
+            {
                 s.stops_seen = s.stop_requests;
+                s.waited = s.generation;
+                s.recheck = false;
                 return;
             }
             match deadline {
@@ -148,9 +155,26 @@ mod tests {
     }
 
     #[test]
+    fn a_presence_check_from_another_thread_does_not_hide_an_event_from_the_waiter() {
+        let p = Presence::new();
+        p.check();
+        assert!(waits(&p));
+        p.insert();
+        // pcscd's power path checks presence before the polling thread wakes.
+        assert!(p.check());
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(
+            t.elapsed() < LONG,
+            "the waiter must still see the insertion"
+        );
+    }
+
+    #[test]
     fn insertion_and_removal_end_the_wait_and_are_reported() {
         let p = Presence::new();
         assert!(!p.check());
+        assert!(waits(&p));
         assert!(p.insert());
         p.wait_for_event(LONG);
         assert!(p.check());
@@ -175,9 +199,12 @@ mod tests {
     fn a_quick_swap_is_reported_as_removal_then_insertion() {
         let p = Presence::new();
         p.insert();
+        p.wait_for_event(LONG);
         assert!(p.check());
+        assert!(waits(&p));
         p.remove();
         p.insert();
+        p.wait_for_event(LONG);
         assert!(!p.check(), "the removal first");
         let t = Instant::now();
         p.wait_for_event(LONG);
@@ -191,7 +218,9 @@ mod tests {
         let p = Presence::new();
         p.check();
         p.stop_waiting();
+        let t = Instant::now();
         p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG);
         assert!(waits(&p), "a stop ends one wait only");
     }
 
@@ -222,6 +251,7 @@ mod tests {
     fn frozen_state_reports_nothing_new_but_still_waits_for_stop() {
         let p = Presence::new();
         p.insert();
+        p.wait_for_event(LONG);
         assert!(p.check());
         p.freeze();
         p.remove();

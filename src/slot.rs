@@ -271,7 +271,11 @@ impl CardSlot for Slot {
         let result = protocol::encode(apdu, &mut io)
             .map_err(SlotError::from)
             .and_then(|()| self.shared.send(&conn, &io))
-            .and_then(|()| self.shared.receive(&conn, reply));
+            .and_then(|()| self.shared.receive(&conn, reply))
+            .and_then(|n| {
+                protocol::check_reply(n, reply.len())?;
+                Ok(n)
+            });
         drop(io);
         match result {
             Ok(n) => {
@@ -403,6 +407,16 @@ impl Shared {
         if s.closing {
             return;
         }
+        // The active vicc may have left a moment ago, unnoticed yet.
+        let gone = s.conn.as_ref().filter(|c| matches!(peek(&c.stream), Ok(0)));
+        if let Some(id) = gone.map(|c| c.id) {
+            drop(s);
+            self.remove(id, "vicc closed the connection");
+            s = self.state.lock();
+            if s.closing {
+                return;
+            }
+        }
         if let Some(active) = &s.conn {
             log::warn!(
                 "{}: refusing vicc {peer}: slot is busy with {}",
@@ -491,14 +505,16 @@ fn watch(shared: &Shared, mut source: Source, wake_rx: UnixStream) {
             let mut sink = [0u8; 64];
             while matches!((&wake_rx).read(&mut sink), Ok(n) if n > 0) {}
         }
-        if let Source::Listener(listener) = &source {
-            if ready[1].readable || ready[1].hangup {
-                accept_all(shared, listener);
-            }
-        }
+        // The old vicc's goodbye before the new one's hello: a vicc that replaces
+        // another in quick succession must not find the slot still busy.
         if let (Some(i), Some(conn)) = (conn_index, conn) {
             if ready[i].readable || ready[i].hangup {
                 check_idle_conn(shared, &conn);
+            }
+        }
+        if let Source::Listener(listener) = &source {
+            if ready[1].readable || ready[1].hangup {
+                accept_all(shared, listener);
             }
         }
     }
@@ -663,7 +679,9 @@ fn bind(at: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
         socket.set_only_v6(v6only)?;
     }
     socket.bind(&at.into())?;
-    socket.listen(16)?;
+    // A burst of connections beyond the backlog would leave clients half-open,
+    // connected to nothing; each is accepted and refused or taken instead.
+    socket.listen(libc::SOMAXCONN)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }

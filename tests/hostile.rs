@@ -605,7 +605,6 @@ fn apdu_reply_empty() {
 }
 
 #[test]
-#[ignore = "bug: a reply without SW1 SW2 reaches the client as a success (src/slot.rs Slot::transmit never calls protocol::check_reply)"]
 fn apdu_reply_without_status_word() {
     hostile_case(
         "apdu 1-byte reply",
@@ -946,7 +945,6 @@ fn two_hundred_connections_at_once_on_one_port() {
 }
 
 #[test]
-#[ignore = "bug: src/slot.rs bind() listens with a backlog of 16; a burst of connections overflows it and leaves clients half-open"]
 fn the_listen_backlog_holds_a_burst_of_200() {
     let bed = Bed::start();
     // `ss` shows a listening socket's backlog in its Send-Q column.

@@ -156,6 +156,15 @@ impl Pcscd {
         std::fs::write(&conf_path, conf).unwrap();
         let log = dir.0.join("pcscd.log");
         let socket = run_dir.join("pcscd.comm");
+        // Checked before pcscd starts, so a misuse leaves no daemon behind.
+        let set = SOCKET_SET.get_or_init(|| {
+            std::env::set_var("PCSCLITE_CSOCK_NAME", &socket);
+            socket.clone()
+        });
+        assert_eq!(
+            set, &socket,
+            "one pcscd per test process: run with cargo nextest"
+        );
         std::fs::create_dir_all("/run/pcscd").unwrap();
         // VPCD_VALGRIND=1 runs pcscd under valgrind; its report goes to valgrind.log
         // beside pcscd.log (kept under VPCD_VALGRIND_DIR if set).
@@ -190,14 +199,6 @@ impl Pcscd {
             ))
             .spawn()
             .expect("start pcscd");
-        let set = SOCKET_SET.get_or_init(|| {
-            std::env::set_var("PCSCLITE_CSOCK_NAME", &socket);
-            socket.clone()
-        });
-        assert_eq!(
-            set, &socket,
-            "one pcscd per test process: run with cargo nextest"
-        );
         let mut pcscd = Pcscd {
             child: Some(child),
             dir,
