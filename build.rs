@@ -1,4 +1,5 @@
-//! Renders the macOS bundle's Info.plist from Info.plist.in.
+//! Renders the macOS bundle's Info.plist from Info.plist.in, into OUT_DIR (for
+//! `ifdvpcd::INFO_PLIST`) and into the bundle skeleton target/<profile>/ifd-vpcd.bundle.
 //!
 //! The pretend-USB device and the DEVICENAME come from the environment at build time:
 //! VPCD_USB_VENDOR_ID, VPCD_USB_PRODUCT_ID (default 0x18d1 / 0x4ee1, as in the C
@@ -33,8 +34,17 @@ fn main() {
             "@DEVICENAME@",
             &xml_escape(&get("VPCD_DEVICENAME", "/dev/null:0x8C7B")),
         );
-    let out = Path::new(&env::var("OUT_DIR").unwrap()).join("Info.plist");
-    fs::write(out, plist).expect("write Info.plist");
+    let out_dir = env::var("OUT_DIR").unwrap();
+    fs::write(Path::new(&out_dir).join("Info.plist"), &plist).expect("write Info.plist");
+    // The macOS bundle's skeleton beside the library: target/<profile>/ifd-vpcd.bundle
+    // (OUT_DIR is target/<profile>/build/<package>/out). scripts/macos-bundle adds the
+    // library itself.
+    if let Some(profile_dir) = Path::new(&out_dir).ancestors().nth(3) {
+        let contents = profile_dir.join("ifd-vpcd.bundle/Contents");
+        if fs::create_dir_all(contents.join("MacOS")).is_ok() {
+            let _ = fs::write(contents.join("Info.plist"), &plist);
+        }
+    }
 }
 
 fn xml_escape(s: &str) -> String {

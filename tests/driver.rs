@@ -322,3 +322,47 @@ fn apdus_are_not_logged_by_default() {
 fn apdus_are_logged_with_trace_yes() {
     apdu_trace_case("/trace=yes", true);
 }
+
+#[test]
+fn control_lists_the_tlv_feature_and_attributes_describe_the_reader() {
+    let (pcscd, port) = one_reader("");
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let _vicc = Vicc::connect(port, Behaviour::Echo);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &reader, true, 2 * SECOND);
+    let card = connect(&ctx, &reader);
+    let mut buf = [0u8; 256];
+
+    // CM_IOCTL_GET_FEATURE_REQUEST lists FEATURE_GET_TLV_PROPERTIES and its ioctl.
+    let features = card
+        .control(pcsc::ctl_code(3400), &[], &mut buf)
+        .unwrap()
+        .to_vec();
+    assert_eq!(features, [0x12, 4, 0x42, 0x33, 0x00, 0x12]);
+    let ioctl = u32::from_be_bytes(features[2..6].try_into().unwrap());
+    let props = card.control(ioctl as _, &[], &mut buf).unwrap().to_vec();
+    assert_eq!(props[..2], [10, 4], "dwMaxAPDUDataSize");
+    assert_eq!(u32::from_le_bytes(props[2..6].try_into().unwrap()), 65526);
+    // Anything else is unsupported.
+    assert_eq!(
+        card.control(pcsc::ctl_code(3500), &[], &mut buf)
+            .unwrap_err(),
+        pcsc::Error::UnsupportedFeature
+    );
+
+    assert_eq!(
+        card.get_attribute_owned(pcsc::Attribute::AtrString)
+            .unwrap(),
+        TEST_ATR
+    );
+    let vendor = card
+        .get_attribute_owned(pcsc::Attribute::VendorName)
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&vendor).contains("vpcd"),
+        "{vendor:?}"
+    );
+    let max_input = card.get_attribute_owned(pcsc::Attribute::Maxinput).unwrap();
+    assert_eq!(max_input, 65535u32.to_le_bytes());
+}

@@ -181,6 +181,19 @@ fn the_macos_info_plist_has_every_key_pcscd_needs() {
 }
 
 #[test]
+fn the_build_lays_out_the_macos_bundle_and_the_script_completes_it() {
+    let bundle = build_dir().join("ifd-vpcd.bundle");
+    let plist = std::fs::read_to_string(bundle.join("Contents/Info.plist")).unwrap();
+    assert_eq!(plist, ifdvpcd::INFO_PLIST);
+    let mut cmd = Command::new(repo().join("scripts/macos-bundle"));
+    cmd.arg("--no-build").env("PROFILE_DIR", build_dir());
+    let (ok, out) = run(&mut cmd);
+    assert!(ok, "{out}");
+    let executable = plist_value(&plist, "CFBundleExecutable").unwrap();
+    assert!(bundle.join("Contents/MacOS").join(executable).exists());
+}
+
+#[test]
 fn the_library_exports_the_ifd_api_and_does_not_link_libpcsclite() {
     let lib = driver_path();
     let (ok, dynamic) = run(Command::new("readelf").args(["-d", "-W"]).arg(&lib));

@@ -73,23 +73,36 @@ impl Drop for TempDir {
     }
 }
 
-/// `count` consecutive free TCP ports on every IPv4 interface (and [::] if possible).
+/// `count` (at most 32) consecutive TCP ports that no other test process uses.
+///
+/// Ports come in blocks of 32 below Linux's ephemeral range (32768 and up, where
+/// client sockets take theirs), clear of the C driver's 35963. A test process claims
+/// a block by binding an abstract Unix socket named after it, held until the process
+/// exits (the kernel then frees it; no file is left behind), so concurrent tests never
+/// share a port; and the block's ports must be free on IPv4 and IPv6 right now.
 pub fn free_ports(count: u16) -> u16 {
-    let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        // Below Linux's ephemeral range (32768 and up), where client sockets take their
-        // ports, and so clear of the C driver's default 35963 as well.
-        let base = 10000 + (x % 22000) as u16;
-        let held: Vec<_> = (0..count)
-            .map_while(|i| TcpListener::bind(("0.0.0.0", base + i)).ok())
-            .collect();
-        if held.len() == count as usize {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+    static CLAIMED: Mutex<Vec<UnixListener>> = Mutex::new(Vec::new());
+    const BLOCK: u16 = 32;
+    const BLOCKS: u16 = (32768 - 10000) / BLOCK;
+    assert!(count <= BLOCK);
+    let start = std::process::id() as u16 % BLOCKS;
+    for i in 0..BLOCKS {
+        let block = (start + i) % BLOCKS;
+        let base = 10000 + block * BLOCK;
+        let name = format!("vpcd-test-ports-{base}");
+        let Ok(claim) =
+            UnixAddr::from_abstract_name(name.as_bytes()).and_then(|a| UnixListener::bind_addr(&a))
+        else {
+            continue;
+        };
+        let free = (0..count).all(|i| {
+            TcpListener::bind(("0.0.0.0", base + i)).is_ok()
+                && TcpListener::bind(("::", base + i)).is_ok()
+        });
+        if free {
+            CLAIMED.lock().unwrap().push(claim);
             return base;
         }
     }
