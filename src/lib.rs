@@ -13,6 +13,7 @@
 //! - [`slot`]: one slot: its vicc connection, card state, watcher thread, timeouts;
 //!   [`slot::CardSlot`] is what pcscd needs of any slot.
 //! - [`presence`]: card presence as pcscd sees it, and the polling callback's wait.
+//! - [`net`]: listening and peer socket setup shared by all readers.
 //! - [`protocol`]: the vpcd wire codec, pure and allocation-bounded.
 //! - [`vscard`]: `protocol=vscard`, QEMU's VSCard protocol (host role) for libcacard clients.
 //! - [`config`]: DEVICENAME / CHANNELID parsing and the reader options.
@@ -23,6 +24,7 @@ pub mod card;
 pub mod config;
 pub mod driver;
 pub mod ifd;
+pub mod net;
 pub mod presence;
 pub mod protocol;
 pub mod slot;

@@ -24,9 +24,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 
 use crate::config::{Endpoint, ReaderConfig};
+use crate::net;
 use crate::presence::Presence;
 use crate::protocol::{self, Control, ProtocolError, HEADER_LEN, MAX_ATR_LEN};
 use crate::sys::{self, Interest};
@@ -158,7 +159,7 @@ impl Slot {
         let (label, source) = match &cfg.endpoint {
             Endpoint::Listen { addr, v6only } => {
                 let at = SocketAddr::new(*addr, port);
-                let listener = bind(at, *v6only)
+                let listener = net::listen(at, *v6only)
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {at}: {e}")))?;
                 (
                     format!("lun {lun:#x} listen {at}"),
@@ -399,7 +400,7 @@ impl Shared {
 
     /// Makes a connected vicc the slot's card, unless the slot already has one.
     fn insert(&self, stream: TcpStream, peer: SocketAddr) {
-        if let Err(e) = configure(&stream, self.timeout) {
+        if let Err(e) = net::configure_peer(&stream, self.timeout) {
             log::error!("{}: cannot set up connection from {peer}: {e}", self.label);
             return;
         }
@@ -514,28 +515,14 @@ fn watch(shared: &Shared, mut source: Source, wake_rx: UnixStream) {
         }
         if let Source::Listener(listener) = &source {
             if ready[1].readable || ready[1].hangup {
-                accept_all(shared, listener);
+                net::accept_all(listener, &shared.label, |stream, peer| {
+                    shared.insert(stream, peer)
+                });
             }
         }
     }
     if let Some(conn) = shared.state.lock().conn.take() {
         let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-fn accept_all(shared: &Shared, listener: &TcpListener) {
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => shared.insert(stream, peer),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EMFILE and friends: do not spin on a listener we cannot serve.
-                log::error!("{}: accept failed: {e}", shared.label);
-                std::thread::sleep(Duration::from_millis(50));
-                return;
-            }
-        }
     }
 }
 
@@ -669,35 +656,6 @@ impl Connector {
         self.candidates.clear();
         self.next_try = Instant::now();
     }
-}
-
-fn bind(at: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
-    // A restarted pcscd must get its port back while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    if at.is_ipv6() {
-        socket.set_only_v6(v6only)?;
-    }
-    socket.bind(&at.into())?;
-    // A burst of connections beyond the backlog would leave clients half-open,
-    // connected to nothing; each is accepted and refused or taken instead.
-    socket.listen(libc::SOMAXCONN)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
-fn configure(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    // One command, one reply: Nagle and delayed ACKs would cost ~40 ms per exchange.
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_read_timeout(Some(timeout))?;
-    // Notice a phone that vanished from the network without closing.
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
-    SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
-    Ok(())
 }
 
 /// Looks at the next byte without taking it and without blocking.

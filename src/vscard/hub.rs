@@ -27,12 +27,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use super::codec::{
     self, Decoder, ErrorCode, Message, HEADER_LEN, MAX_PAYLOAD, UNDEFINED_READER_ID, VERSION,
 };
 use crate::config::{Endpoint, ReaderConfig};
+use crate::net;
 use crate::presence::Presence;
 use crate::protocol;
 #[cfg(test)]
@@ -161,7 +161,7 @@ impl Hub {
             ));
         };
         let at = SocketAddr::new(*addr, cfg.port);
-        let listener = bind(at, *v6only)
+        let listener = net::listen(at, *v6only)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {at}: {e}")))?;
         let shared = Arc::new(Shared {
             label: format!("reader {key} vscard {at}"),
@@ -584,7 +584,7 @@ impl Shared {
 
     /// Makes a new connection the client, unless one is connected already.
     fn accept(&self, stream: TcpStream, peer: SocketAddr) {
-        if let Err(e) = configure(&stream, self.timeout) {
+        if let Err(e) = net::configure_peer(&stream, self.timeout) {
             log::error!("{}: cannot set up connection from {peer}: {e}", self.label);
             return;
         }
@@ -842,7 +842,9 @@ fn run(shared: &Shared, listener: &TcpListener, wake_rx: &UnixStream) {
             while matches!((&*wake_rx).read(&mut sink), Ok(n) if n > 0) {}
         }
         if ready[1].readable || ready[1].hangup {
-            accept_all(shared, listener);
+            net::accept_all(listener, &shared.label, |stream, peer| {
+                shared.accept(stream, peer)
+            });
         }
         let Some(conn) = conn else {
             continue;
@@ -898,50 +900,6 @@ fn run(shared: &Shared, listener: &TcpListener, wake_rx: &UnixStream) {
     if let Some(conn) = conn {
         shared.drop_client(conn.id, "reader closing");
     }
-}
-
-fn accept_all(shared: &Shared, listener: &TcpListener) {
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => shared.accept(stream, peer),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EMFILE and friends: do not spin on a listener we cannot serve.
-                log::error!("{}: accept failed: {e}", shared.label);
-                std::thread::sleep(Duration::from_millis(50));
-                return;
-            }
-        }
-    }
-}
-
-fn bind(at: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
-    // A restarted pcscd must get its port back while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    if at.is_ipv6() {
-        socket.set_only_v6(v6only)?;
-    }
-    socket.bind(&at.into())?;
-    socket.listen(16)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
-}
-
-/// A blocking socket: the connection thread reads only what poll reported, with the
-/// reader's timeout as a safety net; writers set their own deadlines.
-fn configure(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
-    // One command, one reply: Nagle and delayed ACKs would cost ~40 ms per exchange.
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let keepalive = TcpKeepalive::new()
-        .with_time(Duration::from_secs(30))
-        .with_interval(Duration::from_secs(10));
-    SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
-    Ok(())
 }
 
 #[cfg(test)]
