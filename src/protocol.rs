@@ -58,6 +58,9 @@ pub enum ProtocolError {
     UnknownControl(u8),
     /// A frame of length zero where a message was required.
     Empty,
+    /// A command APDU too short to be one: a single byte would be read as a control
+    /// code.
+    CommandTooShort(usize),
     /// A reply larger than the space the caller has for it.
     ReplyTooLarge { len: usize, capacity: usize },
     /// An APDU reply without the two status bytes.
@@ -81,6 +84,10 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::UnknownControl(b) => write!(f, "unknown control code 0x{b:02X}"),
             ProtocolError::Empty => write!(f, "empty frame"),
+            ProtocolError::CommandTooShort(n) => write!(
+                f,
+                "a {n}-byte APDU cannot be sent: the vicc would take it for a control code"
+            ),
             ProtocolError::ReplyTooLarge { len, capacity } => write!(
                 f,
                 "reply of {len} bytes is larger than the caller's buffer of {capacity}"

@@ -258,11 +258,9 @@ impl CardSlot for Slot {
     fn transmit(&self, apdu: &[u8], reply: &mut [u8]) -> Result<usize, SlotError> {
         let conn = self.shared.current().ok_or(SlotError::NoCard)?;
         if apdu.len() < 2 {
-            // A one-byte frame would be read as a control code by the vicc.
-            log::error!("{}: refusing a {}-byte APDU", self.label(), apdu.len());
-            return Err(SlotError::Protocol(ProtocolError::ReplyTooShort(
-                apdu.len(),
-            )));
+            let e = ProtocolError::CommandTooShort(apdu.len());
+            log::error!("{}: refusing the command: {e}", self.label());
+            return Err(SlotError::Protocol(e));
         }
         if self.shared.trace_apdus {
             log::info!("{}: APDU > {}", self.label(), hex(apdu));
@@ -336,12 +334,10 @@ impl Shared {
         match peek(&conn.stream) {
             Ok(0) => return Err(SlotError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {
-                return Err(SlotError::Protocol(ProtocolError::UnknownControl(0))).map_err(|_| {
-                    SlotError::Io(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "vicc sent data nobody asked for",
-                    ))
-                })
+                return Err(SlotError::Io(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "vicc sent data nobody asked for",
+                )))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e.into()),
