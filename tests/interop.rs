@@ -92,3 +92,31 @@ fn reversed_mode_reaches_a_listening_python_vicc() {
     let atr = opensc_tool(&reader, &["-a"]);
     assert!(atr.to_lowercase().contains(PY_ATR), "{atr}");
 }
+
+#[test]
+fn pcsc_scan_and_opensc_tool_list_the_readers_and_the_card() {
+    let port = free_ports(2);
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}"))]);
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let _vicc = Vicc::connect(port, Behaviour::Echo);
+    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(5));
+
+    let (ok, readers) = run(Command::new("pcsc_scan").arg("-r"));
+    assert!(ok, "{readers}");
+    assert!(
+        readers.contains("0: Virtual PCD 00 00") && readers.contains("1: Virtual PCD 00 01"),
+        "{readers}"
+    );
+
+    // pcsc_scan -c lists the card in each reader, with its ATR.
+    let (_, cards) = run(Command::new("timeout").args(["5", "pcsc_scan", "-c"]));
+    assert!(cards.contains("3B 80 80 01 01"), "{cards}");
+
+    let (ok, listed) = run(Command::new("opensc-tool").arg("-l"));
+    assert!(ok, "{listed}");
+    assert!(
+        listed.contains("Virtual PCD 00 00") && listed.contains("Virtual PCD 00 01"),
+        "{listed}"
+    );
+}
