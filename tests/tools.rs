@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -342,4 +343,81 @@ fn config_describes_a_port_given_on_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--no-qr"));
     let out = Command::new(CONFIG).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The mixed file of the vpcd-config unit tests: five vpcd slots in four entries, and
+/// an entry of another driver.
+const MIXED_CONF: &str = "\
+# one file, four entries, one of another driver
+FRIENDLYNAME \"Virtual PCD\"
+DEVICENAME /dev/null:0x8C7B
+LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so
+
+FRIENDLYNAME \"Loopback \\ reader\"
+DEVICENAME /dev/null:40000/slots=1/listen=127.0.0.1
+LIBPATH /usr/local/lib/libifdvpcd.so
+
+FRIENDLYNAME \"Serial\"
+DEVICENAME /dev/null:1
+LIBPATH /usr/lib/pcsc/drivers/serial/libccidtwin.so
+
+FRIENDLYNAME \"Phone\"
+DEVICENAME \"phone.local:35970/slots=1\"
+LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so
+
+FRIENDLYNAME IPv6
+DEVICENAME \"/dev/null:41000/slots=1/listen=::1\"
+LIBPATH libifdvpcd.so
+";
+
+#[test]
+fn config_prints_json_for_a_config_file() {
+    let dir = TempDir::new("tools");
+    let conf = dir.0.join("vpcd.conf");
+    std::fs::write(&conf, MIXED_CONF).unwrap();
+    let output = Command::new(CONFIG)
+        .arg("--config")
+        .arg(&conf)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON on stdout");
+    let slots = v.as_array().unwrap();
+    assert_eq!(slots.len(), 5, "{stdout}");
+
+    for (i, s) in slots[..2].iter().enumerate() {
+        assert_eq!(s["reader"], "Virtual PCD");
+        assert_eq!(s["slot"], i);
+        assert_eq!(s["port"], 35963 + i);
+        assert_eq!(s["mode"], "listen");
+        assert_eq!(s["listen"], "0.0.0.0");
+        assert_eq!(s["config"], conf.to_str().unwrap());
+        assert_eq!(s["line"], 2);
+        // The addresses of whatever machine this runs on: IPv4, and a URL each.
+        let addresses = s["addresses"].as_array().unwrap();
+        let urls = s["urls"].as_array().unwrap();
+        assert!(!addresses.is_empty());
+        assert_eq!(addresses.len(), urls.len());
+        for (a, u) in addresses.iter().zip(urls) {
+            let a: IpAddr = a.as_str().unwrap().parse().unwrap();
+            assert!(a.is_ipv4());
+            assert_eq!(u.as_str().unwrap(), format!("vpcd://{a}:{}", 35963 + i));
+        }
+    }
+    assert_eq!(slots[2]["reader"], "Loopback \\ reader");
+    assert_eq!(slots[2]["addresses"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(
+        slots[2]["urls"],
+        serde_json::json!(["vpcd://127.0.0.1:40000"])
+    );
+    assert_eq!(slots[3]["mode"], "reversed");
+    assert_eq!(slots[3]["host"], "phone.local");
+    assert_eq!(slots[3]["port"], 35970);
+    assert_eq!(slots[3]["urls"], serde_json::json!([]));
+    assert_eq!(slots[4]["reader"], "IPv6");
+    assert_eq!(slots[4]["urls"], serde_json::json!(["vpcd://[::1]:41000"]));
+    assert!(slots.iter().all(|s| s["reader"] != "Serial"));
 }
