@@ -299,10 +299,12 @@ pub unsafe extern "C" fn IFDHPowerICC(
                 Ok(bytes) => {
                     let mut len = MAX_ATR_SIZE as Dword;
                     // SAFETY: `atr` has room for MAX_ATR_SIZE bytes per the contract.
-                    unsafe { answer(&bytes, &mut len, atr) };
-                    // SAFETY: writable per the contract.
-                    unsafe { *atr_length = len.min(bytes.len() as Dword) };
-                    IFD_SUCCESS
+                    let rc = unsafe { answer(&bytes, &mut len, atr) };
+                    if rc == IFD_SUCCESS {
+                        // SAFETY: writable per the contract.
+                        unsafe { *atr_length = len };
+                    }
+                    rc
                 }
                 Err(SlotError::NoCard) => IFD_ICC_NOT_PRESENT,
                 Err(_) => IFD_ERROR_POWER_ACTION,
