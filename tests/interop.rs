@@ -120,3 +120,29 @@ fn pcsc_scan_and_opensc_tool_list_the_readers_and_the_card() {
         "{listed}"
     );
 }
+
+#[test]
+fn opensc_explorer_browses_the_built_in_card() {
+    let port = free_ports(2);
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}"))]);
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let _card = Process::spawn(
+        Command::new(env!("CARGO_BIN_EXE_vpcd-vicc")).args([
+            "-H",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ]),
+        pcscd.dir.0.join("vicc.log"),
+    );
+    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(5));
+
+    let script = pcscd.dir.0.join("explorer.txt");
+    std::fs::write(&script, "cd 5000\ncat 5001\napdu 00 84 00 00 08\nquit\n").unwrap();
+    let (_, out) = run(Command::new("opensc-explorer")
+        .args(["-r", &reader])
+        .stdin(std::fs::File::open(&script).unwrap()));
+    assert!(out.contains("Hello from vpcd-"), "{out}");
+    assert!(out.contains("Received (SW1=0x90, SW2=0x00)"), "{out}");
+}
