@@ -17,10 +17,8 @@
 //! - [`protocol`]: the vpcd wire codec, pure and allocation-bounded.
 //! - [`vscard`]: `protocol=vscard`, QEMU's VSCard protocol (host role) for libcacard clients.
 //! - [`config`]: DEVICENAME / CHANNELID parsing and the reader options.
-//! - [`card`]: the built-in virtual card (ISO 7816-4) behind `vpcd-vicc`.
 //! - `src/bin/`: the tools: `vpcd-vicc` (a virtual card), `vpcd-config` (pairing).
 
-pub mod card;
 pub mod config;
 pub mod driver;
 pub mod ifd;

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ifdvpcd::card::apdu::encode;
 use pcsc::{Disposition, Protocols, ShareMode};
 
 const NAME: &str = "Virtual PCD";
@@ -84,7 +83,7 @@ fn tx(card: &pcsc::Card, apdu: &[u8]) -> Vec<u8> {
 /// An extended case 4 ECHO (80 EE) of `n` data bytes, Le 65536.
 fn extended_echo(n: usize) -> (Vec<u8>, Vec<u8>) {
     let data: Vec<u8> = (0..n).map(|i| (i * 31 + 7) as u8).collect();
-    let apdu = encode(0x80, 0xEE, 0x00, 0x00, &data, Some(65536));
+    let apdu = echo_apdu(&data);
     (apdu, with_sw(&data, OK))
 }
 
@@ -420,4 +419,20 @@ fn config_prints_json_for_a_config_file() {
     assert_eq!(slots[4]["reader"], "IPv6");
     assert_eq!(slots[4]["urls"], serde_json::json!(["vpcd://[::1]:41000"]));
     assert!(slots.iter().all(|s| s["reader"] != "Serial"));
+}
+
+/// The built-in card's echo command, extended case 4 (Lc = data, Le = 65536).
+fn echo_apdu(data: &[u8]) -> Vec<u8> {
+    let mut apdu = vec![
+        0x80,
+        0xEE,
+        0x00,
+        0x00,
+        0x00,
+        (data.len() >> 8) as u8,
+        data.len() as u8,
+    ];
+    apdu.extend_from_slice(data);
+    apdu.extend_from_slice(&[0x00, 0x00]);
+    apdu
 }

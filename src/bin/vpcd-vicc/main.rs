@@ -1,6 +1,6 @@
 //! `vpcd-vicc`: a built-in virtual ISO 7816-4 card for the vpcd reader, like
 //! vsmartcard's `vicc` without Python, or (`--relay`) a relay to a real card in a local
-//! PC/SC reader. The card itself is `ifdvpcd::card`, the relay `ifdvpcd::card::relay`.
+//! PC/SC reader. The card itself is `card`, the relay `crate::card::relay`.
 
 #![forbid(unsafe_code)]
 
@@ -8,12 +8,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ifdvpcd::card::atr::{self, to_hex};
-use ifdvpcd::card::fs::{self, Df};
-use ifdvpcd::card::relay::{self, PowerOff, Relay};
-use ifdvpcd::card::server::{self, DEFAULT_PORT};
-use ifdvpcd::card::{Card, VirtualCard};
+use crate::card::atr::{self, to_hex};
+use crate::card::fs::{self, Df};
+use crate::card::relay::{self, PowerOff, Relay};
+use crate::card::server::{self, DEFAULT_PORT};
+use crate::card::{Card, VirtualCard};
 use ifdvpcd::protocol;
+
+mod card;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);

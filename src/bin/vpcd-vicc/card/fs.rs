@@ -54,6 +54,7 @@ pub struct Ef {
 
 impl Df {
     /// The MF with no files.
+    #[cfg(test)]
     pub fn empty_mf() -> Df {
         Df {
             fid: MF_FID,

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketA
 use std::time::Duration;
 
 use super::{atr::to_hex, VirtualCard};
-use crate::protocol::{self, Control, Decoder, Message, HEADER_LEN};
+use ifdvpcd::protocol::{self, Control, Decoder, Message, HEADER_LEN};
 
 /// The port of the first slot of a vpcd reader.
 pub const DEFAULT_PORT: u16 = 35963;

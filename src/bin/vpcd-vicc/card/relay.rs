@@ -18,7 +18,7 @@ use pcsc::{Context, Disposition, Protocols, ReaderState, Scope, ShareMode, State
 
 use super::atr::to_hex;
 use super::VirtualCard;
-use crate::protocol::Control;
+use ifdvpcd::protocol::Control;
 
 /// What the relay answers an APDU with when the card cannot: "no precise diagnosis".
 pub const SW_NO_DIAGNOSIS: [u8; 2] = [0x6F, 0x00];
@@ -112,15 +112,12 @@ impl<L: Link> Relay<L> {
         }
     }
 
-    pub fn reader(&self) -> &str {
-        &self.reader
-    }
-
     /// The ATR of the connected card; empty if not connected.
     pub fn atr(&self) -> &[u8] {
         &self.atr
     }
 
+    #[cfg(test)]
     pub fn link(&self) -> &L {
         &self.link
     }

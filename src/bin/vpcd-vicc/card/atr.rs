@@ -155,7 +155,7 @@ mod tests {
         let atr = default_atr();
         assert_eq!(to_hex(&atr), "3B 8A 80 01 80 73 90 01 40 54 76 70 63 64 7C");
         assert_eq!(check(&atr), Ok(()));
-        assert!(crate::protocol::check_atr(&atr).is_ok());
+        assert!(ifdvpcd::protocol::check_atr(&atr).is_ok());
         // TD2 offers T=1.
         assert_eq!(atr[3] & 0x0F, 1);
     }

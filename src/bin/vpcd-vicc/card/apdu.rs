@@ -97,7 +97,8 @@ pub fn parse(apdu: &[u8]) -> Result<Command<'_>, ApduError> {
 }
 
 /// Encodes a command APDU, choosing the short form when Nc ≤ 255 and Ne ≤ 256 and
-/// the extended form otherwise. The inverse of [`parse`]; handy in tests and tools.
+/// the extended form otherwise. The inverse of [`parse`], for tests.
+#[cfg(test)]
 pub fn encode(cla: u8, ins: u8, p1: u8, p2: u8, data: &[u8], ne: Option<usize>) -> Vec<u8> {
     let extended = data.len() > 255 || ne.is_some_and(|n| n > 256);
     let mut out = Vec::with_capacity(4 + 3 + data.len() + 2);
@@ -214,9 +215,9 @@ mod tests {
 
     #[test]
     fn largest_extended_echo_fits_a_frame() {
-        let data = vec![0x5A; crate::protocol::MAX_APDU_DATA];
+        let data = vec![0x5A; ifdvpcd::protocol::MAX_APDU_DATA];
         let a = encode(0x80, 0xEE, 0, 0, &data, Some(65536));
-        assert_eq!(a.len(), crate::protocol::MAX_PAYLOAD);
+        assert_eq!(a.len(), ifdvpcd::protocol::MAX_PAYLOAD);
         let cmd = parse(&a).unwrap();
         assert_eq!(cmd.data.len(), 65526);
         assert_eq!(cmd.ne, Some(65536));
