@@ -591,10 +591,9 @@ impl Daemon {
         std::fs::write(&conf_path, conf).unwrap();
         let log = dir.0.join("pcscd.log");
         let socket = run_dir.join("pcscd.comm");
-        std::fs::create_dir_all("/run/pcscd").unwrap();
         // No -d: pcscd's debug log would add a write per command to every round trip.
         let script = format!(
-            "mount --bind '{}' /run/pcscd && exec pcscd -f --config '{}'",
+            "mount -t tmpfs tmpfs /run && mkdir /run/pcscd && mount --bind '{}' /run/pcscd && exec pcscd -f --config '{}'",
             run_dir.display(),
             conf_path.display()
         );

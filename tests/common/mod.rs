@@ -178,7 +178,6 @@ impl Pcscd {
             set, &socket,
             "one pcscd per test process: run with cargo nextest"
         );
-        std::fs::create_dir_all("/run/pcscd").unwrap();
         // VPCD_VALGRIND=1 runs pcscd under valgrind; its report goes to valgrind.log
         // beside pcscd.log (kept under VPCD_VALGRIND_DIR if set).
         let valgrind = match std::env::var_os("VPCD_VALGRIND") {
@@ -189,7 +188,7 @@ impl Pcscd {
             None => String::new(),
         };
         let script = format!(
-            "mount --bind '{}' /run/pcscd && exec {valgrind}pcscd -f -d --config '{}'",
+            "mount -t tmpfs tmpfs /run && mkdir /run/pcscd && mount --bind '{}' /run/pcscd && exec {valgrind}pcscd -f -d --config '{}'",
             run_dir.display(),
             conf_path.display()
         );
