@@ -1,7 +1,7 @@
 //! The IFD Handler API v3 that pcscd binds: thin `extern "C"` functions over the safe
 //! core. This module and `sys` hold all of the crate's `unsafe`.
 //!
-//! Each export goes through [`ifd_export!`]: it installs the log bridge, logs its entry
+//! Each export goes through `ifd_export!`: it installs the log bridge, logs its entry
 //! with the Lun, turns a panic into an IFD error instead of aborting pcscd, then checks
 //! its pointers, finds the slot and delegates.
 
