@@ -366,3 +366,27 @@ fn control_lists_the_tlv_feature_and_attributes_describe_the_reader() {
     let max_input = card.get_attribute_owned(pcsc::Attribute::Maxinput).unwrap();
     assert_eq!(max_input, 65535u32.to_le_bytes());
 }
+
+#[test]
+fn an_apdu_too_long_for_a_frame_fails_alone_and_the_card_stays() {
+    let (pcscd, port) = one_reader("");
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    let vicc = Vicc::connect(port, Behaviour::Echo);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &reader, true, 2 * SECOND);
+    let card = connect(&ctx, &reader);
+    // 65536 bytes: one more than a vpcd frame carries (pcscd itself takes up to 65548).
+    let too_long = extended_apdu(65535 - 7 + 1);
+    assert_eq!(too_long.len(), 65536);
+    assert!(transmit(&card, &too_long).is_err());
+    assert!(
+        pcscd.wait_log("do not fit in one frame", SECOND),
+        "{}",
+        pcscd.log_text()
+    );
+    // Nothing reached the vicc, and the card goes on.
+    assert_eq!(vicc.apdus.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let apdu = extended_apdu(65535 - 7);
+    assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
+}
