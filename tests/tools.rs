@@ -346,28 +346,7 @@ fn config_describes_a_port_given_on_the_command_line() {
 
 /// The mixed file of the vpcd-config unit tests: five vpcd slots in four entries, and
 /// an entry of another driver.
-const MIXED_CONF: &str = "\
-# one file, four entries, one of another driver
-FRIENDLYNAME \"Virtual PCD\"
-DEVICENAME /dev/null:0x8C7B
-LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so
-
-FRIENDLYNAME \"Loopback \\ reader\"
-DEVICENAME /dev/null:40000/slots=1/listen=127.0.0.1
-LIBPATH /usr/local/lib/libifdvpcd.so
-
-FRIENDLYNAME \"Serial\"
-DEVICENAME /dev/null:1
-LIBPATH /usr/lib/pcsc/drivers/serial/libccidtwin.so
-
-FRIENDLYNAME \"Phone\"
-DEVICENAME \"phone.local:35970/slots=1\"
-LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so
-
-FRIENDLYNAME IPv6
-DEVICENAME \"/dev/null:41000/slots=1/listen=::1\"
-LIBPATH libifdvpcd.so
-";
+const MIXED_CONF: &str = include_str!("data/mixed-reader.conf");
 
 #[test]
 fn config_prints_json_for_a_config_file() {

@@ -398,28 +398,8 @@ mod tests {
         dir
     }
 
-    const MIXED_CONF: &str = "\
-# one file, four entries, one of another driver
-FRIENDLYNAME \"Virtual PCD\"
-DEVICENAME /dev/null:0x8C7B
-LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so
-
-FRIENDLYNAME \"Loopback \\ reader\"
-DEVICENAME /dev/null:40000/slots=1/listen=127.0.0.1
-LIBPATH /usr/local/lib/libifdvpcd.so
-
-FRIENDLYNAME \"Serial\"
-DEVICENAME /dev/null:1
-LIBPATH /usr/lib/pcsc/drivers/serial/libccidtwin.so
-
-FRIENDLYNAME \"Phone\"
-DEVICENAME \"phone.local:35970/slots=1\"
-LIBPATH /usr/lib/pcsc/drivers/serial/libifdvpcd.so
-
-FRIENDLYNAME IPv6
-DEVICENAME \"/dev/null:41000/slots=1/listen=::1\"
-LIBPATH libifdvpcd.so
-";
+    /// Five vpcd slots in four entries, and an entry of another driver.
+    const MIXED_CONF: &str = include_str!("../../../tests/data/mixed-reader.conf");
 
     #[test]
     fn text_output_from_a_config() {
