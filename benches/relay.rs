@@ -592,19 +592,10 @@ impl Daemon {
         let log = dir.0.join("pcscd.log");
         let socket = run_dir.join("pcscd.comm");
         // No -d: pcscd's debug log would add a write per command to every round trip.
-        let script = format!(
-            "mount -t tmpfs tmpfs /run && mkdir /run/pcscd && mount --bind '{}' /run/pcscd && exec pcscd -f --config '{}'",
-            run_dir.display(),
-            conf_path.display()
-        );
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let mut args = vec!["-m", "--propagation", "private", "sh", "-c", &script];
-        if !root {
-            args.insert(0, "-r");
-        }
-        let mut cmd = Command::new("unshare");
-        cmd.args(&args)
+        let mut cmd =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/private-pcscd"));
+        cmd.arg(&run_dir)
+            .arg(&conf_path)
             .env_remove("VPCD_LOG")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())

@@ -180,26 +180,19 @@ impl Pcscd {
         );
         // VPCD_VALGRIND=1 runs pcscd under valgrind; its report goes to valgrind.log
         // beside pcscd.log (kept under VPCD_VALGRIND_DIR if set).
-        let valgrind = match std::env::var_os("VPCD_VALGRIND") {
+        let wrapper = match std::env::var_os("VPCD_VALGRIND") {
             Some(_) => format!(
-                "valgrind --error-limit=no --log-file='{}' ",
+                "valgrind --error-limit=no --log-file={}",
                 valgrind_log(&dir.0).display()
             ),
             None => String::new(),
         };
-        let script = format!(
-            "mount -t tmpfs tmpfs /run && mkdir /run/pcscd && mount --bind '{}' /run/pcscd && exec {valgrind}pcscd -f -d --config '{}'",
-            run_dir.display(),
-            conf_path.display()
-        );
-        // As root a mount namespace is enough; otherwise a user namespace maps us to root.
-        let root = run(Command::new("id").arg("-u")).1.trim() == "0";
-        let mut args = vec!["-m", "--propagation", "private", "sh", "-c", &script];
-        if !root {
-            args.insert(0, "-r");
-        }
-        let child = Command::new("unshare")
-            .args(&args)
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let child = Command::new(repo.join("scripts/private-pcscd"))
+            .arg(&run_dir)
+            .arg(&conf_path)
+            .arg("-d")
+            .env("VPCD_PCSCD_WRAPPER", wrapper)
             .env(
                 "VPCD_LOG",
                 std::env::var("VPCD_LOG").unwrap_or_else(|_| "debug".into()),
