@@ -436,6 +436,31 @@ mod tests {
         }
     }
 
+    /// What pcscd 1.9's config lexer accepts in an unquoted value (configfile.l).
+    fn pcscd_passes_unquoted(value: &str) -> bool {
+        value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "=\\/-._@:".contains(c))
+    }
+
+    #[test]
+    fn every_option_can_be_written_unquoted_in_reader_conf() {
+        let entries = [
+            "/dev/null:0x8C7B",
+            "localhost:35963",
+            "::1:35963/timeout=5",
+            "/dev/null:35963/slots=4/listen=127.0.0.1/timeout=2.5",
+            "/dev/null:35963/listen=::/v6only=yes/log=debug/trace=yes",
+            "/dev/null:35963/protocol=vscard",
+            "card-host.example_org:35963/slots=1",
+        ];
+        for entry in entries {
+            assert!(pcscd_passes_unquoted(entry), "{entry}");
+            ReaderConfig::parse(entry).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(!pcscd_passes_unquoted("[::1]:35963"), "needs quotes");
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(s in ".{0,80}") {
