@@ -271,7 +271,22 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
     done_tx.send(()).unwrap();
     assert!(client.join().unwrap(), "the stalled transmit must fail");
     let log = pcscd.log_text();
-    assert_eq!(log.matches("slot closed").count(), 2, "{log}");
+    // Every slot pcscd closed was closed completely (its thread joined), unless pcscd
+    // exited during the call: its main thread may finish the teardown and exit while
+    // the client thread whose failed transmit dropped the reader's last reference is
+    // still closing that slot (pcsc-lite 1.9.9).
+    for lun in ["0x0", "0x1"] {
+        let call = format!("IFDHCloseChannel (lun {lun})");
+        let after = log
+            .split(&call)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{call} missing:\n{log}"));
+        let closed = after
+            .lines()
+            .any(|l| l.contains(&format!("lun {lun} ")) && l.ends_with("slot closed"));
+        let pcscd_went_on = after.lines().skip(1).any(|l| !l.contains("ifdvpcd:"));
+        assert!(closed || !pcscd_went_on, "{call} did not finish:\n{log}");
+    }
     // pcscd itself spends a second stopping its hotplug thread before it closes any
     // reader; the driver's part, from there to exit, must be quick.
     let cleanup = log
