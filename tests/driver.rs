@@ -54,15 +54,7 @@ fn power_up_gives_the_atr_and_apdus_of_every_size_round_trip() {
     let status = card.status2(&mut names, &mut atr).unwrap();
     assert_eq!(status.atr(), TEST_ATR);
 
-    let mut apdus = vec![vec![0x00, 0x84, 0x00, 0x00, 0x08], {
-        let mut a = vec![0x00, 0xD6, 0x00, 0x00, 0xFF];
-        a.extend([0x5A; 255]);
-        a
-    }];
-    // 4 KiB, and the largest extended APDU one vpcd frame carries.
-    apdus.push(extended_apdu(4096));
-    apdus.push(extended_apdu(65535 - 7));
-    for apdu in apdus {
+    for apdu in sample_apdus() {
         let reply = transmit(&card, &apdu).unwrap_or_else(|e| panic!("{} bytes: {e}", apdu.len()));
         assert_eq!(
             reply,

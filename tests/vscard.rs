@@ -352,14 +352,7 @@ fn readers_cards_and_apdus_of_one_client() {
 
     // Short, long and extended APDUs.
     let card = connect(&ctx, &readers[0]);
-    let mut long = vec![0x00, 0xD6, 0x00, 0x00, 0xFF];
-    long.extend([0x5A; 255]);
-    for apdu in [
-        vec![0x00, 0x84, 0x00, 0x00, 0x08],
-        long,
-        extended_apdu(4096),
-        extended_apdu(65535 - 7),
-    ] {
+    for apdu in sample_apdus() {
         let reply = transmit(&card, &apdu).unwrap_or_else(|e| panic!("{} bytes: {e}", apdu.len()));
         assert_eq!(
             reply,

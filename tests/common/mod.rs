@@ -419,6 +419,19 @@ pub fn echo_reply(apdu: &[u8]) -> Vec<u8> {
     reply
 }
 
+/// Commands of every size class a reader must relay: short, a full short case 3,
+/// 4 KiB extended, and the largest extended APDU one vpcd frame carries.
+pub fn sample_apdus() -> Vec<Vec<u8>> {
+    let mut full_short = vec![0x00, 0xD6, 0x00, 0x00, 0xFF];
+    full_short.extend([0x5A; 255]);
+    vec![
+        vec![0x00, 0x84, 0x00, 0x00, 0x08],
+        full_short,
+        extended_apdu(4096),
+        extended_apdu(65535 - 7),
+    ]
+}
+
 /// An extended case 3 APDU with `n` data bytes.
 pub fn extended_apdu(n: usize) -> Vec<u8> {
     let mut apdu = vec![0x80, 0xEE, 0x00, 0x00, 0x00, (n >> 8) as u8, n as u8];
