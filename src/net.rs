@@ -1,7 +1,7 @@
 //! The socket setup every reader shares, whatever protocol it speaks: its listening
 //! socket, the options of a connected peer, and draining a listener's queue.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
@@ -56,5 +56,90 @@ pub fn accept_all(
                 return;
             }
         }
+    }
+}
+
+/// Writes all of `bytes` to a peer set up by [`configure_peer`] within `timeout` in
+/// all, however slowly the peer reads. The socket's send timeout already is `timeout`,
+/// so a write that goes through at once (the usual case) costs no extra system call;
+/// only a partial write re-arms the timeout for the time left, and restores it after.
+pub fn write_all_within(stream: &TcpStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut rearmed = false;
+    let mut done = 0;
+    let result = loop {
+        if done == bytes.len() {
+            break Ok(());
+        }
+        if done > 0 {
+            let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+            if remaining.is_zero() {
+                break Err(io::ErrorKind::TimedOut.into());
+            }
+            if let Err(e) = stream.set_write_timeout(Some(remaining)) {
+                break Err(e);
+            }
+            rearmed = true;
+        }
+        match (&mut &*stream).write(&bytes[done..]) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                break Err(io::ErrorKind::TimedOut.into())
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if rearmed {
+        let _ = stream.set_write_timeout(Some(timeout));
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::Ipv4Addr;
+
+    fn pair(timeout: Duration) -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        configure_peer(&ours, timeout).unwrap();
+        (ours, theirs)
+    }
+
+    #[test]
+    fn a_write_the_peer_reads_goes_through() {
+        let (ours, mut theirs) = pair(Duration::from_secs(5));
+        let reader = std::thread::spawn(move || {
+            let mut all = vec![];
+            theirs.read_to_end(&mut all).unwrap();
+            all.len()
+        });
+        write_all_within(&ours, &vec![7u8; 4 << 20], Duration::from_secs(5)).unwrap();
+        drop(ours);
+        assert_eq!(reader.join().unwrap(), 4 << 20);
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_cannot_stretch_the_write_past_the_timeout() {
+        let timeout = Duration::from_millis(300);
+        let (ours, _theirs) = pair(timeout);
+        let started = std::time::Instant::now();
+        let e = write_all_within(&ours, &vec![7u8; 64 << 20], timeout).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() < timeout * 3,
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            ours.write_timeout().unwrap(),
+            Some(timeout),
+            "timeout restored"
+        );
     }
 }

@@ -127,10 +127,6 @@ impl Presence {
         self.state.lock().closing = true;
         self.changed.notify_all();
     }
-
-    pub fn is_closing(&self) -> bool {
-        self.state.lock().closing
-    }
 }
 
 #[cfg(test)]

@@ -327,7 +327,7 @@ impl Shared {
         self.state.lock().conn.clone()
     }
 
-    /// Writes a whole frame sequence before the deadline of the reader's timeout.
+    /// Writes a whole frame sequence within the reader's timeout.
     /// Before that, makes sure the vicc has not sent anything unasked: stale bytes
     /// would be taken for the reply to this command.
     fn send(&self, conn: &Conn, bytes: &[u8]) -> Result<(), SlotError> {
@@ -342,7 +342,7 @@ impl Shared {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e.into()),
         }
-        (&conn.stream).write_all(bytes)?;
+        net::write_all_within(&conn.stream, bytes, self.timeout)?;
         Ok(())
     }
 

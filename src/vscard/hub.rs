@@ -517,29 +517,10 @@ impl Shared {
         }
     }
 
-    /// Writes one whole message before the deadline of the reader's timeout.
+    /// Writes one whole message within the reader's timeout.
     fn send(&self, conn: &Conn, bytes: &[u8]) -> io::Result<()> {
         let _write = conn.write.lock();
-        let deadline = Instant::now() + self.timeout;
-        let mut stream = &conn.stream;
-        let mut done = 0;
-        while done < bytes.len() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            stream.set_write_timeout(Some(remaining))?;
-            match stream.write(&bytes[done..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::ErrorKind::TimedOut.into())
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        net::write_all_within(&conn.stream, bytes, self.timeout)
     }
 
     /// Sends one message to the client.
