@@ -6,7 +6,7 @@
 //! change the result, and that every frame is classified (`Message::parse`,
 //! `check_atr`, `check_reply`) by the protocol's rules.
 
-use ifdvpcd::protocol::{
+use vpcd_protocol::vpcd::{
     self, check_atr, check_reply, Control, Decoder, Message, ProtocolError, HEADER_LEN,
     MAX_ATR_LEN, MAX_PAYLOAD,
 };

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use ifdvpcd::config::{Endpoint, ReaderConfig, MAX_SLOTS};
+use vpcd_protocol::config::{Endpoint, ReaderConfig, MAX_SLOTS};
 
 fn run(data: &[u8]) {
     let text = String::from_utf8_lossy(data);

@@ -1,7 +1,7 @@
 //! One vpcd payload as the card side and the reader side classify it:
 //! `Message::parse`, `check_atr`, `check_reply`, and the frame prefix round trip.
 
-use ifdvpcd::protocol::{
+use vpcd_protocol::vpcd::{
     self, check_atr, check_reply, AtrError, Control, Message, ProtocolError, HEADER_LEN,
     MAX_ATR_LEN, MAX_PAYLOAD,
 };

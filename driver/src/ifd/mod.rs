@@ -1,0 +1,476 @@
+//! The IFD Handler API v3 that pcscd binds: thin `extern "C"` functions over the safe
+//! core. This module and `sys` hold all of the crate's `unsafe`. It knows slots only by
+//! the slot contract ([`CardSlot`](crate::slot::CardSlot)).
+//!
+//! Each export goes through `ifd_export!`: it installs the log bridge, logs its entry
+//! with the Lun, turns a panic into an IFD error instead of aborting pcscd, then checks
+//! its pointers, finds the slot and delegates.
+
+mod consts;
+mod log_bridge;
+
+use std::ffi::{c_char, c_int, CStr};
+use std::time::Duration;
+
+use consts::*;
+
+use vpcd_protocol::config::{ConfigError, ReaderConfig};
+
+use crate::readers::{self, OpenSlot};
+use crate::slot::{Limits, PowerAction, SlotError};
+
+/// pcsc-lite's DWORD and RESPONSECODE: `unsigned long` and `long`, except on macOS.
+#[cfg(not(target_os = "macos"))]
+pub type Dword = std::ffi::c_ulong;
+#[cfg(not(target_os = "macos"))]
+pub type ResponseCode = std::ffi::c_long;
+#[cfg(target_os = "macos")]
+pub type Dword = u32;
+#[cfg(target_os = "macos")]
+pub type ResponseCode = i32;
+
+/// SCARD_IO_HEADER, passed by value to IFDHTransmitToICC.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ScardIoHeader {
+    pub protocol: Dword,
+    pub length: Dword,
+}
+
+type PollFn = extern "C" fn(Dword, c_int) -> ResponseCode;
+type StopFn = extern "C" fn(Dword) -> ResponseCode;
+
+/// Largest ATR pcscd has room for (MAX_ATR_SIZE).
+const MAX_ATR_SIZE: usize = 33;
+/// Readers one loaded copy of the library serves (pcscd's PCSCLITE_MAX_READERS_CONTEXTS).
+const MAX_READERS: u8 = 16;
+
+macro_rules! ifd_export {
+    ($name:literal, $lun:expr, $level:ident, $body:expr) => {{
+        log_bridge::init();
+        let lun = $lun as u32;
+        log::$level!(concat!($name, " (lun {:#x})"), lun);
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> ResponseCode {
+            $body(lun)
+        })) {
+            Ok(rc) => rc,
+            Err(_) => {
+                log::error!(
+                    concat!($name, " (lun {:#x}): internal error, call refused"),
+                    lun
+                );
+                IFD_COMMUNICATION_ERROR
+            }
+        }
+    }};
+}
+
+/// Runs `f` on the open slot `lun`, or answers `missing`.
+fn with_slot(
+    lun: u32,
+    missing: ResponseCode,
+    f: impl FnOnce(&OpenSlot) -> ResponseCode,
+) -> ResponseCode {
+    match readers::get(lun) {
+        Some(open) => f(&open),
+        None => {
+            log::error!("lun {lun:#x}: no such channel");
+            missing
+        }
+    }
+}
+
+fn open_channel(lun: u32, config: Result<ReaderConfig, ConfigError>) -> ResponseCode {
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("lun {lun:#x}: {e}");
+            return IFD_COMMUNICATION_ERROR;
+        }
+    };
+    log_bridge::raise_level(config.log_level);
+    match readers::open(lun, config) {
+        Ok(()) => IFD_SUCCESS,
+        Err(e) => {
+            log::error!("lun {lun:#x}: {e}");
+            IFD_COMMUNICATION_ERROR
+        }
+    }
+}
+
+/// Copies `bytes` into a caller's buffer of `*length` bytes and sets `*length`.
+///
+/// # Safety
+/// `length` must be valid for reads and writes, and `value` for writes of `*length`
+/// bytes (or either may be null, which is refused).
+unsafe fn answer(bytes: &[u8], length: *mut Dword, value: *mut u8) -> ResponseCode {
+    if length.is_null() || value.is_null() {
+        return IFD_COMMUNICATION_ERROR;
+    }
+    // SAFETY: non-null, and valid per this function's contract.
+    let capacity = unsafe { *length } as usize;
+    if capacity < bytes.len() {
+        return IFD_ERROR_INSUFFICIENT_BUFFER;
+    }
+    // SAFETY: `value` has room for `capacity >= bytes.len()` bytes; the buffers are
+    // distinct (ours is Rust-owned).
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), value, bytes.len());
+        *length = bytes.len() as Dword;
+    }
+    IFD_SUCCESS
+}
+
+/// The answer to IFDHGetCapabilities for `tag`, or None for an unknown tag.
+fn capability(open: &OpenSlot, tag: Dword) -> Option<Vec<u8>> {
+    Some(match tag {
+        TAG_IFD_ATR | SCARD_ATTR_ATR_STRING => open.slot.atr().unwrap_or_default(),
+        TAG_IFD_SLOTS_NUMBER => vec![open.config.slots as u8],
+        TAG_IFD_SIMULTANEOUS_ACCESS => vec![MAX_READERS],
+        // Readers share no state but a short lookup lock, and every slot has its own
+        // connection and lock: pcscd may call us for different readers and slots at once.
+        TAG_IFD_THREAD_SAFE | TAG_IFD_SLOT_THREAD_SAFE => vec![1],
+        TAG_IFD_POLLING_THREAD_KILLABLE => {
+            // pcscd asks this only when it tears the slot down, right after marking
+            // its polling thread to exit; a removal reported now would clear that mark
+            // and keep the thread (and pcscd's shutdown) waiting. Report no more.
+            open.slot.presence().freeze();
+            vec![0]
+        }
+        TAG_IFD_POLLING_THREAD_WITH_TIMEOUT => {
+            (poll_for_event as PollFn as usize).to_ne_bytes().to_vec()
+        }
+        TAG_IFD_STOP_POLLING_THREAD => (stop_polling as StopFn as usize).to_ne_bytes().to_vec(),
+        SCARD_ATTR_VENDOR_NAME => b"vsmartcard vpcd (Rust)\0".to_vec(),
+        SCARD_ATTR_VENDOR_IFD_TYPE => b"Virtual PCD\0".to_vec(),
+        SCARD_ATTR_VENDOR_IFD_VERSION => version_word().to_le_bytes().to_vec(),
+        SCARD_ATTR_MAXINPUT => (open.slot.limits().max_command as u32)
+            .to_le_bytes()
+            .to_vec(),
+        _ => return None,
+    })
+}
+
+/// The crate version as 0xMMmmbbbb, the layout of SCARD_ATTR_VENDOR_IFD_VERSION.
+fn version_word() -> u32 {
+    let part = |s: &str| s.parse::<u32>().unwrap_or(0);
+    (part(env!("CARGO_PKG_VERSION_MAJOR")) << 24)
+        | (part(env!("CARGO_PKG_VERSION_MINOR")) << 16)
+        | (part(env!("CARGO_PKG_VERSION_PATCH")) & 0xFFFF)
+}
+
+/// The answer to IFDHControl, or None for a code we do not support.
+fn control(code: Dword, limits: Limits) -> Option<Vec<u8>> {
+    match code {
+        CM_IOCTL_GET_FEATURE_REQUEST => {
+            let mut tlv = vec![FEATURE_GET_TLV_PROPERTIES, 4];
+            tlv.extend_from_slice(&(IOCTL_FEATURE_GET_TLV_PROPERTIES as u32).to_be_bytes());
+            Some(tlv)
+        }
+        IOCTL_FEATURE_GET_TLV_PROPERTIES => {
+            let mut tlv = vec![PCSCV2_PART10_PROPERTY_DW_MAX_APDU_DATA_SIZE, 4];
+            tlv.extend_from_slice(&(limits.max_command_data as u32).to_le_bytes());
+            Some(tlv)
+        }
+        _ => None,
+    }
+}
+
+fn slot_error_code(e: &SlotError) -> ResponseCode {
+    match e {
+        SlotError::NoCard => IFD_ICC_NOT_PRESENT,
+        SlotError::Timeout => IFD_RESPONSE_TIMEOUT,
+        SlotError::Io(_) | SlotError::Protocol(_) => IFD_COMMUNICATION_ERROR,
+        SlotError::ReplyTooLarge { .. } => IFD_ERROR_INSUFFICIENT_BUFFER,
+    }
+}
+
+/// # Safety
+/// `device_name` is null or a NUL-terminated string valid for the call (pcscd's).
+#[no_mangle]
+pub unsafe extern "C" fn IFDHCreateChannelByName(
+    lun: Dword,
+    device_name: *const c_char,
+) -> ResponseCode {
+    ifd_export!("IFDHCreateChannelByName", lun, info, |lun| {
+        if device_name.is_null() {
+            log::error!("lun {lun:#x}: no DEVICENAME given");
+            return IFD_COMMUNICATION_ERROR;
+        }
+        // SAFETY: non-null and NUL-terminated per this function's contract.
+        let name = unsafe { CStr::from_ptr(device_name) }.to_string_lossy();
+        log::info!("lun {lun:#x}: DEVICENAME \"{}\"", name.escape_debug());
+        open_channel(lun, ReaderConfig::parse(&name))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn IFDHCreateChannel(lun: Dword, channel: Dword) -> ResponseCode {
+    ifd_export!("IFDHCreateChannel", lun, info, |lun| {
+        let channel = u32::try_from(channel).unwrap_or(u32::MAX);
+        open_channel(lun, ReaderConfig::from_channel_id(channel))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn IFDHCloseChannel(lun: Dword) -> ResponseCode {
+    ifd_export!("IFDHCloseChannel", lun, info, |lun| {
+        readers::close(lun);
+        IFD_SUCCESS
+    })
+}
+
+/// # Safety
+/// `length` points to the size of the buffer `value` (pcscd's).
+#[no_mangle]
+pub unsafe extern "C" fn IFDHGetCapabilities(
+    lun: Dword,
+    tag: Dword,
+    length: *mut Dword,
+    value: *mut u8,
+) -> ResponseCode {
+    ifd_export!("IFDHGetCapabilities", lun, debug, |lun| {
+        with_slot(lun, IFD_COMMUNICATION_ERROR, |open| {
+            match capability(open, tag) {
+                // SAFETY: pcscd's buffer and its length, per this function's contract.
+                Some(bytes) => unsafe { answer(&bytes, length, value) },
+                None => {
+                    log::debug!("lun {lun:#x}: tag {tag:#x} not supported");
+                    IFD_ERROR_TAG
+                }
+            }
+        })
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn IFDHSetCapabilities(
+    lun: Dword,
+    tag: Dword,
+    _length: Dword,
+    _value: *mut u8,
+) -> ResponseCode {
+    ifd_export!("IFDHSetCapabilities", lun, debug, |lun| {
+        log::debug!("lun {lun:#x}: cannot set tag {tag:#x}");
+        IFD_NOT_SUPPORTED
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn IFDHSetProtocolParameters(
+    lun: Dword,
+    protocol: Dword,
+    _flags: u8,
+    _pts1: u8,
+    _pts2: u8,
+    _pts3: u8,
+) -> ResponseCode {
+    ifd_export!("IFDHSetProtocolParameters", lun, debug, |lun| {
+        // A virtual card has no transmission protocol to negotiate: any will do.
+        with_slot(lun, IFD_COMMUNICATION_ERROR, |_| {
+            log::debug!("lun {lun:#x}: protocol {protocol:#x}");
+            IFD_SUCCESS
+        })
+    })
+}
+
+/// # Safety
+/// `atr` has room for MAX_ATR_SIZE (33) bytes and `atr_length` is writable (pcscd's),
+/// or they are null.
+#[no_mangle]
+pub unsafe extern "C" fn IFDHPowerICC(
+    lun: Dword,
+    action: Dword,
+    atr: *mut u8,
+    atr_length: *mut Dword,
+) -> ResponseCode {
+    ifd_export!("IFDHPowerICC", lun, debug, |lun| {
+        if atr.is_null() || atr_length.is_null() {
+            return IFD_COMMUNICATION_ERROR;
+        }
+        // SAFETY: writable per this function's contract.
+        unsafe { *atr_length = 0 };
+        let action = match action {
+            IFD_POWER_UP => PowerAction::Up,
+            IFD_POWER_DOWN => PowerAction::Down,
+            IFD_RESET => PowerAction::Reset,
+            other => {
+                log::error!("lun {lun:#x}: unknown power action {other}");
+                return IFD_NOT_SUPPORTED;
+            }
+        };
+        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
+            match open.slot.power(action) {
+                Ok(bytes) => {
+                    let mut len = MAX_ATR_SIZE as Dword;
+                    // SAFETY: `atr` has room for MAX_ATR_SIZE bytes per the contract.
+                    let rc = unsafe { answer(&bytes, &mut len, atr) };
+                    if rc == IFD_SUCCESS {
+                        // SAFETY: writable per the contract.
+                        unsafe { *atr_length = len };
+                    }
+                    rc
+                }
+                Err(SlotError::NoCard) => IFD_ICC_NOT_PRESENT,
+                Err(_) => IFD_ERROR_POWER_ACTION,
+            }
+        })
+    })
+}
+
+/// # Safety
+/// `tx` holds `tx_length` bytes; `rx` has room for `*rx_length` bytes; `recv_pci` is
+/// null or writable (pcscd's buffers).
+#[no_mangle]
+pub unsafe extern "C" fn IFDHTransmitToICC(
+    lun: Dword,
+    send_pci: ScardIoHeader,
+    tx: *const u8,
+    tx_length: Dword,
+    rx: *mut u8,
+    rx_length: *mut Dword,
+    recv_pci: *mut ScardIoHeader,
+) -> ResponseCode {
+    ifd_export!("IFDHTransmitToICC", lun, trace, |lun| {
+        if tx.is_null() || rx.is_null() || rx_length.is_null() {
+            return IFD_COMMUNICATION_ERROR;
+        }
+        // SAFETY: readable and writable per this function's contract.
+        let capacity = std::mem::replace(unsafe { &mut *rx_length }, 0) as usize;
+        // SAFETY: pcscd's command buffer holds `tx_length` bytes.
+        let command = unsafe { std::slice::from_raw_parts(tx, tx_length as usize) };
+        // SAFETY: pcscd's reply buffer has room for `capacity` bytes, and nothing else
+        // refers to it during the call.
+        let reply = unsafe { std::slice::from_raw_parts_mut(rx, capacity) };
+        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
+            match open.slot.transmit(command, reply) {
+                Ok(n) => {
+                    // SAFETY: writable per the contract; `recv_pci` is checked for null.
+                    unsafe {
+                        *rx_length = n as Dword;
+                        if !recv_pci.is_null() {
+                            *recv_pci = send_pci;
+                        }
+                    }
+                    IFD_SUCCESS
+                }
+                Err(e) => slot_error_code(&e),
+            }
+        })
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn IFDHICCPresence(lun: Dword) -> ResponseCode {
+    ifd_export!("IFDHICCPresence", lun, trace, |lun| {
+        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
+            if open.slot.presence().check() {
+                IFD_ICC_PRESENT
+            } else {
+                IFD_ICC_NOT_PRESENT
+            }
+        })
+    })
+}
+
+/// # Safety
+/// `rx` has room for `rx_length` bytes and `bytes_returned` is writable (pcscd's), or
+/// they are null.
+#[no_mangle]
+pub unsafe extern "C" fn IFDHControl(
+    lun: Dword,
+    code: Dword,
+    _tx: *const u8,
+    _tx_length: Dword,
+    rx: *mut u8,
+    rx_length: Dword,
+    bytes_returned: *mut Dword,
+) -> ResponseCode {
+    ifd_export!("IFDHControl", lun, debug, |lun| {
+        if bytes_returned.is_null() {
+            return IFD_COMMUNICATION_ERROR;
+        }
+        // SAFETY: writable per this function's contract.
+        unsafe { *bytes_returned = 0 };
+        with_slot(lun, IFD_COMMUNICATION_ERROR, |open| {
+            match control(code, open.slot.limits()) {
+                Some(bytes) => {
+                    let mut len = rx_length;
+                    // SAFETY: `rx` has room for `rx_length` bytes per the contract.
+                    let rc = unsafe { answer(&bytes, &mut len, rx) };
+                    if rc == IFD_SUCCESS {
+                        // SAFETY: writable per the contract.
+                        unsafe { *bytes_returned = len };
+                    }
+                    rc
+                }
+                None => {
+                    log::debug!("lun {lun:#x}: control code {code:#x} not supported");
+                    IFD_ERROR_NOT_SUPPORTED
+                }
+            }
+        })
+    })
+}
+
+/// pcscd's polling callback (TAG_IFD_POLLING_THREAD_WITH_TIMEOUT): returns as soon as
+/// the slot's card state changes, so pcscd checks presence at once.
+extern "C" fn poll_for_event(lun: Dword, timeout_ms: c_int) -> ResponseCode {
+    ifd_export!("poll_for_event", lun, trace, |lun| {
+        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
+            let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+            open.slot.presence().wait_for_event(timeout);
+            IFD_SUCCESS
+        })
+    })
+}
+
+/// pcscd's stop callback (TAG_IFD_STOP_POLLING_THREAD): ends the current wait only.
+extern "C" fn stop_polling(lun: Dword) -> ResponseCode {
+    ifd_export!("stop_polling", lun, debug, |lun| {
+        with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {
+            open.slot.presence().stop_waiting();
+            IFD_SUCCESS
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_command: 65535,
+        max_command_data: 65526,
+    };
+
+    #[test]
+    fn feature_request_names_the_tlv_ioctl() {
+        assert_eq!(
+            control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS).unwrap(),
+            [0x12, 4, 0x42, 0x33, 0x00, 0x12]
+        );
+        let props = control(IOCTL_FEATURE_GET_TLV_PROPERTIES, LIMITS).unwrap();
+        assert_eq!(props[..2], [10, 4]);
+        assert_eq!(u32::from_le_bytes(props[2..].try_into().unwrap()), 65526);
+        assert!(control(0x4200_0001, LIMITS).is_none());
+    }
+
+    #[test]
+    fn answer_respects_the_buffer() {
+        let mut buf = [0u8; 4];
+        let mut len: Dword = 2;
+        // SAFETY: len and buf are valid locals; len <= buf.len().
+        assert_eq!(
+            unsafe { answer(&[1, 2, 3], &mut len, buf.as_mut_ptr()) },
+            IFD_ERROR_INSUFFICIENT_BUFFER
+        );
+        len = 4;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { answer(&[1, 2, 3], &mut len, buf.as_mut_ptr()) },
+            IFD_SUCCESS
+        );
+        assert_eq!((len, buf), (3, [1, 2, 3, 0]));
+    }
+}

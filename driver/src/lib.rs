@@ -1,0 +1,34 @@
+//! # libifdvpcd: a virtual smart card reader for pcsc-lite
+//!
+//! `libifdvpcd.so` is an IFD handler that pcscd loads like any reader driver. Each
+//! slot of the reader is a TCP endpoint; a virtual card (a *vicc*) that connects to
+//! it is a card inserted in that slot, and pcscd's power events and APDUs travel to it
+//! in the vpcd protocol. It is a drop-in replacement for the C vpcd of the vsmartcard
+//! project: same `reader.conf.d` syntax, same wire protocol. The wire formats and the
+//! DEVICENAME parser live in the `vpcd-protocol` crate.
+//!
+//! ## Module map, from pcscd down to the sockets
+//! - `ifd`: the `extern "C"` IFD Handler API pcscd calls (one panic-catching boundary
+//!   macro, then a few lines each), IFD constants, the log bridge into pcscd's log.
+//! - `readers`: the table of open slots by Lun.
+//! - `slot`: the slot contract (`CardSlot`: power, transmit, presence, limits) and the
+//!   slot kinds: `slot::vpcd` (one vicc per slot) and `slot::vscard` (QEMU's VSCard).
+//! - `presence`: card presence as pcscd sees it, and the polling callback's wait.
+//! - `net`: listening and peer socket setup, bounded writes, and the watcher thread
+//!   skeleton every slot kind runs on.
+//! - `sys`: `poll(2)`, the one system call std does not wrap.
+//!
+//! `unsafe` is denied everywhere but in `ifd` and `sys`.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod ifd;
+mod net;
+mod presence;
+mod readers;
+mod slot;
+#[allow(unsafe_code)]
+mod sys;
+
+/// The macOS bundle's `Contents/Info.plist`, rendered by build.rs from Info.plist.in.
+pub const INFO_PLIST: &str = include_str!(concat!(env!("OUT_DIR"), "/Info.plist"));

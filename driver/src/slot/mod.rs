@@ -1,0 +1,125 @@
+//! The slot contract: what the FFI layer asks of any slot, whatever protocol its card
+//! speaks, and the slot kinds that fulfil it.
+//!
+//! - [`vpcd`]: a slot whose card is one vicc on its own TCP connection.
+//! - [`vscard`]: a slot whose card a VSCard client (libcacard's `vscclient`) offers;
+//!   the slots of one reader share that client's connection.
+//!
+//! The FFI layer knows slots only through [`CardSlot`], [`SlotError`] and [`Limits`]:
+//! no protocol's error or size reaches it.
+
+pub(crate) mod vpcd;
+pub(crate) mod vscard;
+
+use std::fmt;
+use std::io;
+
+use vpcd_protocol::config::{Protocol, ReaderConfig};
+
+use crate::presence::Presence;
+
+/// What pcscd asks of the card's power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PowerAction {
+    Up,
+    Down,
+    Reset,
+}
+
+/// The sizes a slot can carry, for pcscd's and clients' questions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The longest command APDU, header included (SCARD_ATTR_MAXINPUT).
+    pub max_command: usize,
+    /// The most command data one extended APDU may carry (PC/SC part 10's
+    /// dwMaxAPDUDataSize).
+    pub max_command_data: usize,
+}
+
+/// Why a slot call failed, in the terms pcscd knows.
+#[derive(Debug)]
+pub(crate) enum SlotError {
+    /// No card in the slot.
+    NoCard,
+    /// The card's peer did not answer within the reader's timeout; it was dropped.
+    Timeout,
+    /// The connection to the card's peer failed; it was dropped.
+    Io(io::Error),
+    /// The peer broke its protocol, or the command cannot travel in it.
+    Protocol(String),
+    /// The card's reply is larger than the caller's buffer.
+    ReplyTooLarge { len: usize, capacity: usize },
+}
+
+impl fmt::Display for SlotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SlotError::NoCard => write!(f, "no card in the slot"),
+            SlotError::Timeout => write!(f, "the card's peer did not answer in time"),
+            SlotError::Io(e) => write!(f, "connection to the card's peer failed: {e}"),
+            SlotError::Protocol(e) => write!(f, "protocol error: {e}"),
+            SlotError::ReplyTooLarge { len, capacity } => write!(
+                f,
+                "reply of {len} bytes is larger than the caller's buffer of {capacity}"
+            ),
+        }
+    }
+}
+
+impl From<io::Error> for SlotError {
+    fn from(e: io::Error) -> SlotError {
+        match e.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => SlotError::Timeout,
+            _ => SlotError::Io(e),
+        }
+    }
+}
+
+impl From<vpcd_protocol::vpcd::ProtocolError> for SlotError {
+    fn from(e: vpcd_protocol::vpcd::ProtocolError) -> SlotError {
+        match e {
+            vpcd_protocol::vpcd::ProtocolError::ReplyTooLarge { len, capacity } => {
+                SlotError::ReplyTooLarge { len, capacity }
+            }
+            e => SlotError::Protocol(e.to_string()),
+        }
+    }
+}
+
+/// What pcscd needs of a slot, whatever protocol its card speaks.
+pub(crate) trait CardSlot: Send + Sync {
+    /// A short name for log lines.
+    fn label(&self) -> &str;
+    /// The sizes this slot can carry.
+    fn limits(&self) -> Limits;
+    /// Card state for pcscd's polling callback and presence check.
+    fn presence(&self) -> &Presence;
+    /// The ATR of the powered card, if any.
+    fn atr(&self) -> Option<Vec<u8>>;
+    /// Powers the card up, down or resets it; returns the ATR (empty after power down).
+    fn power(&self, action: PowerAction) -> Result<Vec<u8>, SlotError>;
+    /// Sends one command APDU, copies the reply into `reply`, returns its length.
+    fn transmit(&self, apdu: &[u8], reply: &mut [u8]) -> Result<usize, SlotError>;
+    /// Drops the card's peer (a removal); an exchange in flight fails at once.
+    fn drop_peer(&self, why: &str);
+    /// Stops and joins every thread of the slot. Idempotent.
+    fn close(&self);
+}
+
+/// Opens slot `lun & 0xFFFF` of the reader `config` describes.
+pub(crate) fn open(config: &ReaderConfig, lun: u32) -> io::Result<Box<dyn CardSlot>> {
+    let index = (lun & 0xFFFF) as u16;
+    if index >= config.slots {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "slot {index} does not exist: the reader has {} slot(s)",
+                config.slots
+            ),
+        ));
+    }
+    Ok(match config.protocol {
+        Protocol::Vpcd => Box::new(vpcd::VpcdSlot::open(config, lun, index)?),
+        Protocol::VsCard => Box::new(vscard::VscardSlot::open(config, lun, index)?),
+    })
+}

@@ -1,0 +1,37 @@
+//! # vpcd-protocol: what the vpcd driver and its peers say to each other
+//!
+//! Pure logic, shared by the driver (`libifdvpcd.so`) and the tools: no sockets, no
+//! threads, no FFI, and no allocation sized by a peer beyond a frame's bound.
+//!
+//! ## Module map
+//! - [`vpcd`]: the vpcd wire protocol (2-byte length prefix, control codes, APDUs):
+//!   frame encoder and decoder, the reply reader, ATR and reply checks.
+//! - [`vscard`]: QEMU's VSCard protocol (libcacard's `vscclient`, SPICE): messages,
+//!   encoder and decoder.
+//! - [`config`]: a `reader.conf.d` entry's DEVICENAME / CHANNELID and our options.
+//! - [`hex()`]: bytes as `3B 8A 80 01`, for log lines.
+
+pub mod config;
+pub mod vpcd;
+pub mod vscard;
+
+/// Bytes as `3B 8A 80 01`.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_spaces_bytes() {
+        assert_eq!(super::hex(&[0x3B, 0x8A, 0x00]), "3B 8A 00");
+        assert_eq!(super::hex(&[]), "");
+    }
+}

@@ -1,0 +1,517 @@
+//! `vpcd-vicc`: a built-in virtual ISO 7816-4 card for the vpcd reader, like
+//! vsmartcard's `vicc` without Python, or (`--relay`) a relay to a real card in a local
+//! PC/SC reader. The card itself is `card`, the relay `crate::card::relay`.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::card::atr::{self, to_hex};
+use crate::card::fs::{self, Df};
+use crate::card::relay::{self, PowerOff, Relay};
+use crate::card::server::{self, DEFAULT_PORT};
+use crate::card::{Card, VirtualCard};
+use vpcd_protocol::vpcd as protocol;
+
+mod card;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+fn help() -> String {
+    format!(
+        "\
+vpcd-vicc {version}: a virtual ISO 7816-4 smart card for the vpcd reader
+
+Usage: vpcd-vicc [options]
+       vpcd-vicc --relay READER [options]
+       vpcd-vicc --list-readers
+
+Connects to a slot of the vpcd driver in pcscd, like vsmartcard's vicc, and is
+the card in that slot until the driver closes the connection: the built-in card,
+or with --relay the real card in a PC/SC reader of this machine.
+
+Options:
+  -H, --hostname HOST  vpcd to connect to (default: localhost)
+  -P, --port PORT      slot port (default: {port}; slot N listens on {port}+N)
+  -l, --loop           reconnect whenever the connection ends or fails
+  -r, --reversed       let vpcd connect instead (DEVICENAME HOST:PORT in vpcd)
+      --listen ADDR    address to listen on with -r (default: the -H host if
+                       given, else :: with a fallback to 0.0.0.0)
+      --atr HEX        Answer To Reset, e.g. '3B 80 80 01 01' (default:
+                       {atr})
+      --fs DIR         file system from DIR: files named XXXX (4 hex digits) are
+                       EFs in the MF, subdirectories XXXX/ are DFs
+      --relay READER   relay the card in this PC/SC reader (its name, its number
+                       in --list-readers, or a unique part of its name) instead
+                       of being the built-in card; an empty READER or '?' lists
+                       the readers
+      --power-off MODE what a power off from vpcd does to the relayed card:
+                       unpower (default), reset or leave
+  -L, --list-readers   list the PC/SC readers of this machine and their cards
+  -v, --verbose        trace APDUs to stderr (> command, < response)
+  -h, --help           this help
+  -V, --version        version
+
+Relay mode (--relay): power on and reset from vpcd connect to the card (shared,
+T=0 or T=1) or reset it, GET ATR answers the card's ATR, power off disconnects,
+and every APDU goes to the card with SCardTransmit, extended ones included. If
+the card is gone, APDUs answer 6F 00 (and the reason goes to stderr). The PC/SC
+side is the local pcscd (PCSCLITE_CSOCK_NAME selects another one).
+
+The card (built-in file system):
+  3F00 MF
+    2F00 EF.DIR, 2F01 EF.ATR
+    5000 DF named F0 76 70 63 64 01
+      5001 EF \"Hello from vpcd-vicc\"
+  00 A4  SELECT by id (P1 00-03), DF name (04), path (08/09);
+         P2 0C: no data, 04: FCP, 00: FCI
+  00 B0  READ BINARY at offset P1P2, short or extended Le
+  00 84  GET CHALLENGE (pseudo-random, not for cryptographic use)
+  80 EE  ECHO: returns the data field, short or extended (up to 65526 bytes)
+
+Examples:
+  vpcd-vicc -v                  the card in slot 0 of the local vpcd, traced
+  vpcd-vicc -P {port2} -l         the card in slot 1, back after pcscd restarts
+  vpcd-vicc -r -P {port}         reversed: vpcd has DEVICENAME host:{port}
+  vpcd-vicc --fs ./card         the files of ./card instead of the built-in ones
+  vpcd-vicc -L                  the local readers, numbered
+  vpcd-vicc --relay 0 -H pc.example -l
+                                the card in local reader 0, in slot 0 of the vpcd
+                                on pc.example, whenever that vpcd is up
+  opensc-tool -s '00 A4 04 0C 06 F0 76 70 63 64 01' -s '00 A4 02 0C 02 50 01' \\
+              -s '00 B0 00 00 00'
+  opensc-tool -s '80 EE 00 00 04 DE AD BE EF'
+  pcsc_scan
+
+Exit status: 0 when vpcd closed the connection, 1 on errors, 2 on bad usage.
+",
+        version = env!("CARGO_PKG_VERSION"),
+        port = DEFAULT_PORT,
+        port2 = DEFAULT_PORT + 1,
+        atr = to_hex(&atr::default_atr()),
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Options {
+    host: Option<String>,
+    port: u16,
+    run_loop: bool,
+    reversed: bool,
+    listen: Option<String>,
+    atr: Option<String>,
+    fs: Option<PathBuf>,
+    verbose: bool,
+    /// The reader to relay (`--relay`), as given.
+    relay: Option<String>,
+    power_off: Option<PowerOff>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    Run(Options),
+    ListReaders,
+    Help,
+    Version,
+}
+
+/// Parses the command line (without the program name). Accepts `-P 1`, `-P1`,
+/// `--port 1`, `--port=1` and bundled flags such as `-lv`.
+fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> {
+    let mut o = Options {
+        host: None,
+        port: DEFAULT_PORT,
+        run_loop: false,
+        reversed: false,
+        listen: None,
+        atr: None,
+        fs: None,
+        verbose: false,
+        relay: None,
+        power_off: None,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Split into option name and an attached value, if any.
+        let (name, attached): (String, Option<String>) = if let Some(long) = arg.strip_prefix("--")
+        {
+            match long.split_once('=') {
+                Some((n, v)) => (format!("--{n}"), Some(v.to_owned())),
+                None => (arg.clone(), None),
+            }
+        } else if arg.starts_with('-') && arg.len() > 2 {
+            let mut rest = arg[1..].chars();
+            match rest.next() {
+                Some(c @ ('H' | 'P')) => (format!("-{c}"), Some(rest.as_str().to_owned())),
+                _ => {
+                    // Bundled short flags: -lv is -l -v.
+                    for c in arg[1..].chars() {
+                        if let Some(early) = apply_flag(&format!("-{c}"), &mut o)? {
+                            return Ok(early);
+                        }
+                    }
+                    continue;
+                }
+            }
+        } else {
+            (arg.clone(), None)
+        };
+        let takes_value = matches!(
+            name.as_str(),
+            "-H" | "--hostname"
+                | "--host"
+                | "-P"
+                | "--port"
+                | "--listen"
+                | "--atr"
+                | "--fs"
+                | "--relay"
+                | "--power-off"
+        );
+        if !takes_value {
+            if attached.is_some() {
+                return Err(format!("{name} takes no value"));
+            }
+            if let Some(early) = apply_flag(&name, &mut o)? {
+                return Ok(early);
+            }
+            continue;
+        }
+        let value = match attached {
+            Some(v) => v,
+            None => match args.next() {
+                Some(v) => v,
+                // `--relay` alone, at the end: list the readers to choose from.
+                None if name == "--relay" => String::new(),
+                None => return Err(format!("{name} needs a value")),
+            },
+        };
+        match name.as_str() {
+            "-H" | "--hostname" | "--host" => o.host = Some(value),
+            "-P" | "--port" => {
+                o.port = value
+                    .parse()
+                    .map_err(|_| format!("bad port \"{value}\": expected 0 to 65535"))?
+            }
+            "--listen" => o.listen = Some(value),
+            "--atr" => o.atr = Some(value),
+            "--relay" => o.relay = Some(value),
+            "--power-off" => {
+                o.power_off = Some(PowerOff::parse(&value).ok_or_else(|| {
+                    format!("bad --power-off \"{value}\": expected unpower, reset or leave")
+                })?)
+            }
+            _ => o.fs = Some(PathBuf::from(value)),
+        }
+    }
+    if o.relay
+        .as_deref()
+        .is_some_and(|r| r.trim().is_empty() || r == "?")
+    {
+        return Ok(Parsed::ListReaders);
+    }
+    if o.relay.is_some() {
+        if o.atr.is_some() || o.fs.is_some() {
+            return Err("--atr and --fs are for the built-in card, not with --relay".into());
+        }
+    } else if o.power_off.is_some() {
+        return Err("--power-off only makes sense with --relay".into());
+    }
+    if o.port == 0 && !o.reversed {
+        return Err("port 0 only makes sense with --reversed".into());
+    }
+    Ok(Parsed::Run(o))
+}
+
+/// Applies a flag without a value; `Some` for flags that end parsing.
+fn apply_flag(flag: &str, o: &mut Options) -> Result<Option<Parsed>, String> {
+    match flag {
+        "-h" | "--help" => return Ok(Some(Parsed::Help)),
+        "-V" | "--version" => return Ok(Some(Parsed::Version)),
+        "-l" | "--loop" => o.run_loop = true,
+        "-r" | "--reversed" => o.reversed = true,
+        "-v" | "--verbose" => o.verbose = true,
+        "-L" | "--list-readers" => return Ok(Some(Parsed::ListReaders)),
+        "-H" | "-P" => return Err(format!("{flag} needs a value")),
+        _ => return Err(format!("unknown option \"{flag}\"")),
+    }
+    Ok(None)
+}
+
+/// Builds the card from the options: ATR and file system.
+fn make_card(o: &Options) -> Result<Card, String> {
+    let atr = match &o.atr {
+        None => atr::default_atr(),
+        Some(text) => {
+            let atr = atr::parse_hex(text).map_err(|e| format!("--atr: {e}"))?;
+            protocol::check_atr(&atr).map_err(|e| format!("--atr: {e}"))?;
+            if let Err(problem) = atr::check(&atr) {
+                eprintln!("vpcd-vicc: warning: --atr {}: {problem}", to_hex(&atr));
+            }
+            atr
+        }
+    };
+    let mf = match &o.fs {
+        None => Df::builtin(),
+        Some(dir) => {
+            let (mf, skipped) = fs::load_dir(dir).map_err(|e| format!("--fs: {e}"))?;
+            for path in skipped {
+                eprintln!(
+                    "vpcd-vicc: ignoring {} (not a file id of 4 hex digits)",
+                    path.display()
+                );
+            }
+            mf
+        }
+    };
+    Ok(Card::new(atr, mf))
+}
+
+fn run_reversed<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
+    let addr = o.listen.as_deref().or(o.host.as_deref());
+    let listener = server::listen(addr, o.port).map_err(|e| format!("cannot listen: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen: {e}"))?;
+    eprintln!("vpcd-vicc: waiting for vpcd on {local}");
+    server::serve_listener(&listener, card, o.verbose, None)
+        .map_err(|e| format!("cannot accept connections: {e}"))
+}
+
+fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
+    let host = o.host.as_deref().unwrap_or("localhost");
+    let mut backoff = FIRST_BACKOFF;
+    let mut reported = false;
+    loop {
+        match server::connect(host, o.port) {
+            Ok(mut stream) => {
+                eprintln!("vpcd-vicc: connected to vpcd at {host}:{}", o.port);
+                reported = false;
+                backoff = FIRST_BACKOFF;
+                card.connected();
+                let result = server::serve(&mut stream, card, o.verbose);
+                match (result, o.run_loop) {
+                    (Ok(()), false) => {
+                        eprintln!("vpcd-vicc: vpcd closed the connection");
+                        return Ok(());
+                    }
+                    (Err(e), false) => return Err(format!("connection to vpcd failed: {e}")),
+                    (Ok(()), true) => eprintln!("vpcd-vicc: vpcd closed the connection"),
+                    (Err(e), true) => eprintln!("vpcd-vicc: connection to vpcd failed: {e}"),
+                }
+            }
+            Err(e) if !o.run_loop => {
+                return Err(format!("cannot connect to vpcd at {host}:{}: {e}", o.port))
+            }
+            Err(e) => {
+                if !reported {
+                    eprintln!(
+                        "vpcd-vicc: cannot connect to vpcd at {host}:{} ({e}); retrying",
+                        o.port
+                    );
+                    reported = true;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        }
+        std::thread::sleep(FIRST_BACKOFF);
+    }
+}
+
+/// Opens the relay to the reader `spec` names and connects to its card, so that errors
+/// show before vpcd asks for the card.
+fn make_relay(spec: &str, o: &Options) -> Result<Relay, String> {
+    let readers = relay::list_readers()?;
+    let name = relay::resolve_reader(spec, &readers)?;
+    let mut relay = Relay::open(&name, o.power_off.unwrap_or_default())?;
+    if relay.power_up() {
+        eprintln!(
+            "vpcd-vicc: relaying the card in \"{name}\", ATR {}",
+            to_hex(relay.atr())
+        );
+    } else {
+        eprintln!(
+            "vpcd-vicc: relaying the reader \"{name}\", which has no usable card yet: \
+             vpcd's power on will try again"
+        );
+    }
+    Ok(relay)
+}
+
+/// `--list-readers`: the readers on stdout.
+fn list_readers() -> ExitCode {
+    match relay::list_readers() {
+        Ok(readers) => {
+            print!("{}", relay::format_readers(&readers));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vpcd-vicc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run<C: VirtualCard>(o: &Options, card: &mut C) -> ExitCode {
+    let result = if o.reversed {
+        run_reversed(o, card)
+    } else {
+        run_connect(o, card)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpcd-vicc: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let o = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::ListReaders) => return list_readers(),
+        Ok(Parsed::Help) => {
+            print!("{}", help());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("vpcd-vicc {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("vpcd-vicc: {e}\nTry 'vpcd-vicc --help' for more information.");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(spec) = &o.relay {
+        return match make_relay(spec, &o) {
+            Ok(mut relay) => run(&o, &mut relay),
+            Err(e) => {
+                eprintln!("vpcd-vicc: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match make_card(&o) {
+        Ok(mut card) => {
+            eprintln!("vpcd-vicc: card ATR {}", to_hex(card.atr()));
+            run(&o, &mut card)
+        }
+        Err(e) => {
+            eprintln!("vpcd-vicc: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    fn run(args: &[&str]) -> Options {
+        match parse(args) {
+            Ok(Parsed::Run(o)) => o,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let o = run(&[]);
+        assert_eq!(o.host, None);
+        assert_eq!(o.port, 35963);
+        assert!(!o.run_loop && !o.reversed && !o.verbose);
+    }
+
+    #[test]
+    fn option_forms() {
+        let o = run(&[
+            "-H",
+            "::1",
+            "-P35964",
+            "-lv",
+            "--atr=3B 00",
+            "--fs",
+            "/tmp/x",
+        ]);
+        assert_eq!(o.host.as_deref(), Some("::1"));
+        assert_eq!(o.port, 35964);
+        assert!(o.run_loop && o.verbose);
+        assert_eq!(o.atr.as_deref(), Some("3B 00"));
+        assert_eq!(o.fs, Some(PathBuf::from("/tmp/x")));
+        let o = run(&[
+            "--hostname=h",
+            "--port",
+            "1",
+            "--reversed",
+            "--listen",
+            "127.0.0.1",
+        ]);
+        assert_eq!(o.host.as_deref(), Some("h"));
+        assert!(o.reversed);
+        assert_eq!(o.listen.as_deref(), Some("127.0.0.1"));
+        assert_eq!(run(&["-r", "-P", "0"]).port, 0);
+    }
+
+    #[test]
+    fn help_version_and_errors() {
+        assert_eq!(parse(&["-h"]), Ok(Parsed::Help));
+        assert_eq!(parse(&["-vh"]), Ok(Parsed::Help));
+        assert_eq!(parse(&["--version"]), Ok(Parsed::Version));
+        assert!(parse(&["-x"]).is_err());
+        assert!(parse(&["-P"]).is_err());
+        assert!(parse(&["-P", "65536"]).is_err());
+        assert!(parse(&["-P", "0"]).is_err());
+        assert!(parse(&["--loop=1"]).is_err());
+        assert!(parse(&["stray"]).is_err());
+        assert!(help().contains("80 EE"));
+    }
+
+    #[test]
+    fn relay_options() {
+        let o = run(&["--relay", "Virtual PCD 00 00", "-P", "35964", "-v"]);
+        assert_eq!(o.relay.as_deref(), Some("Virtual PCD 00 00"));
+        assert_eq!((o.port, o.verbose, o.power_off), (35964, true, None));
+        let o = run(&["--relay=1", "--power-off", "leave", "-r", "-P", "0"]);
+        assert_eq!(o.relay.as_deref(), Some("1"));
+        assert_eq!(o.power_off, Some(PowerOff::Leave));
+        for list in [
+            &["--relay", ""][..],
+            &["--relay=?"],
+            &["--relay"],
+            &["-L"],
+            &["--list-readers"],
+            &["-vL"],
+        ] {
+            assert_eq!(parse(list), Ok(Parsed::ListReaders), "{list:?}");
+        }
+        assert!(parse(&["--relay", "x", "--atr", "3B 00"]).is_err());
+        assert!(parse(&["--relay", "x", "--fs", "/tmp"]).is_err());
+        assert!(parse(&["--power-off", "leave"]).is_err());
+        assert!(parse(&["--relay", "x", "--power-off", "eject"]).is_err());
+        assert!(help().contains("--relay READER"));
+    }
+
+    #[test]
+    fn card_from_options() {
+        let mut o = run(&["--atr", "3b:80:80:01:01"]);
+        assert_eq!(make_card(&o).unwrap().atr(), [0x3B, 0x80, 0x80, 0x01, 0x01]);
+        o.atr = Some("00 11".into());
+        assert!(make_card(&o).is_err());
+        o.atr = Some("3B 0".into());
+        assert!(make_card(&o).is_err());
+        o.atr = None;
+        o.fs = Some(PathBuf::from("/nonexistent/vpcd-vicc"));
+        assert!(make_card(&o).is_err());
+    }
+}
