@@ -7,7 +7,7 @@
 //! `check_atr`, `check_reply`) by the protocol's rules.
 
 use vpcd_protocol::vpcd::{
-    self, check_atr, check_reply, Control, Decoder, Message, ProtocolError, HEADER_LEN,
+    self as protocol, check_atr, check_reply, Control, Decoder, Message, ProtocolError, HEADER_LEN,
     MAX_ATR_LEN, MAX_PAYLOAD,
 };
 

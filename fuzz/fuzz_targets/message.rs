@@ -2,7 +2,7 @@
 //! `Message::parse`, `check_atr`, `check_reply`, and the frame prefix round trip.
 
 use vpcd_protocol::vpcd::{
-    self, check_atr, check_reply, AtrError, Control, Message, ProtocolError, HEADER_LEN,
+    self as protocol, check_atr, check_reply, AtrError, Control, Message, ProtocolError, HEADER_LEN,
     MAX_ATR_LEN, MAX_PAYLOAD,
 };
 

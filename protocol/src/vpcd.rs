@@ -153,6 +153,74 @@ pub fn check_reply(len: usize, capacity: usize) -> Result<(), ProtocolError> {
     }
 }
 
+/// How to finish reading one reply frame whose prefix has arrived, together with the
+/// first `received` payload bytes, into a buffer of `capacity` bytes.
+///
+/// The reader side reads a reply greedily (one read usually takes the prefix and the
+/// whole payload); this decides what the bytes so far mean, so the socket code is only
+/// reads and the rules live here, pure and property-tested.
+pub fn plan_reply(
+    prefix: [u8; HEADER_LEN],
+    received: usize,
+    capacity: usize,
+) -> Result<ReplyPlan, ReplyError> {
+    let len = payload_len(prefix);
+    if received > len {
+        // The vicc answers one frame per command; more bytes mean it lost step.
+        return Err(ReplyError::OutOfStep {
+            len,
+            extra: received - len,
+        });
+    }
+    let refuse = |error| ReplyError::Refused {
+        error,
+        discard: len - received,
+    };
+    if len == 0 {
+        return Err(refuse(ProtocolError::Empty));
+    }
+    if len > capacity {
+        return Err(refuse(ProtocolError::ReplyTooLarge { len, capacity }));
+    }
+    Ok(ReplyPlan {
+        len,
+        remaining: len - received,
+    })
+}
+
+/// A reply that fits: read `remaining` more bytes, up to `len` in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyPlan {
+    pub len: usize,
+    pub remaining: usize,
+}
+
+/// Why a reply cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// Bytes beyond the frame arrived with it: the stream is out of step for good.
+    OutOfStep { len: usize, extra: usize },
+    /// The frame is refused (empty, or larger than the buffer); skipping `discard`
+    /// more bytes keeps the stream in step for the next command.
+    Refused {
+        error: ProtocolError,
+        discard: usize,
+    },
+}
+
+impl fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplyError::OutOfStep { len, extra } => {
+                write!(f, "vicc sent {extra} bytes after its {len}-byte reply")
+            }
+            ReplyError::Refused { error, .. } => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
 /// A message as the card side sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Message<'a> {
@@ -287,6 +355,45 @@ mod tests {
     }
 
     #[test]
+    fn reply_plans() {
+        assert_eq!(
+            plan_reply([0, 4], 2, 10),
+            Ok(ReplyPlan {
+                len: 4,
+                remaining: 2
+            })
+        );
+        assert_eq!(
+            plan_reply([0, 4], 4, 4),
+            Ok(ReplyPlan {
+                len: 4,
+                remaining: 0
+            })
+        );
+        assert_eq!(
+            plan_reply([0, 2], 3, 10),
+            Err(ReplyError::OutOfStep { len: 2, extra: 1 })
+        );
+        assert_eq!(
+            plan_reply([0, 0], 0, 10),
+            Err(ReplyError::Refused {
+                error: ProtocolError::Empty,
+                discard: 0
+            })
+        );
+        assert_eq!(
+            plan_reply([0xFF, 0xFF], 10, 10),
+            Err(ReplyError::Refused {
+                error: ProtocolError::ReplyTooLarge {
+                    len: 65535,
+                    capacity: 10
+                },
+                discard: 65525
+            })
+        );
+    }
+
+    #[test]
     fn decoder_waits_for_complete_frames() {
         let mut d = Decoder::new();
         assert_eq!(d.next_frame(), None);
@@ -321,6 +428,49 @@ mod tests {
             }
             prop_assert_eq!(got, payloads);
             prop_assert_eq!(d.buffered(), 0);
+        }
+
+        /// Reading a stream the way the driver does (a first read of any size that
+        /// holds the prefix, then what the plan says) takes exactly one frame when it
+        /// fits, and otherwise refuses it with the stream left in step (or says why
+        /// it cannot be).
+        #[test]
+        fn a_reply_read_in_any_first_piece_is_one_frame(
+            payload in proptest::collection::vec(any::<u8>(), 0..700),
+            trailing in proptest::collection::vec(any::<u8>(), 0..4),
+            first in 2usize..800,
+            capacity in 0usize..800,
+        ) {
+            let mut wire = vec![];
+            encode(&payload, &mut wire).unwrap();
+            wire.extend_from_slice(&trailing);
+            // The first read fills the prefix and at most `capacity` payload bytes.
+            let first = first.min(wire.len()).min(HEADER_LEN + capacity);
+            let prefix = [wire[0], wire[1]];
+            let received = first - HEADER_LEN;
+            match plan_reply(prefix, received, capacity) {
+                Ok(plan) => {
+                    prop_assert_eq!(plan.len, payload.len());
+                    prop_assert!(plan.len > 0 && plan.len <= capacity);
+                    prop_assert_eq!(HEADER_LEN + received + plan.remaining, HEADER_LEN + payload.len());
+                }
+                Err(ReplyError::OutOfStep { len, extra }) => {
+                    prop_assert_eq!(len, payload.len());
+                    prop_assert_eq!(received, len + extra);
+                    prop_assert!(!trailing.is_empty());
+                }
+                Err(ReplyError::Refused { error, discard }) => {
+                    prop_assert_eq!(received + discard, payload.len());
+                    prop_assert!(payload.is_empty() || payload.len() > capacity);
+                    match error {
+                        ProtocolError::Empty => prop_assert!(payload.is_empty()),
+                        ProtocolError::ReplyTooLarge { len, capacity: c } => {
+                            prop_assert_eq!((len, c), (payload.len(), capacity));
+                        }
+                        other => prop_assert!(false, "unexpected {other:?}"),
+                    }
+                }
+            }
         }
 
         #[test]

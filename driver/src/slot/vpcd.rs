@@ -28,7 +28,9 @@ use socket2::{Domain, SockRef, Socket, Type};
 
 use vpcd_protocol::config::{Endpoint, ReaderConfig};
 use vpcd_protocol::hex;
-use vpcd_protocol::vpcd::{self as protocol, Control, ProtocolError, HEADER_LEN, MAX_ATR_LEN};
+use vpcd_protocol::vpcd::{
+    self as protocol, Control, ProtocolError, ReplyError, HEADER_LEN, MAX_ATR_LEN,
+};
 
 use super::{CardSlot, Limits, PowerAction, SlotError};
 use crate::net;
@@ -300,30 +302,21 @@ impl Shared {
         if n < HEADER_LEN {
             reader.read_exact(&mut prefix[n..])?;
         }
-        let len = protocol::payload_len(prefix);
         let got = n.saturating_sub(HEADER_LEN);
-        if got > len {
-            // The vicc answers one frame per command; more bytes mean it lost step.
-            return Err(SlotError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("vicc sent {} bytes after its {len}-byte reply", got - len),
-            )));
-        }
-        if len > into.len() || len == 0 {
-            // Keep the stream in step, then refuse the reply.
-            reader.discard(len - got)?;
-            return Err(if len == 0 {
-                ProtocolError::Empty
-            } else {
-                ProtocolError::ReplyTooLarge {
-                    len,
-                    capacity: into.len(),
-                }
+        match protocol::plan_reply(prefix, got, into.len()) {
+            Ok(plan) => {
+                reader.read_exact(&mut into[got..plan.len])?;
+                Ok(plan.len)
             }
-            .into());
+            Err(e @ ReplyError::OutOfStep { .. }) => Err(SlotError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                e.to_string(),
+            ))),
+            Err(ReplyError::Refused { error, discard }) => {
+                reader.discard(discard)?;
+                Err(error.into())
+            }
         }
-        reader.read_exact(&mut into[got..len])?;
-        Ok(len)
     }
 
     /// Logs a failed exchange; drops the vicc unless the stream is still in step.
