@@ -1,11 +1,18 @@
-//! The socket setup every reader shares, whatever protocol it speaks: its listening
-//! socket, the options of a connected peer, and draining a listener's queue.
+//! The networking every slot kind shares, whatever protocol it speaks: its listening
+//! socket, the options of a connected peer, bounded writes, the watcher thread that
+//! waits on its sockets, and a log budget for peers that misbehave again and again.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::sys::{self, Interest, Ready};
 
 /// A non-blocking listener on `at`.
 pub fn listen(at: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
@@ -97,6 +104,141 @@ pub fn write_all_within(stream: &TcpStream, bytes: &[u8], timeout: Duration) -> 
     result
 }
 
+/// What a watcher thread does between two waits. The thread is the same for every slot
+/// kind (wait on the sockets, wake on request, stop and be joined); what it waits on
+/// and does is the slot's.
+pub(crate) trait Watch: Send + 'static {
+    /// Adds the descriptors to wait on to `fds` and returns how long to wait at most
+    /// (`Some(None)`: until one is ready); `None` ends the thread.
+    #[allow(clippy::option_option)]
+    fn arm<'a>(&'a mut self, fds: &mut Vec<(BorrowedFd<'a>, Interest)>)
+        -> Option<Option<Duration>>;
+    /// Handles the readiness of the descriptors `arm` added, in the same order (all
+    /// clear on a timeout).
+    fn on_ready(&mut self, ready: &[Ready]);
+    /// Runs once the loop has ended.
+    fn finish(&mut self) {}
+}
+
+/// A thread running a [`Watch`], woken by [`Watcher::wake`], joined by
+/// [`Watcher::stop`].
+pub(crate) struct Watcher {
+    label: String,
+    wake: UnixStream,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Watcher {
+    pub fn spawn(name: String, label: String, mut watch: impl Watch) -> io::Result<Watcher> {
+        let (wake, wake_rx) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        wake_rx.set_nonblocking(true)?;
+        let thread_label = label.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run_watch(&mut watch, &wake_rx, &thread_label))?;
+        Ok(Watcher {
+            label,
+            wake,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Makes the thread look at its state again now.
+    pub fn wake(&self) {
+        let _ = (&self.wake).write(&[1]);
+    }
+
+    /// Wakes the thread and joins it; its [`Watch::arm`] must end the loop from now on.
+    /// Returns whether this call joined it (false if it was joined already).
+    pub fn stop(&self) -> bool {
+        self.wake();
+        let Some(thread) = self.thread.lock().take() else {
+            return false;
+        };
+        if thread.join().is_err() {
+            log::error!("{}: watcher thread panicked", self.label);
+        }
+        true
+    }
+}
+
+fn run_watch(watch: &mut impl Watch, wake_rx: &UnixStream, label: &str) {
+    loop {
+        let mut fds = vec![(wake_rx.as_fd(), Interest::Read)];
+        let Some(timeout) = watch.arm(&mut fds) else {
+            break;
+        };
+        let ready = match sys::poll(&fds, timeout) {
+            Ok(ready) => ready,
+            Err(e) => {
+                log::error!("{label}: poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        drop(fds);
+        if ready[0].readable {
+            let mut sink = [0u8; 64];
+            while matches!((&*wake_rx).read(&mut sink), Ok(n) if n > 0) {}
+        }
+        watch.on_ready(&ready[1..]);
+    }
+    watch.finish();
+}
+
+/// How many lines about misbehaving peers one slot may log per window; the rest are
+/// counted and the count is logged when the next window opens. A peer that fails in a
+/// loop (or a flood of them) must not fill pcscd's log.
+#[derive(Debug)]
+pub(crate) struct LogBudget {
+    lines: u32,
+    window: Duration,
+    opened: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+/// What [`LogBudget::spend`] allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Budget {
+    /// Log the line; `suppressed` lines were left out since the last one logged.
+    Log { suppressed: u64 },
+    /// Leave it out (it is counted).
+    Suppress,
+}
+
+impl LogBudget {
+    pub const fn new(lines: u32, window: Duration) -> LogBudget {
+        LogBudget {
+            lines,
+            window,
+            opened: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    pub fn spend(&mut self, now: Instant) -> Budget {
+        let expired = self.opened.map_or(true, |opened| {
+            now.saturating_duration_since(opened) >= self.window
+        });
+        if expired {
+            self.opened = Some(now);
+            self.used = 0;
+        }
+        if self.used < self.lines {
+            self.used += 1;
+            Budget::Log {
+                suppressed: std::mem::take(&mut self.suppressed),
+            }
+        } else {
+            self.suppressed += 1;
+            Budget::Suppress
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +283,72 @@ mod tests {
             Some(timeout),
             "timeout restored"
         );
+    }
+
+    #[test]
+    fn the_log_budget_counts_what_it_leaves_out() {
+        let mut budget = LogBudget::new(3, Duration::from_secs(10));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(budget.spend(t0), Budget::Log { suppressed: 0 });
+        }
+        for _ in 0..1000 {
+            assert_eq!(budget.spend(t0 + Duration::from_secs(9)), Budget::Suppress);
+        }
+        assert_eq!(
+            budget.spend(t0 + Duration::from_secs(10)),
+            Budget::Log { suppressed: 1000 }
+        );
+        assert_eq!(
+            budget.spend(t0 + Duration::from_secs(10)),
+            Budget::Log { suppressed: 0 }
+        );
+    }
+
+    struct Ticks {
+        closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        wakes: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Watch for Ticks {
+        fn arm<'a>(
+            &'a mut self,
+            _fds: &mut Vec<(BorrowedFd<'a>, Interest)>,
+        ) -> Option<Option<Duration>> {
+            if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
+            }
+            Some(None)
+        }
+
+        fn on_ready(&mut self, ready: &[Ready]) {
+            assert!(ready.is_empty());
+            self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_watcher_wakes_on_request_and_is_joined_once() {
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let closing = std::sync::Arc::new(AtomicBool::new(false));
+        let wakes = std::sync::Arc::new(AtomicU32::new(0));
+        let watcher = Watcher::spawn(
+            "test-watch".into(),
+            "test".into(),
+            Ticks {
+                closing: closing.clone(),
+                wakes: wakes.clone(),
+            },
+        )
+        .unwrap();
+        watcher.wake();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while wakes.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(wakes.load(Ordering::SeqCst) >= 1, "woken");
+        closing.store(true, Ordering::SeqCst);
+        assert!(watcher.stop());
+        assert!(!watcher.stop(), "joined once");
     }
 }

@@ -59,6 +59,81 @@ pub struct ReaderConfig {
     pub log_level: Option<log::LevelFilter>,
     /// Log every APDU and reply (`trace=yes`): off by default, APDUs carry PINs.
     pub trace_apdus: bool,
+    /// The peers that may connect (`allow=` options); empty: any.
+    pub allow: Vec<AllowedNet>,
+}
+
+/// A peer address or network named by an `allow=` option: `ADDR` or `ADDR_PREFIXLEN`
+/// (`192.168.1.0_24`, `fd00::_8`). pcscd's config lexer refuses `,` and the options
+/// are separated by `/`, so the prefix length follows a `_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowedNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl AllowedNet {
+    pub fn parse(s: &str) -> Result<AllowedNet, String> {
+        let (addr, prefix) = match s.split_once('_') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let addr: IpAddr = unbracket(addr)
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or ADDRESS_PREFIXLEN"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("prefix length {p:?} is not 0 to {max}"))?,
+        };
+        Ok(AllowedNet { addr, prefix })
+    }
+
+    /// Whether `peer` is in this network. An IPv4 peer reaching a dual-stack
+    /// listener shows as `::ffff:a.b.c.d`: it is matched as the IPv4 address it is.
+    pub fn contains(&self, peer: IpAddr) -> bool {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, peer) {
+            (IpAddr::V4(net), IpAddr::V4(peer)) => {
+                prefix_eq(&net.octets(), &peer.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(peer)) => {
+                prefix_eq(&net.octets(), &peer.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for AllowedNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Whether the first `bits` bits of `a` and `b` agree.
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    let (whole, rest) = (bits / 8, bits % 8);
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    rest == 0 || {
+        let mask = 0xFFu8 << (8 - rest);
+        a[whole] & mask == b[whole] & mask
+    }
+}
+
+/// Whether `peer` may connect to a reader allowing `allow` (empty: anyone).
+pub fn is_allowed(allow: &[AllowedNet], peer: IpAddr) -> bool {
+    allow.is_empty() || allow.iter().any(|net| net.contains(peer))
 }
 
 /// Why a DEVICENAME or CHANNELID was refused. Its text quotes the input and says
@@ -94,6 +169,7 @@ impl ReaderConfig {
             protocol: Protocol::Vpcd,
             log_level: None,
             trace_apdus: false,
+            allow: Vec::new(),
         }
     }
 
@@ -227,6 +303,13 @@ impl ReaderConfig {
                 }
                 "trace" => {
                     self.trace_apdus = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
+                }
+                "allow" => {
+                    if let Endpoint::Connect { .. } = self.endpoint {
+                        return Err(bad("reversed mode connects out and accepts no peers"));
+                    }
+                    self.allow
+                        .push(AllowedNet::parse(value).map_err(|e| bad(&e))?);
                 }
                 _ => unknown.push(key.to_owned()),
             }
@@ -477,6 +560,69 @@ mod tests {
                 Ok(c) => prop_assert_eq!((c.port, c.slots), (port, slots)),
                 Err(_) => prop_assert!(u32::from(port) + u32::from(slots) > 65536),
             }
+        }
+    }
+
+    #[test]
+    fn allow_lists_parse_and_match() {
+        let c = ReaderConfig::parse(
+            "/dev/null:35963/listen=::/allow=127.0.0.1/allow=192.168.1.0_24/allow=fd00::_8",
+        )
+        .unwrap();
+        assert_eq!(c.allow.len(), 3);
+        let ok = |a: &str| is_allowed(&c.allow, a.parse().unwrap());
+        assert!(ok("127.0.0.1"));
+        assert!(!ok("127.0.0.2"));
+        assert!(ok("192.168.1.77"));
+        assert!(
+            ok("::ffff:192.168.1.77"),
+            "IPv4 through a dual-stack listener"
+        );
+        assert!(!ok("192.168.2.1"));
+        assert!(ok("fd12:3456::1"));
+        assert!(!ok("fe80::1"));
+        assert!(!ok("::1"));
+        assert!(
+            is_allowed(&[], "203.0.113.9".parse().unwrap()),
+            "no list: anyone"
+        );
+        assert_eq!(c.allow[1].to_string(), "192.168.1.0/24");
+        assert!(AllowedNet::parse("0.0.0.0_0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(AllowedNet::parse("10.0.0.0_7")
+            .unwrap()
+            .contains("11.1.2.3".parse().unwrap()));
+        assert!(!AllowedNet::parse("10.0.0.0_8")
+            .unwrap()
+            .contains("11.1.2.3".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.0_33",
+            "::_129",
+            "host.example",
+            "10.0.0.0_",
+            "10.0.0.0/8",
+        ] {
+            assert!(
+                ReaderConfig::parse(&format!("/dev/null:35963/allow={bad}")).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(ReaderConfig::parse("localhost:35963/allow=127.0.0.1").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn an_allowed_net_contains_exactly_the_addresses_sharing_its_prefix(
+            net in any::<u32>(), peer in any::<u32>(), prefix in 0u8..=32,
+        ) {
+            let n = AllowedNet::parse(&format!("{}_{prefix}", std::net::Ipv4Addr::from(net))).unwrap();
+            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            prop_assert_eq!(
+                n.contains(IpAddr::V4(peer.into())),
+                net & mask == peer & mask
+            );
         }
     }
 }

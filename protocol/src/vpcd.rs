@@ -67,6 +67,8 @@ pub enum ProtocolError {
     ReplyTooShort(usize),
     /// An ATR that ISO/IEC 7816-3 does not allow.
     InvalidAtr(AtrError),
+    /// Bytes after the one reply that was asked for.
+    TrailingBytes(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,9 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::InvalidAtr(AtrError::BadTs(ts)) => {
                 write!(f, "ATR starts with TS=0x{ts:02X}, not 0x3B or 0x3F")
+            }
+            ProtocolError::TrailingBytes(n) => {
+                write!(f, "{n} byte(s) after the reply nobody asked for")
             }
         }
     }
@@ -220,6 +225,53 @@ impl fmt::Display for ReplyError {
 }
 
 impl std::error::Error for ReplyError {}
+
+/// The most bytes a peer's answer to GET ATR can take: its frame, plus one to see
+/// that it sent more.
+pub const ATR_ANSWER_MAX: usize = HEADER_LEN + MAX_ATR_LEN + 1;
+
+/// What the bytes a peer has sent so far in answer to GET ATR say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtrAnswer<'a> {
+    /// Not all there yet.
+    Incomplete,
+    /// A valid ATR, and nothing after it.
+    Atr(&'a [u8]),
+    /// Not an ATR a card could give: the peer is no card.
+    Refused(ProtocolError),
+}
+
+/// Reads a peer's answer to GET ATR from the bytes received so far (read at most
+/// [`ATR_ANSWER_MAX`] of them). Refuses as early as the bytes allow: an empty or
+/// oversized length or a wrong TS needs no waiting for the rest.
+pub fn read_atr_answer(bytes: &[u8]) -> AtrAnswer<'_> {
+    let Some(prefix) = bytes.get(..HEADER_LEN) else {
+        return AtrAnswer::Incomplete;
+    };
+    let len = payload_len([prefix[0], prefix[1]]);
+    if len == 0 {
+        return AtrAnswer::Refused(ProtocolError::InvalidAtr(AtrError::Empty));
+    }
+    if len > MAX_ATR_LEN {
+        return AtrAnswer::Refused(ProtocolError::InvalidAtr(AtrError::TooLong(len)));
+    }
+    let payload = &bytes[HEADER_LEN..];
+    if let Some(&ts) = payload.first() {
+        if ts != 0x3B && ts != 0x3F {
+            return AtrAnswer::Refused(ProtocolError::InvalidAtr(AtrError::BadTs(ts)));
+        }
+    }
+    match payload.len().cmp(&len) {
+        std::cmp::Ordering::Less => AtrAnswer::Incomplete,
+        std::cmp::Ordering::Greater => {
+            AtrAnswer::Refused(ProtocolError::TrailingBytes(payload.len() - len))
+        }
+        std::cmp::Ordering::Equal => match check_atr(payload) {
+            Ok(()) => AtrAnswer::Atr(payload),
+            Err(e) => AtrAnswer::Refused(e),
+        },
+    }
+}
 
 /// A message as the card side sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,6 +446,35 @@ mod tests {
     }
 
     #[test]
+    fn atr_answers() {
+        use AtrAnswer::*;
+        assert_eq!(read_atr_answer(&[]), Incomplete);
+        assert_eq!(read_atr_answer(&[0]), Incomplete);
+        assert_eq!(read_atr_answer(&[0, 2, 0x3B]), Incomplete);
+        assert_eq!(read_atr_answer(&[0, 2, 0x3B, 0]), Atr(&[0x3B, 0]));
+        assert_eq!(
+            read_atr_answer(&[0, 2, 0x3B, 0, 9]),
+            Refused(ProtocolError::TrailingBytes(1))
+        );
+        assert_eq!(
+            read_atr_answer(&[0, 0]),
+            Refused(ProtocolError::InvalidAtr(AtrError::Empty))
+        );
+        assert_eq!(
+            read_atr_answer(&[0xFF, 0xFF]),
+            Refused(ProtocolError::InvalidAtr(AtrError::TooLong(0xFFFF)))
+        );
+        assert_eq!(
+            read_atr_answer(&[0, 34]),
+            Refused(ProtocolError::InvalidAtr(AtrError::TooLong(34)))
+        );
+        assert_eq!(
+            read_atr_answer(&[0, 5, 0x00]),
+            Refused(ProtocolError::InvalidAtr(AtrError::BadTs(0)))
+        );
+    }
+
+    #[test]
     fn decoder_waits_for_complete_frames() {
         let mut d = Decoder::new();
         assert_eq!(d.next_frame(), None);
@@ -471,6 +552,34 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// Fed in any pieces, an answer is refused or taken at the first piece that
+        /// decides it, never later, and a valid ATR frame is always taken whole.
+        #[test]
+        fn an_atr_answer_is_decided_by_its_bytes_alone(
+            bytes in proptest::collection::vec(any::<u8>(), 0..ATR_ANSWER_MAX),
+        ) {
+            let whole = read_atr_answer(&bytes);
+            if let AtrAnswer::Atr(atr) = whole {
+                prop_assert!(check_atr(atr).is_ok());
+                prop_assert_eq!(HEADER_LEN + atr.len(), bytes.len());
+            }
+            // A refusal holds for every longer stream.
+            for n in 0..bytes.len() {
+                if let AtrAnswer::Refused(_) = read_atr_answer(&bytes[..n]) {
+                    prop_assert!(matches!(whole, AtrAnswer::Refused(_)));
+                }
+            }
+        }
+
+        #[test]
+        fn a_valid_atr_is_taken(atr in proptest::collection::vec(any::<u8>(), 0..MAX_ATR_LEN), inverse: bool) {
+            let mut atr = atr;
+            atr.insert(0, if inverse { 0x3F } else { 0x3B });
+            let mut wire = vec![];
+            encode(&atr, &mut wire).unwrap();
+            prop_assert_eq!(read_atr_answer(&wire), AtrAnswer::Atr(&atr[..]));
         }
 
         #[test]

@@ -5,43 +5,63 @@
 //! - pcscd's threads call [`VpcdSlot::power`], [`VpcdSlot::transmit`] and friends. Each
 //!   exchange holds the slot's `io` lock, so commands on one slot are serialized while
 //!   other slots and readers run in parallel.
-//! - the slot's watcher thread accepts (or, reversed, connects) vicc sockets and
-//!   watches the connected one for the peer going away. It never reads data, so it
-//!   cannot race an exchange for the bytes of a reply.
+//! - the slot's watcher thread accepts (or, reversed, connects) peers, makes each prove
+//!   it is a card before pcscd hears of it, and watches the card's connection for the
+//!   peer going away. It never reads a card's data, so it cannot race an exchange for
+//!   the bytes of a reply.
 //!
-//! Card presence is whether a vicc is connected; every change goes through
+//! A peer is a card only once it has answered GET ATR with a valid ATR, within
+//! [`PROBE_TIMEOUT`], read by the watcher on a non-blocking socket outside every pcscd
+//! call and lock. Until then pcscd sees an empty slot, so a silent or broken peer can
+//! never make pcscd (and every PC/SC client waiting on that reader) wait.
+//!
+//! Card presence is whether a proven vicc is connected; every change goes through
 //! [`Presence`], which wakes pcscd's polling callback, so an insertion or removal is
 //! reported at once and no traffic is sent to the vicc while nothing changes.
 
 use std::io::{self, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use socket2::{Domain, SockRef, Socket, Type};
 
-use vpcd_protocol::config::{Endpoint, ReaderConfig};
+use vpcd_protocol::config::{is_allowed, AllowedNet, Endpoint, ReaderConfig};
 use vpcd_protocol::hex;
 use vpcd_protocol::vpcd::{
-    self as protocol, Control, ProtocolError, ReplyError, HEADER_LEN, MAX_ATR_LEN,
+    self as protocol, read_atr_answer, AtrAnswer, Control, ProtocolError, ReplyError,
+    ATR_ANSWER_MAX, HEADER_LEN, MAX_ATR_LEN,
 };
 
 use super::{CardSlot, Limits, PowerAction, SlotError};
-use crate::net;
+use crate::net::{self, Budget, LogBudget, Watch, Watcher};
 use crate::presence::Presence;
-use crate::sys::{self, Interest};
+use crate::sys::{Interest, Ready};
 
 /// First wait before reconnecting to a reversed-mode vicc, and the cap of the backoff.
 const RECONNECT_FIRST: Duration = Duration::from_millis(20);
 const RECONNECT_MAX: Duration = Duration::from_millis(1000);
 /// How long one outgoing connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a new peer has at most to answer GET ATR before it is dropped (and never
+/// more than the reader's timeout). Nobody waits for it: pcscd sees an empty slot
+/// meanwhile. Every vicc answers GET ATR at once from memory (the phone app from the
+/// card it relays), so one round trip on a slow mobile network is all it costs.
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most peers proving themselves at once; a newer one evicts the oldest, so a
+/// flood of silent connections cannot keep an honest vicc out for long.
+const MAX_CANDIDATES: usize = 8;
+/// How long the ATR may take at power up and reset (at most the reader's timeout),
+/// while pcscd holds the slot's lock. A phone powers up the card it relays (an NFC
+/// activation takes well under a second) and answers in one network round trip.
+const ATR_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lines about misbehaving peers a slot may log per minute; the rest are counted.
+const PEER_LOG_LINES: u32 = 10;
+const PEER_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -79,8 +99,7 @@ enum Source {
 
 pub(crate) struct VpcdSlot {
     shared: Arc<Shared>,
-    wake: UnixStream,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    watcher: Watcher,
 }
 
 impl VpcdSlot {
@@ -119,19 +138,21 @@ impl VpcdSlot {
             presence: Presence::new(),
             io: Mutex::new(Vec::new()),
         });
-        let (wake, wake_rx) = UnixStream::pair()?;
-        wake.set_nonblocking(true)?;
-        wake_rx.set_nonblocking(true)?;
-        let watcher_shared = Arc::clone(&shared);
-        let handle = std::thread::Builder::new()
-            .name(format!("vpcd-{lun:x}"))
-            .spawn(move || watch(&watcher_shared, source, wake_rx))?;
+        let watcher = Watcher::spawn(
+            format!("vpcd-{lun:x}"),
+            shared.label.clone(),
+            SlotWatch {
+                shared: Arc::clone(&shared),
+                source,
+                allow: cfg.allow.clone(),
+                card: None,
+                candidates: Vec::new(),
+                roles: Vec::new(),
+                budget: LogBudget::new(PEER_LOG_LINES, PEER_LOG_WINDOW),
+            },
+        )?;
         log::info!("{}: slot open", shared.label);
-        Ok(VpcdSlot {
-            shared,
-            wake,
-            watcher: Mutex::new(Some(handle)),
-        })
+        Ok(VpcdSlot { shared, watcher })
     }
 }
 
@@ -181,7 +202,9 @@ impl CardSlot for VpcdSlot {
                 io.extend_from_slice(&Control::GetAtr.frame());
                 self.shared.send(&conn, &io).and_then(|()| {
                     let mut atr = [0u8; MAX_ATR_LEN];
-                    let n = self.shared.receive(&conn, &mut atr)?;
+                    let n = self
+                        .shared
+                        .receive(&conn, &mut atr, self.shared.atr_timeout())?;
                     protocol::check_atr(&atr[..n])?;
                     Ok(atr[..n].to_vec())
                 })
@@ -217,7 +240,7 @@ impl CardSlot for VpcdSlot {
         let result = protocol::encode(apdu, &mut io)
             .map_err(SlotError::from)
             .and_then(|()| self.shared.send(&conn, &io))
-            .and_then(|()| self.shared.receive(&conn, reply))
+            .and_then(|()| self.shared.receive(&conn, reply, self.shared.timeout))
             .and_then(|n| {
                 protocol::check_reply(n, reply.len())?;
                 Ok(n)
@@ -253,11 +276,7 @@ impl CardSlot for VpcdSlot {
             }
         }
         self.shared.presence.close();
-        let _ = (&self.wake).write(&[1]);
-        if let Some(handle) = self.watcher.lock().take() {
-            if handle.join().is_err() {
-                log::error!("{}: watcher thread panicked", self.label());
-            }
+        if self.watcher.stop() {
             log::info!("{}: slot closed", self.label());
         }
     }
@@ -272,6 +291,20 @@ impl Drop for VpcdSlot {
 impl Shared {
     fn current(&self) -> Option<Arc<Conn>> {
         self.state.lock().conn.clone()
+    }
+
+    fn atr_timeout(&self) -> Duration {
+        self.timeout.min(ATR_TIMEOUT)
+    }
+
+    /// The peer of the slot's card, unless it has just left (then it is removed).
+    fn live_card(&self) -> Option<SocketAddr> {
+        let conn = self.current()?;
+        if matches!(peek(&conn.stream), Ok(0)) {
+            self.remove(conn.id, "vicc closed the connection");
+            return None;
+        }
+        Some(conn.peer)
     }
 
     /// Writes a whole frame sequence within the reader's timeout.
@@ -294,8 +327,8 @@ impl Shared {
     }
 
     /// Reads one reply frame into `into`; the frame must fit.
-    fn receive(&self, conn: &Conn, into: &mut [u8]) -> Result<usize, SlotError> {
-        let mut reader = DeadlineReader::new(&conn.stream, self.timeout);
+    fn receive(&self, conn: &Conn, into: &mut [u8], within: Duration) -> Result<usize, SlotError> {
+        let mut reader = DeadlineReader::new(&conn.stream, self.timeout, within);
         let mut prefix = [0u8; HEADER_LEN];
         // One readv usually takes the prefix and the whole reply, straight into place.
         let n = reader.read(&mut [IoSliceMut::new(&mut prefix), IoSliceMut::new(into)])?;
@@ -334,33 +367,17 @@ impl Shared {
         e
     }
 
-    /// Makes a connected vicc the slot's card, unless the slot already has one.
-    fn insert(&self, stream: TcpStream, peer: SocketAddr) {
-        if let Err(e) = net::configure_peer(&stream, self.timeout) {
-            log::error!("{}: cannot set up connection from {peer}: {e}", self.label);
-            return;
+    /// Makes a proven vicc the slot's card, unless the slot already has one; returns
+    /// whether it did.
+    fn insert(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
+        net::configure_peer(&stream, self.timeout)
+            .map_err(|e| format!("cannot set up connection from {peer}: {e}"))?;
+        if let Some(active) = self.live_card() {
+            return Err(format!("slot is busy with {active}"));
         }
         let mut s = self.state.lock();
         if s.closing {
-            return;
-        }
-        // The active vicc may have left a moment ago, unnoticed yet.
-        let gone = s.conn.as_ref().filter(|c| matches!(peek(&c.stream), Ok(0)));
-        if let Some(id) = gone.map(|c| c.id) {
-            drop(s);
-            self.remove(id, "vicc closed the connection");
-            s = self.state.lock();
-            if s.closing {
-                return;
-            }
-        }
-        if let Some(active) = &s.conn {
-            log::warn!(
-                "{}: refusing vicc {peer}: slot is busy with {}",
-                self.label,
-                active.peer
-            );
-            return;
+            return Err("slot is closing".into());
         }
         s.conn = Some(Arc::new(Conn {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
@@ -369,8 +386,7 @@ impl Shared {
         }));
         s.atr = None;
         self.presence.insert();
-        drop(s);
-        log::info!("{}: vicc {peer} connected: card inserted", self.label);
+        Ok(())
     }
 
     /// Drops the vicc `id` if it is still the slot's card.
@@ -394,71 +410,275 @@ impl Shared {
     }
 }
 
-/// The watcher thread's loop.
-fn watch(shared: &Shared, mut source: Source, wake_rx: UnixStream) {
-    loop {
-        let conn = {
-            let s = shared.state.lock();
+/// A peer that has connected but not yet proven it is a card.
+struct Candidate {
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+    answer: [u8; ATR_ANSWER_MAX],
+    got: usize,
+}
+
+/// What the descriptor at one position of the watcher's poll set is.
+#[derive(Clone, Copy)]
+enum Role {
+    Listener,
+    Connecting,
+    Card,
+    Candidate(usize),
+}
+
+/// The slot's watcher thread: takes peers in, proves them, watches the card.
+struct SlotWatch {
+    shared: Arc<Shared>,
+    source: Source,
+    allow: Vec<AllowedNet>,
+    /// The card's connection, as of the last `arm`.
+    card: Option<Arc<Conn>>,
+    candidates: Vec<Candidate>,
+    roles: Vec<Role>,
+    budget: LogBudget,
+}
+
+impl Watch for SlotWatch {
+    fn arm<'a>(
+        &'a mut self,
+        fds: &mut Vec<(BorrowedFd<'a>, Interest)>,
+    ) -> Option<Option<Duration>> {
+        {
+            let s = self.shared.state.lock();
             if s.closing {
-                break;
+                return None;
             }
-            s.conn.clone()
-        };
-        if let (Source::Connector(c), None) = (&mut source, &conn) {
-            if let Some(stream) = c.step(&shared.label) {
-                c.connected(&shared.label);
+            self.card = s.conn.clone();
+        }
+        if self.card.is_some() && !self.candidates.is_empty() {
+            self.drop_candidates("the slot has a card");
+        }
+        let idle = self.card.is_none() && self.candidates.is_empty();
+        if let (Source::Connector(c), true) = (&mut self.source, idle) {
+            if let Some(stream) = c.step(&self.shared.label) {
                 let peer = stream.peer_addr().unwrap_or(c.target());
-                shared.insert(stream, peer);
-                continue;
+                self.admit(stream, peer);
             }
         }
-        let mut fds = vec![(wake_rx.as_fd(), Interest::Read)];
-        let mut timeout = None;
-        match &source {
-            Source::Listener(l) => fds.push((l.as_fd(), Interest::Read)),
-            Source::Connector(c) if conn.is_none() => match &c.pending {
-                Some((socket, deadline)) => {
-                    fds.push((socket.as_fd(), Interest::Write));
-                    timeout = Some(deadline.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let mut deadline: Option<Instant> = None;
+        self.roles.clear();
+        match &self.source {
+            Source::Listener(l) => {
+                fds.push((l.as_fd(), Interest::Read));
+                self.roles.push(Role::Listener);
+            }
+            Source::Connector(c) if self.card.is_none() && self.candidates.is_empty() => {
+                match &c.pending {
+                    Some((socket, at)) => {
+                        fds.push((socket.as_fd(), Interest::Write));
+                        self.roles.push(Role::Connecting);
+                        deadline = Some(*at);
+                    }
+                    None => deadline = Some(c.next_try),
                 }
-                None => timeout = Some(c.next_try.saturating_duration_since(Instant::now())),
-            },
+            }
             Source::Connector(_) => {}
         }
-        let conn_index = conn.as_ref().map(|c| {
-            fds.push((c.stream.as_fd(), Interest::Hangup));
-            fds.len() - 1
-        });
-        let ready = match sys::poll(&fds, timeout) {
-            Ok(ready) => ready,
-            Err(e) => {
-                log::error!("{}: poll failed: {e}", shared.label);
-                std::thread::sleep(Duration::from_millis(100));
+        if let Some(card) = &self.card {
+            fds.push((card.stream.as_fd(), Interest::Hangup));
+            self.roles.push(Role::Card);
+        }
+        for (i, candidate) in self.candidates.iter().enumerate() {
+            fds.push((candidate.stream.as_fd(), Interest::Read));
+            self.roles.push(Role::Candidate(i));
+            deadline = Some(deadline.map_or(candidate.deadline, |d| d.min(candidate.deadline)));
+        }
+        Some(deadline.map(|d| d.saturating_duration_since(now)))
+    }
+
+    fn on_ready(&mut self, ready: &[Ready]) {
+        let roles = std::mem::take(&mut self.roles);
+        let mut heard = vec![];
+        for (role, ready) in roles.iter().zip(ready) {
+            if !(ready.readable || ready.writable || ready.hangup) {
                 continue;
             }
-        };
-        drop(fds);
-        if ready[0].readable {
-            let mut sink = [0u8; 64];
-            while matches!((&wake_rx).read(&mut sink), Ok(n) if n > 0) {}
-        }
-        // The old vicc's goodbye before the new one's hello: a vicc that replaces
-        // another in quick succession must not find the slot still busy.
-        if let (Some(i), Some(conn)) = (conn_index, conn) {
-            if ready[i].readable || ready[i].hangup {
-                check_idle_conn(shared, &conn);
+            match *role {
+                // The old vicc's goodbye before the new one's hello (the card comes
+                // before the listener in this loop's effects: see below).
+                Role::Card => {
+                    if let Some(card) = &self.card {
+                        check_idle_conn(&self.shared, card);
+                    }
+                }
+                Role::Candidate(i) => heard.push(i),
+                Role::Listener | Role::Connecting => {}
             }
         }
-        if let Source::Listener(listener) = &source {
-            if ready[1].readable || ready[1].hangup {
-                net::accept_all(listener, &shared.label, |stream, peer| {
-                    shared.insert(stream, peer)
+        // Candidates are read before new peers are admitted, so indices hold.
+        let mut proven = None;
+        for &i in heard.iter().rev() {
+            if let Some(outcome) = self.read_candidate(i) {
+                let candidate = self.candidates.remove(i);
+                match outcome {
+                    Ok(()) if proven.is_none() => proven = Some(candidate),
+                    Ok(()) => self.log_peer(&format!(
+                        "dropping {}: another vicc took the slot first",
+                        candidate.peer
+                    )),
+                    Err(why) => self.reject(candidate, &why),
+                }
+            }
+        }
+        let now = Instant::now();
+        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.candidates)
+            .into_iter()
+            .partition(|c| now >= c.deadline);
+        self.candidates = live;
+        for candidate in expired {
+            let why = format!(
+                "no ATR within {:?} of connecting",
+                self.shared.timeout.min(PROBE_TIMEOUT)
+            );
+            self.reject(candidate, &why);
+        }
+        if let Some(candidate) = proven {
+            self.promote(candidate);
+        }
+        if roles
+            .iter()
+            .zip(ready)
+            .any(|(role, r)| matches!(role, Role::Listener) && (r.readable || r.hangup))
+        {
+            if let Source::Listener(listener) = &self.source {
+                let mut accepted = vec![];
+                net::accept_all(listener, &self.shared.label, |stream, peer| {
+                    accepted.push((stream, peer))
                 });
+                for (stream, peer) in accepted {
+                    self.admit(stream, peer);
+                }
             }
         }
     }
-    if let Some(conn) = shared.state.lock().conn.take() {
-        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+
+    fn finish(&mut self) {
+        self.candidates.clear();
+        if let Some(conn) = self.shared.state.lock().conn.take() {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl SlotWatch {
+    /// A new connection: refused at once if the reader does not allow its address or
+    /// the slot has a card; otherwise asked for its ATR.
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let listening = matches!(self.source, Source::Listener(_));
+        if listening && !is_allowed(&self.allow, peer.ip()) {
+            self.log_peer(&format!("refusing {peer}: not in the reader's allow list"));
+            return;
+        }
+        if let Some(active) = self.shared.live_card() {
+            self.log_peer(&format!("refusing vicc {peer}: slot is busy with {active}"));
+            return;
+        }
+        if self.candidates.len() >= MAX_CANDIDATES {
+            let oldest = self.candidates.remove(0);
+            self.reject(
+                oldest,
+                "too many peers at once; the oldest unproven one goes",
+            );
+        }
+        let asked = stream
+            .set_nonblocking(true)
+            .and_then(|()| stream.set_nodelay(true))
+            .and_then(|()| (&stream).write(&Control::GetAtr.frame()));
+        match asked {
+            Ok(3) => self.candidates.push(Candidate {
+                stream,
+                peer,
+                deadline: Instant::now() + self.shared.timeout.min(PROBE_TIMEOUT),
+                answer: [0; ATR_ANSWER_MAX],
+                got: 0,
+            }),
+            Ok(_) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR")),
+            Err(e) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR: {e}")),
+        }
+    }
+
+    /// Reads what candidate `i` sent; `Some` once its answer is decided.
+    fn read_candidate(&mut self, i: usize) -> Option<Result<(), String>> {
+        let c = &mut self.candidates[i];
+        let n = match (&c.stream).read(&mut c.answer[c.got..]) {
+            Ok(0) => return Some(Err("closed the connection before sending its ATR".into())),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                return None
+            }
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        c.got += n;
+        match read_atr_answer(&c.answer[..c.got]) {
+            AtrAnswer::Incomplete => None,
+            AtrAnswer::Atr(_) => Some(Ok(())),
+            AtrAnswer::Refused(e) => Some(Err(format!("answered GET ATR badly: {e}"))),
+        }
+    }
+
+    fn promote(&mut self, candidate: Candidate) {
+        let peer = candidate.peer;
+        match self.shared.insert(candidate.stream, peer) {
+            Ok(()) => {
+                if let Source::Connector(c) = &mut self.source {
+                    c.connected(&self.shared.label);
+                }
+                self.drop_candidates("another vicc took the slot first");
+                self.log_peer_at(
+                    log::Level::Info,
+                    &format!("vicc {peer} connected and sent a valid ATR: card inserted"),
+                );
+            }
+            Err(why) => self.log_peer(&format!("dropping vicc {peer}: {why}")),
+        }
+    }
+
+    fn reject(&mut self, candidate: Candidate, why: &str) {
+        let _ = candidate.stream.shutdown(std::net::Shutdown::Both);
+        if let Source::Connector(c) = &mut self.source {
+            c.failed(
+                &self.shared.label,
+                &io::Error::new(io::ErrorKind::InvalidData, why.to_owned()),
+            );
+        }
+        self.log_peer(&format!("{} is not a card: {why}", candidate.peer));
+    }
+
+    fn drop_candidates(&mut self, why: &str) {
+        for candidate in std::mem::take(&mut self.candidates) {
+            log::debug!("{}: dropping {}: {why}", self.shared.label, candidate.peer);
+        }
+    }
+
+    /// A line about a peer, within the slot's log budget: a peer that connects again
+    /// and again, or a flood of them, costs the log a bounded number of lines.
+    fn log_peer(&mut self, line: &str) {
+        self.log_peer_at(log::Level::Warn, line);
+    }
+
+    fn log_peer_at(&mut self, level: log::Level, line: &str) {
+        match self.budget.spend(Instant::now()) {
+            Budget::Log { suppressed: 0 } => log::log!(level, "{}: {line}", self.shared.label),
+            Budget::Log { suppressed } => log::log!(
+                level,
+                "{}: {line} ({suppressed} line(s) about peers suppressed before this one)",
+                self.shared.label
+            ),
+            Budget::Suppress => {}
+        }
     }
 }
 
@@ -613,12 +833,15 @@ struct DeadlineReader<'a> {
 }
 
 impl<'a> DeadlineReader<'a> {
-    fn new(stream: &'a TcpStream, timeout: Duration) -> DeadlineReader<'a> {
+    /// A reader that must be done `within` (at most the socket's `full` timeout).
+    fn new(stream: &'a TcpStream, full: Duration, within: Duration) -> DeadlineReader<'a> {
         DeadlineReader {
             stream,
-            full: timeout,
-            deadline: Instant::now() + timeout,
-            first: true,
+            full,
+            deadline: Instant::now() + within,
+            // The socket already times out after `full`: only a shorter bound costs a
+            // system call up front.
+            first: within >= full,
             rearmed: false,
         }
     }

@@ -17,13 +17,11 @@
 //! dropped: every card it offered is removed, and the port accepts a new client.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -37,9 +35,9 @@ use vpcd_protocol::vscard::{
 };
 
 use super::{CardSlot, Limits, PowerAction, SlotError};
-use crate::net;
+use crate::net::{self, Watch, Watcher};
 use crate::presence::Presence;
-use crate::sys::{self, Interest};
+use crate::sys::{Interest, Ready};
 
 /// How much the connection thread reads at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -61,8 +59,7 @@ struct Registered {
 /// One reader's listener and connection thread.
 struct Hub {
     shared: Arc<Shared>,
-    wake: UnixStream,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    watcher: Watcher,
 }
 
 /// What the connection thread and the slots share.
@@ -175,19 +172,21 @@ impl Hub {
             }),
             answered: Condvar::new(),
         });
-        let (wake, wake_rx) = UnixStream::pair()?;
-        wake.set_nonblocking(true)?;
-        wake_rx.set_nonblocking(true)?;
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("vscard-{key:x}"))
-            .spawn(move || run(&thread_shared, &listener, &wake_rx))?;
+        let watcher = Watcher::spawn(
+            format!("vscard-{key:x}"),
+            shared.label.clone(),
+            HubWatch {
+                shared: Arc::clone(&shared),
+                listener,
+                decoder: Decoder::new(),
+                chunk: vec![0u8; READ_CHUNK],
+                conn: None,
+                reading: None,
+                partial_since: None,
+            },
+        )?;
         log::info!("{}: listening for a VSCard client", shared.label);
-        Ok(Hub {
-            shared,
-            wake,
-            thread: Mutex::new(Some(thread)),
-        })
+        Ok(Hub { shared, watcher })
     }
 
     /// Drops the client, stops the connection thread and joins it. Idempotent.
@@ -203,11 +202,7 @@ impl Hub {
             }
         }
         self.shared.answered.notify_all();
-        let _ = (&self.wake).write(&[1]);
-        if let Some(thread) = self.thread.lock().take() {
-            if thread.join().is_err() {
-                log::error!("{}: connection thread panicked", self.shared.label);
-            }
+        if self.watcher.stop() {
             log::info!("{}: closed", self.shared.label);
         }
     }
@@ -780,77 +775,79 @@ impl Shared {
     }
 }
 
-/// The connection thread.
-fn run(shared: &Shared, listener: &TcpListener, wake_rx: &UnixStream) {
-    let mut decoder = Decoder::new();
-    let mut chunk = vec![0u8; READ_CHUNK];
-    // The connection `decoder` holds bytes of, and since when a partial message waits.
-    let mut reading: Option<u64> = None;
-    let mut partial_since: Option<Instant> = None;
-    loop {
+/// The connection thread: accepts the client and reads every message it sends.
+struct HubWatch {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    decoder: Decoder,
+    chunk: Vec<u8>,
+    /// The connection being read, the one `decoder` holds bytes of, and since when a
+    /// partial message waits.
+    conn: Option<Arc<Conn>>,
+    reading: Option<u64>,
+    partial_since: Option<Instant>,
+}
+
+impl Watch for HubWatch {
+    fn arm<'a>(
+        &'a mut self,
+        fds: &mut Vec<(BorrowedFd<'a>, Interest)>,
+    ) -> Option<Option<Duration>> {
         let conn = {
-            let s = shared.state.lock();
+            let s = self.shared.state.lock();
             if s.closing {
-                break;
+                return None;
             }
             s.conn.clone()
         };
-        if conn.as_ref().map(|c| c.id) != reading {
-            decoder.clear();
-            partial_since = None;
-            reading = conn.as_ref().map(|c| c.id);
+        if conn.as_ref().map(|c| c.id) != self.reading {
+            self.decoder.clear();
+            self.partial_since = None;
+            self.reading = conn.as_ref().map(|c| c.id);
         }
-        let mut fds = vec![
-            (wake_rx.as_fd(), Interest::Read),
-            (listener.as_fd(), Interest::Read),
-        ];
-        if let Some(conn) = &conn {
+        self.conn = conn;
+        fds.push((self.listener.as_fd(), Interest::Read));
+        if let Some(conn) = &self.conn {
             fds.push((conn.stream.as_fd(), Interest::Read));
         }
-        let timeout =
-            partial_since.map(|t| (t + shared.timeout).saturating_duration_since(Instant::now()));
-        let ready = match sys::poll(&fds, timeout) {
-            Ok(ready) => ready,
-            Err(e) => {
-                log::error!("{}: poll failed: {e}", shared.label);
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        drop(fds);
-        if ready[0].readable {
-            let mut sink = [0u8; 64];
-            while matches!((&*wake_rx).read(&mut sink), Ok(n) if n > 0) {}
-        }
-        if ready[1].readable || ready[1].hangup {
-            net::accept_all(listener, &shared.label, |stream, peer| {
+        let timeout = self.shared.timeout;
+        Some(
+            self.partial_since
+                .map(|t| (t + timeout).saturating_duration_since(Instant::now())),
+        )
+    }
+
+    fn on_ready(&mut self, ready: &[Ready]) {
+        let shared = &*self.shared;
+        if ready[0].readable || ready[0].hangup {
+            net::accept_all(&self.listener, &shared.label, |stream, peer| {
                 shared.accept(stream, peer)
             });
         }
-        let Some(conn) = conn else {
-            continue;
+        let Some(conn) = self.conn.take() else {
+            return;
         };
-        if ready[2].readable || ready[2].hangup {
-            match (&conn.stream).read(&mut chunk) {
+        if ready[1].readable || ready[1].hangup {
+            match (&conn.stream).read(&mut self.chunk) {
                 Ok(0) => {
                     shared.drop_client(conn.id, "client closed the connection");
-                    continue;
+                    return;
                 }
                 Ok(n) => {
-                    decoder.feed(&chunk[..n]);
-                    match shared.process(&conn, &mut decoder) {
+                    self.decoder.feed(&self.chunk[..n]);
+                    match shared.process(&conn, &mut self.decoder) {
                         Ok(handled) => {
-                            partial_since = match (decoder.buffered(), handled) {
+                            self.partial_since = match (self.decoder.buffered(), handled) {
                                 (0, _) => None,
                                 // A new partial message started.
                                 (_, 1..) => Some(Instant::now()),
-                                (_, 0) => partial_since.or(Some(Instant::now())),
+                                (_, 0) => self.partial_since.or(Some(Instant::now())),
                             };
                         }
                         Err(why) => {
                             log::error!("{}: client {}: {why}", shared.label, conn.peer);
                             shared.drop_client(conn.id, "protocol violation");
-                            continue;
+                            return;
                         }
                     }
                 }
@@ -863,11 +860,14 @@ fn run(shared: &Shared, listener: &TcpListener, wake_rx: &UnixStream) {
                     ) => {}
                 Err(e) => {
                     shared.drop_client(conn.id, &e.to_string());
-                    continue;
+                    return;
                 }
             }
         }
-        if partial_since.is_some_and(|t| t.elapsed() >= shared.timeout) {
+        if self
+            .partial_since
+            .is_some_and(|t| t.elapsed() >= shared.timeout)
+        {
             log::error!(
                 "{}: client {} left a message unfinished for {:?}",
                 shared.label,
@@ -877,15 +877,19 @@ fn run(shared: &Shared, listener: &TcpListener, wake_rx: &UnixStream) {
             shared.drop_client(conn.id, "message incomplete");
         }
     }
-    let conn = shared.state.lock().conn.clone();
-    if let Some(conn) = conn {
-        shared.drop_client(conn.id, "reader closing");
+
+    fn finish(&mut self) {
+        let conn = self.shared.state.lock().conn.clone();
+        if let Some(conn) = conn {
+            self.shared.drop_client(conn.id, "reader closing");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::TcpListener;
     use vpcd_protocol::vscard::{Header, MsgType};
 
