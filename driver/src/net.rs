@@ -187,6 +187,10 @@ fn run_watch(watch: &mut impl Watch, wake_rx: &UnixStream, label: &str) {
     watch.finish();
 }
 
+/// Lines about misbehaving peers a slot may log per [`PEER_LOG_WINDOW`].
+pub(crate) const PEER_LOG_LINES: u32 = 10;
+pub(crate) const PEER_LOG_WINDOW: Duration = Duration::from_secs(60);
+
 /// How many lines about misbehaving peers one slot may log per window; the rest are
 /// counted and the count is logged when the next window opens. A peer that fails in a
 /// loop (or a flood of them) must not fill pcscd's log.
@@ -216,6 +220,19 @@ impl LogBudget {
             opened: None,
             used: 0,
             suppressed: 0,
+        }
+    }
+
+    /// Logs `line` for `label` if the budget allows it, with the count of the lines
+    /// left out before it.
+    pub fn log(&mut self, level: log::Level, label: &str, line: &str) {
+        match self.spend(Instant::now()) {
+            Budget::Log { suppressed: 0 } => log::log!(level, "{label}: {line}"),
+            Budget::Log { suppressed } => log::log!(
+                level,
+                "{label}: {line} ({suppressed} line(s) about peers suppressed before this one)"
+            ),
+            Budget::Suppress => {}
         }
     }
 

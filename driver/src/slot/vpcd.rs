@@ -38,7 +38,7 @@ use vpcd_protocol::vpcd::{
 };
 
 use super::{CardSlot, Limits, PowerAction, SlotError};
-use crate::net::{self, Budget, LogBudget, Watch, Watcher};
+use crate::net::{self, LogBudget, Watch, Watcher};
 use crate::presence::Presence;
 use crate::sys::{Interest, Ready};
 
@@ -59,9 +59,6 @@ const MAX_CANDIDATES: usize = 8;
 /// while pcscd holds the slot's lock. A phone powers up the card it relays (an NFC
 /// activation takes well under a second) and answers in one network round trip.
 const ATR_TIMEOUT: Duration = Duration::from_secs(5);
-/// Lines about misbehaving peers a slot may log per minute; the rest are counted.
-const PEER_LOG_LINES: u32 = 10;
-const PEER_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -148,7 +145,7 @@ impl VpcdSlot {
                 card: None,
                 candidates: Vec::new(),
                 roles: Vec::new(),
-                budget: LogBudget::new(PEER_LOG_LINES, PEER_LOG_WINDOW),
+                budget: LogBudget::new(net::PEER_LOG_LINES, net::PEER_LOG_WINDOW),
             },
         )?;
         log::info!("{}: slot open", shared.label);
@@ -670,15 +667,7 @@ impl SlotWatch {
     }
 
     fn log_peer_at(&mut self, level: log::Level, line: &str) {
-        match self.budget.spend(Instant::now()) {
-            Budget::Log { suppressed: 0 } => log::log!(level, "{}: {line}", self.shared.label),
-            Budget::Log { suppressed } => log::log!(
-                level,
-                "{}: {line} ({suppressed} line(s) about peers suppressed before this one)",
-                self.shared.label
-            ),
-            Budget::Suppress => {}
-        }
+        self.budget.log(level, &self.shared.label, line);
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use vpcd_protocol::config::{Endpoint, ReaderConfig};
+use vpcd_protocol::config::{is_allowed, AllowedNet, Endpoint, ReaderConfig};
 use vpcd_protocol::hex;
 use vpcd_protocol::vpcd as protocol;
 use vpcd_protocol::vscard::{
@@ -35,7 +35,7 @@ use vpcd_protocol::vscard::{
 };
 
 use super::{CardSlot, Limits, PowerAction, SlotError};
-use crate::net::{self, Watch, Watcher};
+use crate::net::{self, LogBudget, Watch, Watcher};
 use crate::presence::Presence;
 use crate::sys::{Interest, Ready};
 
@@ -178,6 +178,8 @@ impl Hub {
             HubWatch {
                 shared: Arc::clone(&shared),
                 listener,
+                allow: cfg.allow.clone(),
+                budget: LogBudget::new(net::PEER_LOG_LINES, net::PEER_LOG_WINDOW),
                 decoder: Decoder::new(),
                 chunk: vec![0u8; READ_CHUNK],
                 conn: None,
@@ -559,22 +561,19 @@ impl Shared {
     }
 
     /// Makes a new connection the client, unless one is connected already.
-    fn accept(&self, stream: TcpStream, peer: SocketAddr) {
-        if let Err(e) = net::configure_peer(&stream, self.timeout) {
-            log::error!("{}: cannot set up connection from {peer}: {e}", self.label);
-            return;
-        }
+    /// Makes a new connection the reader's client, unless it has one; says why not.
+    fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
+        net::configure_peer(&stream, self.timeout)
+            .map_err(|e| format!("cannot set up connection from {peer}: {e}"))?;
         let mut s = self.state.lock();
         if s.closing {
-            return;
+            return Ok(());
         }
         if let Some(active) = &s.conn {
-            log::warn!(
-                "{}: refusing client {peer}: client {} is connected",
-                self.label,
+            return Err(format!(
+                "refusing client {peer}: client {} is connected",
                 active.peer
-            );
-            return;
+            ));
         }
         s.conn = Some(Arc::new(Conn {
             id: next_id(),
@@ -584,6 +583,7 @@ impl Shared {
         }));
         drop(s);
         log::info!("{}: client {peer} connected", self.label);
+        Ok(())
     }
 
     /// Handles every whole message buffered in `decoder`; returns how many there
@@ -779,6 +779,8 @@ impl Shared {
 struct HubWatch {
     shared: Arc<Shared>,
     listener: TcpListener,
+    allow: Vec<AllowedNet>,
+    budget: LogBudget,
     decoder: Decoder,
     chunk: Vec<u8>,
     /// The connection being read, the one `decoder` holds bytes of, and since when a
@@ -820,8 +822,16 @@ impl Watch for HubWatch {
     fn on_ready(&mut self, ready: &[Ready]) {
         let shared = &*self.shared;
         if ready[0].readable || ready[0].hangup {
+            let (allow, budget) = (&self.allow, &mut self.budget);
             net::accept_all(&self.listener, &shared.label, |stream, peer| {
-                shared.accept(stream, peer)
+                let refused = if is_allowed(allow, peer.ip()) {
+                    shared.accept(stream, peer).err()
+                } else {
+                    Some(format!("refusing {peer}: not in the reader's allow list"))
+                };
+                if let Some(why) = refused {
+                    budget.log(log::Level::Warn, &shared.label, &why);
+                }
             });
         }
         let Some(conn) = self.conn.take() else {
@@ -935,6 +945,34 @@ mod tests {
             assert!(Instant::now() < deadline, "presence never became {present}");
             slot.presence().wait_for_event(Duration::from_millis(50));
         }
+    }
+
+    #[test]
+    fn a_client_outside_the_allow_list_is_closed_and_an_allowed_one_served() {
+        let (cfg, port) = config("/allow=127.0.0.2");
+        let slot = VscardSlot::open(&cfg, 0xBEE7 << 16, 0).unwrap();
+        let from = |source: [u8; 4]| {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+            socket
+                .connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+                .unwrap();
+            TcpStream::from(socket)
+        };
+        let mut refused = from([127, 0, 0, 3]);
+        refused
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(refused.read(&mut byte), Ok(0) | Err(_)),
+            "127.0.0.3 must be closed"
+        );
+        let mut allowed = from([127, 0, 0, 2]);
+        send(&mut allowed, UNDEFINED_READER_ID, &Message::host_init());
+        assert_eq!(recv(&mut allowed).0.kind, MsgType::Init as u32);
+        drop(slot);
     }
 
     #[test]
