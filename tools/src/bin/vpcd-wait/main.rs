@@ -25,7 +25,8 @@ included; it works with any pcscd: the system's, a private one
 (PCSCLITE_CSOCK_NAME) or inside vpcd-run.
 
 Options:
-  -a, --all N          at least N readers, and a card in every one
+  -a, --all N          cards in at least N readers (with --absent: at least N
+                       readers, none with a card)
       --absent         wait for the card(s) to be gone instead
   -t, --timeout SECS   give up after SECS seconds (default 10; fractions allowed)
   -v, --verbose        say on stderr what was reached and how long it took

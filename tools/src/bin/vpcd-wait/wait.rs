@@ -13,7 +13,7 @@ pub enum Target {
     Any,
     /// These readers, by name, every one.
     Readers(Vec<String>),
-    /// At least N readers, every one of them.
+    /// Cards in at least N readers (absent: at least N readers, none with a card).
     All(usize),
 }
 
@@ -42,6 +42,7 @@ pub fn satisfied(spec: &Spec, readers: &[(String, State)]) -> bool {
         Target::Readers(names) => names
             .iter()
             .all(|n| readers.iter().any(|(r, s)| r == n && ok(*s))),
+        Target::All(n) if spec.present => readers.iter().filter(|(_, s)| ok(*s)).count() >= *n,
         Target::All(n) => readers.len() >= *n && readers.iter().all(|(_, s)| ok(*s)),
     }
 }
@@ -179,7 +180,9 @@ mod tests {
             &readers
         ));
         assert!(!satisfied(&spec(Target::All(2), true), &readers));
-        assert!(satisfied(&spec(Target::All(1), true), &readers[..1]));
+        assert!(satisfied(&spec(Target::All(1), true), &readers));
+        assert!(!satisfied(&spec(Target::All(1), false), &readers));
+        assert!(satisfied(&spec(Target::All(1), false), &readers[1..]));
         assert!(!satisfied(&spec(Target::All(3), true), &readers));
         assert!(!satisfied(
             &spec(Target::Any, true),
