@@ -400,11 +400,12 @@ fn signals_end_the_whole_environment() {
         );
         let start = Instant::now();
         let child = spawn_logged(&mut vpcd_run(&["--", "sh", "-c", &script]), &dir.0, "run");
-        while !ready.exists() {
+        let guard = KillOnDrop(child.id());
+        // Both sleeps started (the background one may still be a shell for a moment).
+        while !ready.exists() || processes_with(&marker).len() < 2 {
             assert!(start.elapsed() < LIMIT, "environment did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(processes_with(&marker).len(), 2);
         signal(child.id(), sig);
         let r = finish(
             child,
@@ -416,7 +417,75 @@ fn signals_end_the_whole_environment() {
         assert_eq!(r.status.code(), Some(code), "{}", r.stderr);
         assert!(r.took < Duration::from_secs(5), "{:?}", r.took);
         assert_eq!(processes_with(&marker), Vec::<u32>::new());
+        std::mem::forget(guard);
     }
+}
+
+/// Kills a vpcd-run (by pid) if a test fails before it ended: its environment
+/// follows (the environment's pid 1 gets SIGTERM when its parent dies).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        signal(self.0, 9);
+    }
+}
+
+/// SIGKILL to vpcd-run itself still ends its environment.
+#[test]
+fn environment_ends_when_vpcd_run_is_killed() {
+    let dir = TempDir::new("kill");
+    let ready = dir.0.join("ready");
+    let marker = format!("977.{}", std::process::id());
+    let script = format!("echo up > {}; exec sleep {marker}", ready.display());
+    let start = Instant::now();
+    let child = spawn_logged(&mut vpcd_run(&["--", "sh", "-c", &script]), &dir.0, "run");
+    let _guard = KillOnDrop(child.id());
+    while !ready.exists() || processes_with(&marker).is_empty() {
+        assert!(start.elapsed() < LIMIT, "environment did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pcscds_before = processes_named("pcscd");
+    signal(child.id(), 9);
+    let r = finish(
+        child,
+        &dir.0,
+        "run",
+        Instant::now(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(r.status.code(), None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with(&marker).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the environment outlived vpcd-run"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Its pcscd went too (others' may have come and gone meanwhile).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_named("pcscd").len() >= pcscds_before.len()
+        && pcscds_before
+            .iter()
+            .all(|p| processes_named("pcscd").contains(p))
+    {
+        assert!(Instant::now() < deadline, "its pcscd outlived vpcd-run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn processes_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim() == name)
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 /// Setup failures: exit status 125 and a message (with pcscd's log when pcscd ran).

@@ -303,6 +303,10 @@ pub fn main(o: Options) -> ExitCode {
         eprintln!("vpcd-run: cannot block signals: {e}");
         return ExitCode::from(EXIT_SETUP);
     }
+    // If the outer vpcd-run dies (even of SIGKILL), end the environment as on SIGTERM.
+    if let Err(e) = sys::signal_on_parent_death(sys::SIGTERM) {
+        eprintln!("vpcd-run: warning: cannot follow the outer vpcd-run: {e}");
+    }
     // This process's own PC/SC client (the readiness waits) uses the private pcscd.
     std::env::set_var("PCSCLITE_CSOCK_NAME", SOCKET);
     // A /proc of this PID namespace, so that ps and kill inside show its processes.

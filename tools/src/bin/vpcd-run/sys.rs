@@ -196,3 +196,10 @@ pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
         })
     };
 }
+
+/// Asks the kernel to send `sig` to this process when its parent (the outer
+/// vpcd-run) dies, even of SIGKILL, so that the environment never outlives it.
+pub fn signal_on_parent_death(sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory is passed.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
