@@ -16,6 +16,7 @@ use crate::card::{Card, VirtualCard};
 use vpcd_protocol::vpcd as protocol;
 
 mod card;
+mod control;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -286,13 +287,16 @@ fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> 
     let mut backoff = FIRST_BACKOFF;
     let mut reported = false;
     loop {
+        control::wait_inserted();
         match server::connect(host, o.port) {
             Ok(mut stream) => {
                 eprintln!("vpcd-vicc: connected to vpcd at {host}:{}", o.port);
                 reported = false;
                 backoff = FIRST_BACKOFF;
                 card.connected();
-                let result = server::serve(&mut stream, card, o.verbose);
+                let result = control::serve(&mut stream, card, o.verbose, || {
+                    server::connect(host, o.port)
+                });
                 match (result, o.run_loop) {
                     (Ok(()), false) => {
                         eprintln!("vpcd-vicc: vpcd closed the connection");
@@ -373,11 +377,15 @@ fn run<C: VirtualCard>(o: &Options, card: &mut C) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let o = match parse_args(std::env::args().skip(1)) {
+    let (args, control) = match control::take_args(std::env::args().skip(1)) {
+        Ok(split) => split,
+        Err(code) => return code,
+    };
+    let o = match parse_args(args) {
         Ok(Parsed::Run(o)) => o,
         Ok(Parsed::ListReaders) => return list_readers(),
         Ok(Parsed::Help) => {
-            print!("{}", help());
+            print!("{}{}", help(), control::HELP);
             return ExitCode::SUCCESS;
         }
         Ok(Parsed::Version) => {
@@ -387,6 +395,13 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vpcd-vicc: {e}\nTry 'vpcd-vicc --help' for more information.");
             return ExitCode::from(2);
+        }
+    };
+    let _control = match control::start(control) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vpcd-vicc: {e}");
+            return ExitCode::FAILURE;
         }
     };
     if let Some(spec) = &o.relay {

@@ -1,0 +1,184 @@
+//! How fast a vpcd-run environment is usable, against the usual recipe.
+//!
+//!   cargo bench -p vpcd-tools --bench environments --profile dev
+//!
+//! "Usable" means a PC/SC client inside the environment has connected to the card in
+//! `Virtual PCD 00 00` and had an APDU answered: this benchmark binary runs itself
+//! there as the probe (`--probe`), which prints a line once it has; the time is from
+//! spawning vpcd-run to that line.
+//!
+//! 1. vpcd-run with the built-in card, 20 times in a row;
+//! 2. eight vpcd-run at once, 3 rounds;
+//! 3. the C vpcd (Debian's vsmartcard-vpcd) in the same kind of private pcscd, with
+//!    vpcd-vicc started when pcscd is up, polled every 10 ms: the best a script can do
+//!    with the C driver without sleeping;
+//! 4. the usual recipe: the C vpcd, the vicc, then `sleep 5` (as CI scripts do).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const C_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
+const READER: &str = "Virtual PCD 00 00";
+
+fn bin(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_vpcd-run"))
+        .parent()
+        .unwrap()
+        .join(name)
+}
+
+/// Inside an environment: connect, SELECT the MF, print `usable`. With `poll`, retry
+/// every 10 ms (for up to 30 s) instead of failing.
+fn probe(poll: bool) -> i32 {
+    let start = Instant::now();
+    loop {
+        let result = (|| -> Result<(), String> {
+            let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(|e| e.to_string())?;
+            let reader = std::ffi::CString::new(READER).unwrap();
+            let card = ctx
+                .connect(&reader, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 258];
+            let reply = card
+                .transmit(&[0x00, 0xA4, 0x00, 0x0C, 0x02, 0x3F, 0x00], &mut buf)
+                .map_err(|e| e.to_string())?;
+            if reply != [0x90, 0x00] {
+                return Err(format!("SELECT answered {reply:02X?}"));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                println!("usable");
+                return 0;
+            }
+            Err(e) if !poll || start.elapsed() > Duration::from_secs(30) => {
+                eprintln!("probe: {e}");
+                return 1;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Spawns vpcd-run with `args` (then `--` and the command), returns a handle to read
+/// the probe's line from.
+fn spawn_env(args: &[&str], command: &[&str]) -> (std::process::Child, Instant) {
+    let start = Instant::now();
+    let child = Command::new(bin("vpcd-run"))
+        .args(args)
+        .arg("--")
+        .args(command)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin("vpcd-run").parent().unwrap().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vpcd-run");
+    (child, start)
+}
+
+/// Time to the probe's line, and to vpcd-run's exit (the whole run, teardown included).
+fn finish(mut child: std::process::Child, start: Instant) -> (Duration, Duration) {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let usable = start.elapsed();
+    let status = child.wait().unwrap();
+    let total = start.elapsed();
+    if line.trim() != "usable" || !status.success() {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        panic!("environment failed ({status}): {line}{err}");
+    }
+    (usable, total)
+}
+
+fn stats(name: &str, samples: &mut [Duration]) -> String {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let line = format!(
+        "| {name} | {} | {:.1} | {:.1} | {:.1} |",
+        samples.len(),
+        ms(samples[samples.len() / 2]),
+        ms(samples[0]),
+        ms(*samples.last().unwrap())
+    );
+    println!("{line}");
+    line
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--probe") {
+        std::process::exit(probe(args.iter().any(|a| a == "--poll")));
+    }
+    let me = std::env::current_exe().unwrap();
+    let me = me.to_str().unwrap();
+    let driver = common::driver_path();
+    let driver = driver.to_str().unwrap();
+    println!("| measurement | runs | median ms | min ms | max ms |");
+    println!("|---|---:|---:|---:|---:|");
+
+    // Warm the page cache once.
+    let (c, s) = spawn_env(&["--driver", driver], &[me, "--probe"]);
+    finish(c, s);
+
+    let mut usable = vec![];
+    let mut total = vec![];
+    for _ in 0..20 {
+        let (c, s) = spawn_env(&["--driver", driver], &[me, "--probe"]);
+        let (u, t) = finish(c, s);
+        usable.push(u);
+        total.push(t);
+    }
+    stats("vpcd-run: start to card usable", &mut usable);
+    stats("vpcd-run: whole run (start, APDU, teardown)", &mut total);
+
+    let mut parallel = vec![];
+    let mut rounds = vec![];
+    for _ in 0..3 {
+        let round = Instant::now();
+        let envs: Vec<_> = (0..8)
+            .map(|_| spawn_env(&["--driver", driver], &[me, "--probe"]))
+            .collect();
+        for (c, s) in envs {
+            parallel.push(finish(c, s).0);
+        }
+        rounds.push(round.elapsed());
+    }
+    stats("8 vpcd-run at once: start to card usable", &mut parallel);
+    stats("8 vpcd-run at once: all 8 runs ended", &mut rounds);
+
+    if !Path::new(C_DRIVER).exists() {
+        println!("(no C vpcd at {C_DRIVER}: install vsmartcard-vpcd for the comparison)");
+        return;
+    }
+    let mut polled = vec![];
+    for _ in 0..10 {
+        let script = format!("vpcd-vicc -l -H 127.0.0.1 2>/dev/null & exec {me} --probe --poll");
+        let (c, s) = spawn_env(&["--driver", C_DRIVER, "--no-card"], &["sh", "-c", &script]);
+        polled.push(finish(c, s).0);
+    }
+    stats("C vpcd, private pcscd, polled every 10 ms", &mut polled);
+    let mut recipe = vec![];
+    for _ in 0..3 {
+        let script = format!("vpcd-vicc -l -H 127.0.0.1 2>/dev/null & sleep 5; exec {me} --probe");
+        let (c, s) = spawn_env(&["--driver", C_DRIVER, "--no-card"], &["sh", "-c", &script]);
+        recipe.push(finish(c, s).0);
+    }
+    stats("usual recipe: C vpcd, vicc, sleep 5", &mut recipe);
+}

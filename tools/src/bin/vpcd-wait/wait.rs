@@ -1,0 +1,197 @@
+//! Waiting for cards, event-driven: `SCardGetStatusChange` on the readers and on
+//! pcsc-lite's PnP notification pseudo-reader (so readers that appear later count),
+//! with no polling once pcscd answers. Shared by `vpcd-wait` and `vpcd-run`.
+
+use std::time::{Duration, Instant};
+
+use pcsc::{Context, Error, ReaderState, Scope, State, PNP_NOTIFICATION};
+
+/// Which readers must hold (or, with `present == false`, must not hold) a card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A card in any reader (absent: no card in any reader).
+    Any,
+    /// These readers, by name, every one.
+    Readers(Vec<String>),
+    /// Cards in at least N readers (absent: at least N readers, none with a card).
+    All(usize),
+}
+
+/// What to wait for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub target: Target,
+    pub present: bool,
+    pub timeout: Duration,
+}
+
+/// How often to retry while pcscd is not there yet (the only polling: before pcscd
+/// listens there is nothing to wait on).
+const NO_SERVICE_RETRY: Duration = Duration::from_millis(5);
+
+fn has_card(state: State) -> bool {
+    state.contains(State::PRESENT) && !state.intersects(State::MUTE | State::UNAVAILABLE)
+}
+
+/// Whether the readers' states (name, state) meet the spec.
+pub fn satisfied(spec: &Spec, readers: &[(String, State)]) -> bool {
+    let ok = |s: State| has_card(s) == spec.present;
+    match &spec.target {
+        Target::Any if spec.present => readers.iter().any(|(_, s)| ok(*s)),
+        Target::Any => readers.iter().all(|(_, s)| ok(*s)),
+        Target::Readers(names) => names
+            .iter()
+            .all(|n| readers.iter().any(|(r, s)| r == n && ok(*s))),
+        Target::All(n) if spec.present => readers.iter().filter(|(_, s)| ok(*s)).count() >= *n,
+        Target::All(n) => readers.len() >= *n && readers.iter().all(|(_, s)| ok(*s)),
+    }
+}
+
+/// What the readers look like, for the timeout message.
+pub fn describe(readers: &[(String, State)]) -> String {
+    if readers.is_empty() {
+        return "no readers".into();
+    }
+    readers
+        .iter()
+        .map(|(r, s)| {
+            let what = if has_card(*s) {
+                "card present"
+            } else if s.contains(State::MUTE) {
+                "card mute"
+            } else if s.contains(State::PRESENT) {
+                "card present, unavailable"
+            } else {
+                "empty"
+            };
+            format!("\"{r}\": {what}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Waits until the spec is met; returns how long that took, or why it failed.
+pub fn wait(spec: &Spec) -> Result<Duration, String> {
+    wait_for(spec.timeout, |readers| satisfied(spec, readers))
+}
+
+/// Waits until pcscd answers and shows at least `n` readers.
+#[allow(dead_code)] // vpcd-run's
+pub fn wait_readers(n: usize, timeout: Duration) -> Result<Duration, String> {
+    wait_for(timeout, |readers| readers.len() >= n)
+}
+
+/// Waits until `done` holds for the readers and their states.
+pub fn wait_for(
+    timeout: Duration,
+    done: impl Fn(&[(String, State)]) -> bool,
+) -> Result<Duration, String> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let ctx = loop {
+        match Context::establish(Scope::User) {
+            Ok(ctx) => break ctx,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("cannot reach pcscd: {e}"));
+            }
+            Err(_) => std::thread::sleep(NO_SERVICE_RETRY),
+        }
+    };
+    let mut states = vec![ReaderState::new(PNP_NOTIFICATION(), State::UNAWARE)];
+    loop {
+        let names = match ctx.list_readers_owned() {
+            Ok(names) => names,
+            Err(Error::NoReadersAvailable) => vec![],
+            Err(e) => return Err(format!("cannot list readers: {e}")),
+        };
+        let known = states[1..].iter().map(|s| s.name());
+        if known.ne(names.iter().map(|n| n.as_c_str())) {
+            states.truncate(1);
+            states.extend(
+                names
+                    .into_iter()
+                    .map(|n| ReaderState::new(n, State::UNAWARE)),
+            );
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ctx.get_status_change(left, &mut states) {
+            Ok(()) => {}
+            Err(Error::Timeout) => {
+                return Err(format!(
+                    "timed out after {:.1} s: {}",
+                    timeout.as_secs_f64(),
+                    describe(&snapshot(&states))
+                ))
+            }
+            // A reader went away between listing and waiting: list again.
+            Err(Error::UnknownReader) => {
+                states.truncate(1);
+                continue;
+            }
+            Err(e) => return Err(format!("waiting for a card: {e}")),
+        }
+        for s in &mut states {
+            s.sync_current_state();
+        }
+        if done(&snapshot(&states)) {
+            return Ok(start.elapsed());
+        }
+    }
+}
+
+fn snapshot(states: &[ReaderState]) -> Vec<(String, State)> {
+    states[1..]
+        .iter()
+        .map(|s| (s.name().to_string_lossy().into_owned(), s.event_state()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(target: Target, present: bool) -> Spec {
+        Spec {
+            target,
+            present,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn conditions() {
+        let card = State::PRESENT | State::INUSE;
+        let readers = vec![
+            ("A 00 00".to_string(), card),
+            ("A 00 01".to_string(), State::EMPTY),
+        ];
+        assert!(satisfied(&spec(Target::Any, true), &readers));
+        assert!(!satisfied(&spec(Target::Any, false), &readers));
+        assert!(satisfied(
+            &spec(Target::Readers(vec!["A 00 00".into()]), true),
+            &readers
+        ));
+        assert!(satisfied(
+            &spec(Target::Readers(vec!["A 00 01".into()]), false),
+            &readers
+        ));
+        assert!(!satisfied(
+            &spec(Target::Readers(vec!["B".into()]), true),
+            &readers
+        ));
+        assert!(!satisfied(&spec(Target::All(2), true), &readers));
+        assert!(satisfied(&spec(Target::All(1), true), &readers));
+        assert!(!satisfied(&spec(Target::All(1), false), &readers));
+        assert!(satisfied(&spec(Target::All(1), false), &readers[1..]));
+        assert!(!satisfied(&spec(Target::All(3), true), &readers));
+        assert!(!satisfied(
+            &spec(Target::Any, true),
+            &[("m".into(), State::PRESENT | State::MUTE)]
+        ));
+        assert_eq!(
+            describe(&readers),
+            "\"A 00 00\": card present, \"A 00 01\": empty"
+        );
+        assert_eq!(describe(&[]), "no readers");
+    }
+}
