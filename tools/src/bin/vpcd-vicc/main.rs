@@ -16,6 +16,7 @@ use crate::card::{Card, VirtualCard};
 use vpcd_protocol::vpcd as protocol;
 
 mod card;
+mod hint;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -304,14 +305,12 @@ fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> 
                 }
             }
             Err(e) if !o.run_loop => {
-                return Err(format!("cannot connect to vpcd at {host}:{}: {e}", o.port))
+                return Err(hint::connect_failed(host, o.port, &e))
             }
             Err(e) => {
                 if !reported {
-                    eprintln!(
-                        "vpcd-vicc: cannot connect to vpcd at {host}:{} ({e}); retrying",
-                        o.port
-                    );
+                    let message = hint::connect_failed(host, o.port, &e);
+                    eprintln!("vpcd-vicc: {message}\n  Retrying.");
                     reported = true;
                 }
                 std::thread::sleep(backoff);
