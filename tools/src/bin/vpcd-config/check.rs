@@ -220,7 +220,9 @@ fn check(config: Option<&Path>, socket: &Path) -> Findings {
     if let Some(v) = &version {
         if !v.features.is_empty() {
             if v.features.iter().any(|x| x == "serial") {
-                f.ok(format!("{version_text} has the serial feature: it reads reader.conf.d"));
+                f.ok(format!(
+                    "{version_text} has the serial feature: it reads reader.conf.d"
+                ));
             } else {
                 f.error(format!(
                     "{version_text} was built without the serial feature: it ignores \
@@ -262,6 +264,10 @@ fn check(config: Option<&Path>, socket: &Path) -> Findings {
         check_config_age(&mut f, p, &conf_path);
     }
 
+    // The ports, worked out first: a held port explains a driver pcscd unloaded.
+    let mut ports = Findings { lines: vec![] };
+    let held = check_ports(&mut ports, &readers, ours, &procs);
+
     // Loaded?
     let maps = ours.map(|p| mapped_drivers(p.pid));
     let mut libs: Vec<String> = readers.iter().filter_map(|(_, lib)| lib.clone()).collect();
@@ -278,10 +284,15 @@ fn check(config: Option<&Path>, socket: &Path) -> Findings {
                 if mapped.iter().any(|m| same_file(m, Path::new(lib))) {
                     f.ok(format!("pcscd (pid {}) has loaded {lib}{kind}", p.pid));
                 } else {
+                    let why = if held {
+                        "its reader failed to start: another program holds its port (below)"
+                    } else {
+                        "it reads its configuration only when it starts (restart it: sudo \
+                         systemctl restart pcscd), or the reader failed to start (its log: \
+                         journalctl -u pcscd | grep ifdvpcd)"
+                    };
                     f.error(format!(
-                        "pcscd (pid {}) has not loaded {lib}{kind}: it reads its configuration \
-                         only when it starts (restart it: sudo systemctl restart pcscd), or the \
-                         reader failed to start (its log: journalctl -u pcscd | grep ifdvpcd)",
+                        "pcscd (pid {}) has not loaded {lib}{kind}: {why}",
                         p.pid
                     ));
                 }
@@ -299,8 +310,7 @@ fn check(config: Option<&Path>, socket: &Path) -> Findings {
         }
     }
 
-    // The ports.
-    check_ports(&mut f, &readers, ours, &procs);
+    f.lines.extend(ports.lines);
     check_selinux(&mut f);
     f
 }
@@ -445,7 +455,14 @@ fn check_auto_exit(f: &mut Findings, ours: Option<&Proc>) {
     }
 }
 
-fn check_ports(f: &mut Findings, readers: &[(Reader, Option<String>)], ours: Option<&Proc>, procs: &[Proc]) {
+/// One line per slot; true when another program holds one of the ports.
+fn check_ports(
+    f: &mut Findings,
+    readers: &[(Reader, Option<String>)],
+    ours: Option<&Proc>,
+    procs: &[Proc],
+) -> bool {
+    let mut any_held = false;
     let listening = listening_sockets();
     let wanted: HashSet<u64> = listening.iter().map(|l| l.inode).collect();
     let holders = socket_holders(&wanted);
@@ -461,12 +478,27 @@ fn check_ports(f: &mut Findings, readers: &[(Reader, Option<String>)], ours: Opt
                     reader.name,
                     url_host(host),
                     reader.config.port,
-                    if last > reader.config.port { format!("-{last}") } else { String::new() },
+                    if last > reader.config.port {
+                        format!("-{last}")
+                    } else {
+                        String::new()
+                    },
                     reader.config.port
                 ));
             }
             continue;
         };
+        // A port of this reader that another program holds: the reader did not start.
+        let sibling_held = (0..reader.config.slots)
+            .filter_map(|slot| reader.config.port_of(slot))
+            .find(|port| {
+                listening.iter().any(|l| {
+                    l.port == *port
+                        && !holders
+                            .get(&l.inode)
+                            .is_some_and(|pids| ours.is_some_and(|p| pids.contains(&p.pid)))
+                })
+            });
         for slot in 0..reader.config.slots {
             let Some(port) = reader.config.port_of(slot) else {
                 break;
@@ -474,13 +506,17 @@ fn check_ports(f: &mut Findings, readers: &[(Reader, Option<String>)], ours: Opt
             let what = format!("port {port} (\"{}\", slot {slot})", reader.name);
             let here: Vec<&Listening> = listening.iter().filter(|l| l.port == port).collect();
             if here.is_empty() {
-                match ours {
-                    Some(p) => f.error(format!(
+                match (ours, sibling_held) {
+                    (Some(_), Some(other)) => f.error(format!(
+                        "{what}: nothing listens: the reader did not start, because port {other} \
+                         is held"
+                    )),
+                    (Some(p), None) => f.error(format!(
                         "{what}: nothing listens: pcscd (pid {}) has not opened it; its log says \
                          why (journalctl -u pcscd | grep ifdvpcd, or run pcscd -f -d)",
                         p.pid
                     )),
-                    None => f.error(format!("{what}: nothing listens (pcscd is not running)")),
+                    (None, _) => f.error(format!("{what}: nothing listens (pcscd is not running)")),
                 }
                 continue;
             }
@@ -502,6 +538,7 @@ fn check_ports(f: &mut Findings, readers: &[(Reader, Option<String>)], ours: Opt
                     .map(|ip| format!("{}:{port}", url_host(&ip.to_string())))
                     .collect();
                 let whom = match reach {
+                    _ if addr.is_loopback() => "a vicc on this machine",
                     Reach::Loopback => "a vicc on this machine",
                     Reach::LinkLocal => "a vicc on the same link",
                     Reach::Down => "a vicc (once the interface is up)",
@@ -516,6 +553,7 @@ fn check_ports(f: &mut Findings, readers: &[(Reader, Option<String>)], ours: Opt
                 ));
                 continue;
             }
+            any_held = true;
             let (l, pids) = &other[0];
             let place = match &reader.origin {
                 Origin::File { path, line } => format!(" in {} line {line}", path.display()),
@@ -539,6 +577,7 @@ fn check_ports(f: &mut Findings, readers: &[(Reader, Option<String>)], ours: Opt
             f.error(format!("{what} is held by {}: {remedy}", names.join(", ")));
         }
     }
+    any_held
 }
 
 /// "PROG (pid N: CMDLINE)", and for a pcscd which driver it loaded.
@@ -546,7 +585,7 @@ fn describe_holder(pid: u32, p: Option<&Proc>) -> String {
     let Some(p) = p else {
         return format!("pid {pid}");
     };
-    let cmd = p.cmdline.join(" ");
+    let cmd = p.cmdline.join(" ").replace(char::is_control, " ");
     let cmd = if cmd.len() > 80 {
         format!("{}...", &cmd[..char_floor(&cmd, 77)])
     } else {
@@ -594,7 +633,9 @@ fn check_selinux(f: &mut Findings) {
     match read_tail(log, 4 << 20) {
         Ok(text) => {
             let denial = text.lines().rev().find(|l| {
-                l.contains("avc:") && l.contains("denied") && l.contains("pcscd")
+                l.contains("avc:")
+                    && l.contains("denied")
+                    && l.contains("pcscd")
                     && (l.contains("name_bind") || l.contains("name_connect"))
             });
             match denial {
@@ -704,7 +745,11 @@ fn processes() -> Vec<Proc> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
@@ -748,9 +793,7 @@ fn serving_pcscd<'a>(pcscds: &[&'a Proc], socket: &Path) -> Option<&'a Proc> {
             Ok(_) => {}
             // Another user's process: its root cannot be seen; take it for the
             // system's daemon if nothing better turns up.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                unknown = unknown.or(Some(*p))
-            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => unknown = unknown.or(Some(*p)),
             Err(_) => {}
         }
     }
@@ -774,7 +817,11 @@ fn process_start(pid: u32) -> Option<SystemTime> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(btime) + Duration::from_millis(ticks * 1000 / hz))
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::from_secs(btime)
+            + Duration::from_millis(ticks * 1000 / hz),
+    )
 }
 
 /// The libifdvpcd.so files mapped into a process.
@@ -912,8 +959,7 @@ fn parse_proc_net_tcp(text: &str) -> Vec<Listening> {
         let Some((addr, port)) = cols[1].split_once(':') else {
             continue;
         };
-        let (Ok(port), Ok(inode)) = (u16::from_str_radix(port, 16), cols[9].parse::<u64>())
-        else {
+        let (Ok(port), Ok(inode)) = (u16::from_str_radix(port, 16), cols[9].parse::<u64>()) else {
             continue;
         };
         // The kernel prints each 32-bit word of the address in host byte order.
@@ -950,7 +996,11 @@ fn socket_holders(inodes: &HashSet<u64>) -> HashMap<u64, Vec<u32>> {
         return out;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -1045,7 +1095,10 @@ fn drop_ins(dirs: &[PathBuf], unit: &str) -> Vec<(String, PathBuf)> {
 
 fn systemd_unit() -> Option<Unit> {
     let dirs = unit_path();
-    let main = dirs.iter().map(|d| d.join("pcscd.service")).find(|p| p.exists() || p.is_symlink())?;
+    let main = dirs
+        .iter()
+        .map(|d| d.join("pcscd.service"))
+        .find(|p| p.exists() || p.is_symlink())?;
     let mut unit = Unit {
         masked: is_masked(&main),
         path: main.clone(),
@@ -1079,10 +1132,14 @@ fn systemd_unit() -> Option<Unit> {
         .into_iter()
         .any(|(name, path)| name == DROP_IN && !is_masked(&path));
     let wanted = dirs.iter().any(|d| {
-        std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| {
-            e.file_name().to_string_lossy().ends_with(".wants")
-                && e.path().join("pcscd.service").exists()
-        })
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name().to_string_lossy().ends_with(".wants")
+                    && e.path().join("pcscd.service").exists()
+            })
     });
     unit.at_boot = boot_drop_in || wanted;
     Some(unit)

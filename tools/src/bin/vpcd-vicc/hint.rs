@@ -31,8 +31,14 @@ mod tests {
     fn refused_names_the_port_and_the_diagnosis() {
         let e = io::Error::from(ErrorKind::ConnectionRefused);
         let m = connect_failed("localhost", 35963, &e);
-        assert!(m.starts_with("cannot connect to vpcd at localhost:35963: "), "{m}");
-        assert!(m.contains("Is pcscd running") && m.contains("port 35963"), "{m}");
+        assert!(
+            m.starts_with("cannot connect to vpcd at localhost:35963: "),
+            "{m}"
+        );
+        assert!(
+            m.contains("Is pcscd running") && m.contains("port 35963"),
+            "{m}"
+        );
         assert!(m.contains("vpcd-config --check"), "{m}");
     }
 }

@@ -304,9 +304,7 @@ fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> 
                     (Err(e), true) => eprintln!("vpcd-vicc: connection to vpcd failed: {e}"),
                 }
             }
-            Err(e) if !o.run_loop => {
-                return Err(hint::connect_failed(host, o.port, &e))
-            }
+            Err(e) if !o.run_loop => return Err(hint::connect_failed(host, o.port, &e)),
             Err(e) => {
                 if !reported {
                     let message = hint::connect_failed(host, o.port, &e);
