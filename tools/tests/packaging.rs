@@ -36,8 +36,13 @@ fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_por
             ("DESTDIR", &stage.0),
             ("PREFIX", Path::new("/usr")),
             ("DRIVERDIR", Path::new("/usr/lib/pcsc/drivers/serial")),
+            ("SYSTEMDUNITDIR", Path::new("/lib/systemd/system")),
         ],
     );
+    let units = stage.0.join("lib/systemd/system");
+    let service_drop_in = units.join("pcscd.service.d/vpcd-rs.conf");
+    let boot_drop_in = units.join("multi-user.target.d/vpcd-rs.conf");
+    check_drop_ins(&units);
     let lib = stage.0.join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
     let conf = std::fs::read_to_string(stage.0.join("etc/reader.conf.d/vpcd")).unwrap();
     assert!(lib.exists());
@@ -73,18 +78,193 @@ fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_por
     cmd.arg("--uninstall")
         .env("DESTDIR", &stage.0)
         .env("PREFIX", "/usr")
-        .env("DRIVERDIR", "/usr/lib/pcsc/drivers/serial");
+        .env("DRIVERDIR", "/usr/lib/pcsc/drivers/serial")
+        .env("SYSTEMDUNITDIR", "/lib/systemd/system");
     assert!(run(&mut cmd).0);
     assert!(!lib.exists());
     assert!(!stage.0.join("etc/reader.conf.d/vpcd").exists());
+    assert!(!service_drop_in.exists() && !boot_drop_in.exists());
+    assert!(
+        !units.join("pcscd.service.d").exists(),
+        "empty drop-in directories go too"
+    );
+}
+
+/// `systemd-analyze verify` of pcscd.service and multi-user.target with the units of
+/// `dirs` before the system's (SYSTEMD_UNIT_PATH), or its complaint.
+fn systemd_verify(dirs: &Path) -> Result<(), String> {
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.args(["verify", "--man=no", "pcscd.service", "multi-user.target"])
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dirs.display()));
+    let (ok, out) = run(&mut cmd);
+    // Complaints about the system's other units are not ours.
+    let ours: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("pcscd") || l.contains("vpcd"))
+        .collect();
+    if ok && ours.is_empty() {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}
+
+/// The drop-ins under `units` (a systemd unit directory): pcscd without --auto-exit
+/// and wanted at boot, which systemd-analyze accepts; and the check reports them.
+fn check_drop_ins(units: &Path) {
+    let service = std::fs::read_to_string(units.join("pcscd.service.d/vpcd-rs.conf")).unwrap();
+    let boot = std::fs::read_to_string(units.join("multi-user.target.d/vpcd-rs.conf")).unwrap();
+    let exec: Vec<&str> = service
+        .lines()
+        .filter(|l| l.starts_with("ExecStart="))
+        .collect();
+    assert_eq!(exec.len(), 2, "{service}");
+    assert_eq!(exec[0], "ExecStart=", "the reset first");
+    assert!(exec[1].contains("pcscd --foreground"), "{service}");
+    assert!(
+        !exec[1].contains("--auto-exit") && !exec[1].contains(" -x"),
+        "{service}"
+    );
+    assert!(service.contains("ln -s /dev/null"), "documents the opt-out");
+    assert!(boot.contains("[Unit]\nWants=pcscd.service"), "{boot}");
+    systemd_verify(units).unwrap_or_else(|e| panic!("systemd-analyze verify:\n{e}"));
+
+    // systemd really reads the drop-in: without the reset it refuses the unit.
+    let copy = TempDir::new("units");
+    std::fs::create_dir_all(copy.0.join("pcscd.service.d")).unwrap();
+    std::fs::write(
+        copy.0.join("pcscd.service.d/vpcd-rs.conf"),
+        service.replace("ExecStart=\n", ""),
+    )
+    .unwrap();
+    let refused = systemd_verify(&copy.0).unwrap_err();
+    assert!(refused.contains("more than one ExecStart="), "{refused}");
+
+    // And the diagnosis sees what systemd would run.
+    let (_, out) = run(Command::new(build_dir().join("vpcd-config"))
+        .args(["--check", "--socket", "/nonexistent/pcscd.comm"])
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", units.display())));
+    assert!(
+        out.contains("ok: pcscd.service starts pcscd without --auto-exit (the vpcd-rs drop-in)"),
+        "{out}"
+    );
+    let (_, out) = run(Command::new(build_dir().join("vpcd-config"))
+        .args(["--check", "--socket", "/nonexistent/pcscd.comm"])
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", copy.0.display())));
+    assert!(
+        out.contains("warning: pcscd.service starts pcscd with --auto-exit"),
+        "without the drop-in:\n{out}"
+    );
+}
+
+/// Where scripts/install puts the driver and the entry, given a libpcsclite.pc.
+fn install_paths(pkg_config_path: Option<&Path>) -> (String, String) {
+    let stage = TempDir::new("pcdirs");
+    let mut cmd = Command::new(repo().join("scripts/install"));
+    cmd.arg("--no-build")
+        .env("BUILD", build_dir())
+        .env("LIBRARY", driver_path())
+        .env("DESTDIR", &stage.0)
+        .env("PREFIX", "/usr")
+        .env("KEEP_PCSCD", "no")
+        .env_remove("DRIVERDIR")
+        .env_remove("CONFDIR");
+    if let Some(dir) = pkg_config_path {
+        cmd.env("PKG_CONFIG_PATH", dir)
+            .env("PKG_CONFIG_LIBDIR", dir);
+    }
+    let (ok, out) = run(&mut cmd);
+    assert!(ok, "{out}");
+    let (_, files) = run(Command::new("find").arg(&stage.0).args(["-type", "f"]));
+    let strip = |p: &str| p.trim_start_matches(stage.0.to_str().unwrap()).to_owned();
+    let lib = files
+        .lines()
+        .find(|l| l.ends_with("libifdvpcd.so"))
+        .map(strip);
+    let conf = files.lines().find(|l| l.ends_with("/vpcd")).map(strip);
+    let (lib, conf) = (lib.expect(&files), conf.expect(&files));
+    let entry = std::fs::read_to_string(stage.0.join(conf.trim_start_matches('/'))).unwrap();
+    assert!(entry.contains(&format!("LIBPATH      {lib}")), "{entry}");
+    (lib, conf)
 }
 
 #[test]
-fn the_debian_package_installs_and_removes_cleanly() {
-    let out = TempDir::new("deb");
-    let built = script("build-deb", &[("OUTDIR", &out.0)]);
+fn install_paths_come_from_pkg_config_for_debian_and_pcsc_lite_2() {
+    // Debian 12's libpcsclite.pc (pcsc-lite 1.9.9).
+    assert_eq!(
+        install_paths(None),
+        (
+            "/usr/lib/pcsc/drivers/serial/libifdvpcd.so".to_owned(),
+            "/etc/reader.conf.d/vpcd".to_owned()
+        )
+    );
+    // pcsc-lite 2.5.1's, generated by its meson build with other directories (as a
+    // distribution with lib64 and /etc/pcsc would).
+    let tarball = repo().join("../shared/third_party/pcsc-lite/pcsc-lite-2.5.1.tar.gz");
+    if !tarball.exists() {
+        eprintln!("SKIPPED the pcsc-lite 2.5.1 part: no {}", tarball.display());
+        return;
+    }
+    let work = TempDir::new("pcsc251");
+    let (ok, out) = run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&work.0));
+    assert!(ok, "{out}");
+    let (ok, out) = run(Command::new("meson")
+        .current_dir(work.0.join("pcsc-lite-2.5.1"))
+        .arg("setup")
+        .arg(work.0.join("build"))
+        .args([
+            "-Dlibsystemd=false",
+            "-Dpolkit=false",
+            "-Dlibudev=false",
+            "-Dusb=false",
+            "-Dserial=true",
+            "-Dusbdropdir=/usr/lib64/pcsc/drivers",
+            "-Dserialconfdir=/etc/pcsc/reader.conf.d",
+        ]));
+    assert!(
+        ok,
+        "meson setup (apt-get install meson ninja-build flex):\n{out}"
+    );
+    let pc_dir = work.0.join("build/meson-private");
+    let pc = std::fs::read_to_string(pc_dir.join("libpcsclite.pc")).unwrap();
+    assert!(pc.contains("Version: 2.5.1"), "{pc}");
+    assert_eq!(
+        install_paths(Some(&pc_dir)),
+        (
+            "/usr/lib64/pcsc/drivers/serial/libifdvpcd.so".to_owned(),
+            "/etc/pcsc/reader.conf.d/vpcd".to_owned()
+        )
+    );
+    // Without any libpcsclite.pc: the usual places.
+    let empty = TempDir::new("nopc");
+    assert_eq!(
+        install_paths(Some(&empty.0)),
+        (
+            "/usr/lib/pcsc/drivers/serial/libifdvpcd.so".to_owned(),
+            "/etc/reader.conf.d/vpcd".to_owned()
+        )
+    );
+}
+
+fn build_deb(out: &Path, version: Option<&str>) -> PathBuf {
+    let mut envs: Vec<(&str, &Path)> = vec![("OUTDIR", out)];
+    if let Some(v) = version {
+        envs.push(("DEB_VERSION", Path::new(v)));
+    }
+    let built = script("build-deb", &envs);
     let deb = PathBuf::from(built.lines().last().unwrap().trim());
     assert!(deb.exists(), "{built}");
+    deb
+}
+
+#[test]
+fn the_debian_package_installs_upgrades_and_purges_cleanly() {
+    let out = TempDir::new("deb");
+    let deb = build_deb(&out.0, None);
 
     let (ok, contents) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(ok);
@@ -93,6 +273,11 @@ fn the_debian_package_installs_and_removes_cleanly() {
         "./etc/reader.conf.d/vpcd",
         "./usr/bin/vpcd-vicc",
         "./usr/bin/vpcd-config",
+        "./lib/systemd/system/pcscd.service.d/vpcd-rs.conf",
+        "./lib/systemd/system/multi-user.target.d/vpcd-rs.conf",
+        "./usr/share/doc/vpcd-rs/copyright",
+        "./usr/share/doc/vpcd-rs/changelog.gz",
+        "./usr/share/man/man1/vpcd-config.1.gz",
     ] {
         assert!(contents.contains(path), "{path} missing:\n{contents}");
     }
@@ -101,12 +286,26 @@ fn the_debian_package_installs_and_removes_cleanly() {
         "Package: vpcd-rs",
         "Conflicts: vsmartcard-vpcd",
         "Replaces: vsmartcard-vpcd",
-        "Depends: libc6, pcscd",
+        // Computed by dpkg-shlibdeps: vpcd-vicc's relay links libpcsclite.
+        "Depends: libc6 (>= ",
+        "libpcsclite1 (>= ",
+        ", pcscd\n",
     ] {
         assert!(info.contains(field), "{field}:\n{info}");
     }
 
-    // Install, remove and purge into an empty root with its own dpkg database.
+    // lintian: no errors (and, today, no warnings either).
+    let (_, lint) = run(Command::new("lintian")
+        .args(["--tag-display-limit", "0"])
+        .arg(&deb));
+    println!("lintian {}:\n{lint}", deb.display());
+    let tags: Vec<&str> = lint
+        .lines()
+        .filter(|l| l.starts_with("E: ") || l.starts_with("W: "))
+        .collect();
+    assert!(tags.is_empty(), "lintian:\n{lint}");
+
+    // Install, upgrade, remove and purge into an empty root with its own dpkg database.
     let root = TempDir::new("dpkgroot");
     for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
         std::fs::create_dir_all(root.0.join(dir)).unwrap();
@@ -124,16 +323,52 @@ fn the_debian_package_installs_and_removes_cleanly() {
             .args(args);
         let (ok, out) = run(&mut cmd);
         assert!(ok, "dpkg {args:?}:\n{out}");
+        out
     };
     let installed_lib = root.0.join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
     let conffile = root.0.join("etc/reader.conf.d/vpcd");
-    dpkg(&["-i", deb.to_str().unwrap()]);
+    let units = root.0.join("lib/systemd/system");
+
+    // The previous version, then the admin edits the entry.
+    let old = build_deb(&out.0, Some("0.0.9"));
+    dpkg(&["-i", old.to_str().unwrap()]);
     assert!(installed_lib.exists() && conffile.exists());
+    check_drop_ins(&units);
+    let edited = std::fs::read_to_string(&conffile)
+        .unwrap()
+        .replace("/dev/null:0x8C7B", "/dev/null:0x8C7B/listen=127.0.0.1");
+    std::fs::write(&conffile, &edited).unwrap();
+    // The upgrade keeps the edit, without asking.
+    let upgrade = dpkg(&["-i", deb.to_str().unwrap()]);
+    assert!(
+        upgrade.contains("(0.1.0) over (0.0.9)") || upgrade.contains("over (0.0.9)"),
+        "{upgrade}"
+    );
+    assert_eq!(std::fs::read_to_string(&conffile).unwrap(), edited);
+
     dpkg(&["-r", "vpcd-rs"]);
     assert!(!installed_lib.exists(), "remove deletes the driver");
     assert!(conffile.exists(), "remove keeps the conffile");
+    assert!(
+        !units.join("pcscd.service.d/vpcd-rs.conf").exists()
+            && !units.join("multi-user.target.d/vpcd-rs.conf").exists(),
+        "remove deletes the drop-ins: pcscd quits when idle again"
+    );
     dpkg(&["-P", "vpcd-rs"]);
     assert!(!conffile.exists(), "purge deletes the conffile");
+    // Nothing is left outside dpkg's database.
+    let (_, left) = run(Command::new("find").arg(&root.0).args([
+        "-path",
+        &format!("{}/var", root.0.display()),
+        "-prune",
+        "-o",
+        "-print",
+    ]));
+    let left: Vec<&str> = left
+        .lines()
+        .filter(|l| *l != root.0.to_str().unwrap())
+        .collect();
+    assert!(left.is_empty(), "left after purge: {left:?}");
 }
 
 /// The value of `key` in a flat plist: a <string>, or the first <string> of an <array>.

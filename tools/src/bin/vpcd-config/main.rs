@@ -24,6 +24,7 @@
 //! - `output`: the slots of the readers, printed as text or JSON.
 
 mod addresses;
+mod check;
 mod output;
 mod qr;
 mod readerconf;
@@ -74,6 +75,8 @@ Options:
                       [default: auto, when stdout is a terminal and NO_COLOR unset]
       --invert        without colours, draw QR codes for light text on a dark
                       background
+      --check         tell what stands between a vicc and the readers, one line
+                      per finding (see vpcd-config --check --help)
   -h, --help          print this help
   -V, --version       print the version
 
@@ -87,6 +90,10 @@ readers is usable, 2 on a usage error.
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--check") {
+        let rest: Vec<OsString> = [&args[..i], &args[i + 1..]].concat();
+        return ExitCode::from(check::main(&rest));
+    }
     let ctx = Context {
         stdout_is_terminal: io::stdout().is_terminal(),
         no_color: std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),

@@ -17,6 +17,7 @@ use vpcd_protocol::vpcd as protocol;
 
 mod card;
 mod control;
+mod hint;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -307,15 +308,11 @@ fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> 
                     (Err(e), true) => eprintln!("vpcd-vicc: connection to vpcd failed: {e}"),
                 }
             }
-            Err(e) if !o.run_loop => {
-                return Err(format!("cannot connect to vpcd at {host}:{}: {e}", o.port))
-            }
+            Err(e) if !o.run_loop => return Err(hint::connect_failed(host, o.port, &e)),
             Err(e) => {
                 if !reported {
-                    eprintln!(
-                        "vpcd-vicc: cannot connect to vpcd at {host}:{} ({e}); retrying",
-                        o.port
-                    );
+                    let message = hint::connect_failed(host, o.port, &e);
+                    eprintln!("vpcd-vicc: {message}\n  Retrying.");
                     reported = true;
                 }
                 std::thread::sleep(backoff);
