@@ -34,6 +34,16 @@ fn main() {
             "@DEVICENAME@",
             &xml_escape(&get("VPCD_DEVICENAME", "/dev/null:0x8C7B")),
         );
+    // The same ids as numbers for the driver's part 10 properties (wIdVendor/wIdProduct).
+    for (var, default) in [
+        ("VPCD_USB_VENDOR_ID", "0x18d1"),
+        ("VPCD_USB_PRODUCT_ID", "0x4ee1"),
+    ] {
+        let text = get(var, default);
+        let value =
+            parse_id(&text).unwrap_or_else(|| panic!("{var}={text}: expected a 16-bit number"));
+        println!("cargo:rustc-env={var}_VALUE={value}");
+    }
     let out_dir = env::var("OUT_DIR").unwrap();
     fs::write(Path::new(&out_dir).join("Info.plist"), &plist).expect("write Info.plist");
     // The macOS bundle's skeleton beside the library: target/<profile>/ifd-vpcd.bundle
@@ -44,6 +54,14 @@ fn main() {
         if fs::create_dir_all(contents.join("MacOS")).is_ok() {
             let _ = fs::write(contents.join("Info.plist"), &plist);
         }
+    }
+}
+
+/// A USB id as `0x18d1` or `6353`.
+fn parse_id(s: &str) -> Option<u16> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u16::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
     }
 }
 

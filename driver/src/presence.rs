@@ -71,6 +71,12 @@ impl Presence {
         true
     }
 
+    /// Whether a card is in, as of now, without touching what pcscd has yet to be told
+    /// (for attributes clients read).
+    pub fn is_present(&self) -> bool {
+        self.state.lock().present
+    }
+
     /// pcscd's presence check: what to report now.
     pub fn check(&self) -> bool {
         let mut s = self.state.lock();

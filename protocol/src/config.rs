@@ -24,8 +24,9 @@ use std::time::Duration;
 pub const DEFAULT_PORT: u16 = 35963;
 /// Slots per reader when the entry does not say: two, as in the C driver.
 pub const DEFAULT_SLOTS: u16 = 2;
-/// Most slots one reader may have.
-pub const MAX_SLOTS: u16 = 16;
+/// Most slots one reader may have (pcscd reads a reader's slot count as one byte;
+/// pcsc-lite before 2.5 serves at most 16 slots in all, counting every reader's).
+pub const MAX_SLOTS: u16 = 255;
 /// How long a vicc may take to answer one command. A real card relayed over a
 /// mobile network generating an RSA key fits; a stalled peer is dropped after it.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -344,6 +345,15 @@ impl ReaderConfig {
         (slot < self.slots).then(|| self.port + slot)
     }
 
+    /// A serial number for the reader, stable across restarts: where it listens or
+    /// what it connects to (SCARD_ATTR_VENDOR_IFD_SERIAL_NO).
+    pub fn serial_number(&self) -> String {
+        match &self.endpoint {
+            Endpoint::Listen { .. } => format!("vpcd-{}", self.port),
+            Endpoint::Connect { host } => format!("vpcd-{host}-{}", self.port),
+        }
+    }
+
     /// True when a listening reader accepts connections from other machines.
     pub fn listens_beyond_loopback(&self) -> bool {
         matches!(&self.endpoint, Endpoint::Listen { addr, .. } if !addr.is_loopback())
@@ -501,7 +511,7 @@ mod tests {
             ("/dev/null:0", "port"),
             ("/dev/null:abc", "port"),
             ("/dev/null:1/slots=0", "slots"),
-            ("/dev/null:1/slots=17", "slots"),
+            ("/dev/null:1/slots=256", "slots"),
             ("/dev/null:1/colour=red/flavour", "colour, flavour"),
             ("/dev/null:1/listen=nowhere", "listen"),
             ("/dev/null:1/v6only=yes", "v6only"),

@@ -34,15 +34,35 @@ pub const SCARD_ATTR_ATR_STRING: Dword = 0x0009_0303;
 pub const SCARD_ATTR_VENDOR_NAME: Dword = 0x0001_0100;
 pub const SCARD_ATTR_VENDOR_IFD_TYPE: Dword = 0x0001_0101;
 pub const SCARD_ATTR_VENDOR_IFD_VERSION: Dword = 0x0001_0102;
+/// SCARD_ATTR_VALUE(SCARD_CLASS_VENDOR_INFO, 0x0103).
+pub const SCARD_ATTR_VENDOR_IFD_SERIAL_NO: Dword = 0x0001_0103;
+/// SCARD_ATTR_VALUE(SCARD_CLASS_COMMUNICATIONS, 0x0110): 0xDDDDCCCC, channel type and
+/// number.
+pub const SCARD_ATTR_CHANNEL_ID: Dword = 0x0002_0110;
+/// SCARD_ATTR_VALUE(SCARD_CLASS_ICC_STATE, 0x0300 / 0x0301 / 0x0304).
+pub const SCARD_ATTR_ICC_PRESENCE: Dword = 0x0009_0300;
+pub const SCARD_ATTR_ICC_INTERFACE_STATUS: Dword = 0x0009_0301;
+pub const SCARD_ATTR_ICC_TYPE_PER_ATR: Dword = 0x0009_0304;
+/// SCARD_ATTR_VALUE(SCARD_CLASS_IFD_PROTOCOL, 0x0201).
+pub const SCARD_ATTR_CURRENT_PROTOCOL_TYPE: Dword = 0x0008_0201;
 /// SCARD_ATTR_VALUE(SCARD_CLASS_COMMUNICATIONS, 0xA007): largest message to the card.
 pub const SCARD_ATTR_MAXINPUT: Dword = 0x0007_A007;
+
+/// A vendor-defined channel type (PC/SC part 3: 0xF0 to 0xFF): a TCP port.
+pub const CHANNEL_TYPE_TCP: Dword = 0x00F0;
 
 const fn scard_ctl_code(code: Dword) -> Dword {
     0x4200_0000 + code
 }
 
 pub const CM_IOCTL_GET_FEATURE_REQUEST: Dword = scard_ctl_code(3400);
+/// The same request with Windows' SCARD_CTL_CODE(3400) (FILE_DEVICE_SMARTCARD << 16 |
+/// 3400 << 2), as RDP redirection (FreeRDP, Windows guests) passes it through.
+pub const CM_IOCTL_GET_FEATURE_REQUEST_WINDOWS: Dword = 0x0031_0000 | (3400 << 2);
 pub const FEATURE_GET_TLV_PROPERTIES: u8 = 0x12;
 /// The control code we give FEATURE_GET_TLV_PROPERTIES (libccid's convention).
 pub const IOCTL_FEATURE_GET_TLV_PROPERTIES: Dword = scard_ctl_code(0x0033_0000 + 0x12);
-pub const PCSCV2_PART10_PROPERTY_DW_MAX_APDU_DATA_SIZE: u8 = 10;
+pub const PCSCV2_PART10_PROPERTY_B_PPDU_SUPPORT: u8 = 0x09;
+pub const PCSCV2_PART10_PROPERTY_DW_MAX_APDU_DATA_SIZE: u8 = 0x0A;
+pub const PCSCV2_PART10_PROPERTY_W_ID_VENDOR: u8 = 0x0B;
+pub const PCSCV2_PART10_PROPERTY_W_ID_PRODUCT: u8 = 0x0C;

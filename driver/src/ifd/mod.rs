@@ -42,8 +42,10 @@ type StopFn = extern "C" fn(Dword) -> ResponseCode;
 
 /// Largest ATR pcscd has room for (MAX_ATR_SIZE).
 const MAX_ATR_SIZE: usize = 33;
-/// Readers one loaded copy of the library serves (pcscd's PCSCLITE_MAX_READERS_CONTEXTS).
-const MAX_READERS: u8 = 16;
+/// Reader entries one loaded copy of the library serves. pcscd reads the answer as one
+/// byte; pcsc-lite before 2.5 serves at most 16 reader contexts in all, whatever we
+/// say, and 2.5 has no limit of its own.
+const MAX_READERS: u8 = 255;
 
 macro_rules! ifd_export {
     ($name:literal, $lun:expr, $level:ident, $body:expr) => {{
@@ -147,8 +149,54 @@ fn capability(open: &OpenSlot, tag: Dword) -> Option<Vec<u8>> {
         SCARD_ATTR_MAXINPUT => (open.slot.limits().max_command as u32)
             .to_le_bytes()
             .to_vec(),
+        SCARD_ATTR_VENDOR_IFD_SERIAL_NO => {
+            let mut serial = open.config.serial_number().into_bytes();
+            serial.push(0);
+            serial
+        }
+        SCARD_ATTR_CHANNEL_ID => {
+            let port = open.config.port_of(slot_index(open)).unwrap_or(0);
+            ((CHANNEL_TYPE_TCP << 16) as u32 | u32::from(port))
+                .to_le_bytes()
+                .to_vec()
+        }
+        // 2: present (a virtual card is "swallowed"), 0: absent, as libccid answers.
+        SCARD_ATTR_ICC_PRESENCE => vec![if open.slot.presence().is_present() {
+            2
+        } else {
+            0
+        }],
+        SCARD_ATTR_ICC_INTERFACE_STATUS => vec![u8::from(open.slot.atr().is_some())],
+        // 1: an ISO/IEC 7816 asynchronous card, which every vicc is; 0: no card.
+        SCARD_ATTR_ICC_TYPE_PER_ATR => vec![u8::from(open.slot.presence().is_present())],
+        SCARD_ATTR_CURRENT_PROTOCOL_TYPE => open.protocol().to_le_bytes().to_vec(),
         _ => return None,
     })
+}
+
+/// The USB ids the reader reports (part 10's wIdVendor / wIdProduct): on macOS those of
+/// the pretend-USB device the bundle is registered for, from the same build settings as
+/// its Info.plist (build.rs).
+const USB_VENDOR_ID: u16 = parse_u16(env!("VPCD_USB_VENDOR_ID_VALUE"));
+const USB_PRODUCT_ID: u16 = parse_u16(env!("VPCD_USB_PRODUCT_ID_VALUE"));
+
+/// A decimal number that build.rs wrote (a build fails on a bad one).
+const fn parse_u16(s: &str) -> u16 {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    let mut n: u32 = 0;
+    while i < bytes.len() {
+        assert!(bytes[i].is_ascii_digit());
+        n = n * 10 + (bytes[i] - b'0') as u32;
+        assert!(n <= u16::MAX as u32);
+        i += 1;
+    }
+    n as u16
+}
+
+/// The index of a slot inside its reader.
+fn slot_index(open: &OpenSlot) -> u16 {
+    (open.lun & 0xFFFF) as u16
 }
 
 /// The crate version as 0xMMmmbbbb, the layout of SCARD_ATTR_VENDOR_IFD_VERSION.
@@ -162,7 +210,7 @@ fn version_word() -> u32 {
 /// The answer to IFDHControl, or None for a code we do not support.
 fn control(code: Dword, limits: Limits) -> Option<Vec<u8>> {
     match code {
-        CM_IOCTL_GET_FEATURE_REQUEST => {
+        CM_IOCTL_GET_FEATURE_REQUEST | CM_IOCTL_GET_FEATURE_REQUEST_WINDOWS => {
             let mut tlv = vec![FEATURE_GET_TLV_PROPERTIES, 4];
             tlv.extend_from_slice(&(IOCTL_FEATURE_GET_TLV_PROPERTIES as u32).to_be_bytes());
             Some(tlv)
@@ -170,6 +218,12 @@ fn control(code: Dword, limits: Limits) -> Option<Vec<u8>> {
         IOCTL_FEATURE_GET_TLV_PROPERTIES => {
             let mut tlv = vec![PCSCV2_PART10_PROPERTY_DW_MAX_APDU_DATA_SIZE, 4];
             tlv.extend_from_slice(&(limits.max_command_data as u32).to_le_bytes());
+            tlv.extend_from_slice(&[PCSCV2_PART10_PROPERTY_W_ID_VENDOR, 2]);
+            tlv.extend_from_slice(&USB_VENDOR_ID.to_le_bytes());
+            tlv.extend_from_slice(&[PCSCV2_PART10_PROPERTY_W_ID_PRODUCT, 2]);
+            tlv.extend_from_slice(&USB_PRODUCT_ID.to_le_bytes());
+            // No PPDU: APDUs travel through SCardTransmit only.
+            tlv.extend_from_slice(&[PCSCV2_PART10_PROPERTY_B_PPDU_SUPPORT, 1, 0]);
             Some(tlv)
         }
         _ => None,
@@ -266,9 +320,11 @@ pub extern "C" fn IFDHSetProtocolParameters(
     _pts3: u8,
 ) -> ResponseCode {
     ifd_export!("IFDHSetProtocolParameters", lun, debug, |lun| {
-        // A virtual card has no transmission protocol to negotiate: any will do.
-        with_slot(lun, IFD_COMMUNICATION_ERROR, |_| {
+        // A virtual card has no transmission protocol to negotiate: any will do, and
+        // it is what clients then read as the current protocol.
+        with_slot(lun, IFD_COMMUNICATION_ERROR, |open| {
             log::debug!("lun {lun:#x}: protocol {protocol:#x}");
+            open.set_protocol(u32::try_from(protocol).unwrap_or(0));
             IFD_SUCCESS
         })
     })
@@ -450,9 +506,24 @@ mod tests {
             control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS).unwrap(),
             [0x12, 4, 0x42, 0x33, 0x00, 0x12]
         );
+        assert_eq!(
+            control(CM_IOCTL_GET_FEATURE_REQUEST_WINDOWS, LIMITS),
+            control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS),
+            "Windows' code (0x313520) gets the same answer"
+        );
+        assert_eq!(CM_IOCTL_GET_FEATURE_REQUEST_WINDOWS, 0x0031_3520);
         let props = control(IOCTL_FEATURE_GET_TLV_PROPERTIES, LIMITS).unwrap();
-        assert_eq!(props[..2], [10, 4]);
-        assert_eq!(u32::from_le_bytes(props[2..].try_into().unwrap()), 65526);
+        let mut tlvs = std::collections::HashMap::new();
+        let mut rest = &props[..];
+        while let [tag, len, tail @ ..] = rest {
+            let (value, next) = tail.split_at(usize::from(*len));
+            tlvs.insert(*tag, value.to_vec());
+            rest = next;
+        }
+        assert_eq!(tlvs[&0x0A], 65526u32.to_le_bytes());
+        assert_eq!(tlvs[&0x0B], USB_VENDOR_ID.to_le_bytes());
+        assert_eq!(tlvs[&0x0C], USB_PRODUCT_ID.to_le_bytes());
+        assert_eq!(tlvs[&0x09], [0]);
         assert!(control(0x4200_0001, LIMITS).is_none());
     }
 
