@@ -14,22 +14,21 @@
 //! loopback is used; pcscd is stopped by pid on exit, on panic (Drop guards), when the
 //! benchmark dies (PR_SET_PDEATHSIG) and by a watchdog if the run takes too long.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::{echo_reply, extended_apdu, Behaviour, TempDir, Vicc};
-use pcsc::{Attribute, Card, Context, Protocols, ReaderState, Scope, ShareMode, State};
+use pcsc::{Attribute, Card, Context, ReaderState, Scope, State};
+use vpcd_testing::{
+    connect, driver_path, echo_reply, extended_apdu, free_ports, pcscd_binary, run, Behaviour,
+    Entry, Pcscd, Vicc,
+};
 
 const C_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
 const OURS_NAME: &str = "Rust VPCD";
@@ -73,24 +72,29 @@ fn main() {
     // Before any pinning: the CPUs we may use.
     let _ = (nproc(), allowed_cpus());
 
-    let ours_lib = common::driver_path();
+    let ours_lib = driver_path();
     assert!(
         Path::new(C_DRIVER).exists(),
         "{C_DRIVER} is missing: apt-get install vsmartcard-vpcd"
     );
-    let base = common::free_ports(OURS_SLOTS + C_SLOTS);
+    let base = free_ports(OURS_SLOTS + C_SLOTS);
     let (ours_port, c_port) = (base, base + OURS_SLOTS);
-    let conf = format!(
-        "FRIENDLYNAME \"{OURS_NAME}\"\nDEVICENAME /dev/null:{ours_port}/slots={OURS_SLOTS}/listen=127.0.0.1\nLIBPATH {}\n\n\
-         FRIENDLYNAME \"{C_NAME}\"\nDEVICENAME /dev/null:{c_port}\nLIBPATH {C_DRIVER}\n",
-        ours_lib.display()
-    );
     eprintln!("relay bench: our driver {}", ours_lib.display());
-    let pcscd = Daemon::start(&conf);
-    let pid = pcscd.pid;
+    // No debug log: pcscd's would add a write per command to every round trip.
+    let mut pcscd = Pcscd::builder()
+        .debug_log(false)
+        .wrapper(None)
+        .entry(&Entry::device(
+            OURS_NAME,
+            &format!("/dev/null:{ours_port}/slots={OURS_SLOTS}/listen=127.0.0.1"),
+        ))
+        .entry(&Entry::device(C_NAME, &format!("/dev/null:{c_port}")).lib(C_DRIVER))
+        .start();
+    let pid = pcscd.pid() as i32;
+    PCSCD_PID.store(pid, Ordering::SeqCst);
     let ctx = establish();
-    let ours_readers = pcscd.wait_readers(&ctx, OURS_NAME, OURS_SLOTS as usize);
-    let c_readers = pcscd.wait_readers(&ctx, C_NAME, C_SLOTS as usize);
+    let ours_readers = pcscd.wait_readers_of(&ctx, OURS_NAME, OURS_SLOTS as usize);
+    let c_readers = pcscd.wait_readers_of(&ctx, C_NAME, C_SLOTS as usize);
     eprintln!("relay bench: pcscd {pid}, readers {ours_readers:?} {c_readers:?}");
     let rss_start = mem(pid);
 
@@ -214,7 +218,10 @@ fn main() {
     drop(ctx);
     drop(ours_viccs);
     drop(c_viccs);
-    let (stop_time, nudged) = pcscd.stop();
+    let stop_time = pcscd.stop();
+    let nudged = pcscd.nudged();
+    PCSCD_PID.store(0, Ordering::SeqCst);
+    drop(pcscd);
 
     let mut report = Report::default();
     report.machine(&ours_lib, pid);
@@ -569,196 +576,10 @@ fn main() {
 }
 
 // ---------------------------------------------------------------------------------
-// pcscd
-
-/// One private pcscd in its own mount namespace, stopped by pid on drop.
-struct Daemon {
-    child: Option<Child>,
-    pid: i32,
-    socket: PathBuf,
-    /// pcscd missed the SIGINT and was woken by a connection.
-    nudged: bool,
-    _dir: TempDir,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(conf: &str) -> Daemon {
-        let dir = TempDir::new("bench");
-        let run_dir = dir.0.join("run");
-        std::fs::create_dir_all(&run_dir).unwrap();
-        let conf_path = dir.0.join("reader.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let log = dir.0.join("pcscd.log");
-        let socket = run_dir.join("pcscd.comm");
-        // No -d: pcscd's debug log would add a write per command to every round trip.
-        let mut cmd = Command::new(common::repo_root().join("scripts/private-pcscd"));
-        cmd.arg(&run_dir)
-            .arg(&conf_path)
-            .env_remove("VPCD_LOG")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(
-                std::fs::File::options().append(true).open(&log).unwrap(),
-            ));
-        // SAFETY: prctl is async-signal-safe; if the benchmark dies, pcscd gets SIGINT.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("start pcscd");
-        let pid = child.id() as i32;
-        PCSCD_PID.store(pid, Ordering::SeqCst);
-        std::env::set_var("PCSCLITE_CSOCK_NAME", &socket);
-        let mut daemon = Daemon {
-            child: Some(child),
-            pid,
-            socket: socket.clone(),
-            nudged: false,
-            _dir: dir,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("pcscd exited with {status}:\n{}", daemon.log_text());
-            }
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() == "pcscd" && socket.exists() && Context::establish(Scope::User).is_ok()
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pcscd did not come up:\n{}",
-                daemon.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits for `count` readers whose names start with `friendly`; returns them sorted.
-    fn wait_readers(&self, ctx: &Context, friendly: &str, count: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut names: Vec<String> = common::list_readers(ctx)
-                .into_iter()
-                .filter(|n| n.starts_with(&format!("{friendly} ")))
-                .collect();
-            names.sort();
-            if names.len() == count {
-                return names;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "readers of {friendly}: {names:?}\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGINT, then SIGKILL after 10 s; returns how long pcscd took to exit.
-    /// Returns how long pcscd took to exit and whether it missed the SIGINT.
-    fn stop(mut self) -> (Duration, bool) {
-        (self.stop_inner(), self.nudged)
-    }
-
-    fn stop_inner(&mut self) -> Duration {
-        let Some(mut child) = self.child.take() else {
-            return Duration::ZERO;
-        };
-        let start = Instant::now();
-        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
-        unsafe { libc::kill(self.pid, libc::SIGINT) };
-        let (mut nudged, mut dumped) = (false, false);
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = child.try_wait() {
-                PCSCD_PID.store(0, Ordering::SeqCst);
-                return start.elapsed();
-            }
-            if !nudged && start.elapsed() > Duration::from_secs(2) {
-                // pcscd 1.9.9 misses a SIGINT when its signal thread runs more than
-                // 1 ms after the main loop's select() was interrupted (a loaded
-                // machine): the main loop blocks in select() again. A connection
-                // wakes it up, and it then sees the shutdown request.
-                nudged = true;
-                self.nudged = true;
-                let _ = std::os::unix::net::UnixStream::connect(&self.socket);
-            }
-            if !dumped && start.elapsed() > Duration::from_secs(5) {
-                // pcscd normally exits about 1.5 s after SIGINT: show where it is stuck.
-                dumped = true;
-                eprintln!("relay bench: pcscd still running 5 s after SIGINT; its threads:");
-                dump_threads(self.pid);
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        eprintln!("relay bench: pcscd ignored SIGINT for 10 s; killing it");
-        let _ = child.kill();
-        let _ = child.wait();
-        PCSCD_PID.store(0, Ordering::SeqCst);
-        start.elapsed()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop_inner();
-        if std::thread::panicking() {
-            eprintln!("---- pcscd log ----\n{}", self.log_text());
-        }
-    }
-}
-
-/// Each thread of `pid`: name, kernel wait channel, system call; and a backtrace of
-/// all threads when gdb is installed.
-fn dump_threads(pid: i32) {
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let dir = entry.path();
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        eprintln!(
-            "  thread {} ({}): wchan {}, syscall {}",
-            entry.file_name().to_string_lossy(),
-            read("comm").trim(),
-            read("wchan").trim(),
-            read("syscall").split_whitespace().next().unwrap_or("?")
-        );
-    }
-    let gdb = Command::new("gdb")
-        .args([
-            "-p",
-            &pid.to_string(),
-            "-batch",
-            "-ex",
-            "thread apply all bt",
-        ])
-        .stdin(Stdio::null())
-        .output();
-    if let Ok(out) = gdb {
-        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-    }
-}
+// PC/SC client
 
 fn establish() -> Context {
     Context::establish(Scope::User).expect("establish context")
-}
-
-fn connect(ctx: &Context, reader: &str) -> Card {
-    let name = CString::new(reader).unwrap();
-    ctx.connect(&name, ShareMode::Shared, Protocols::ANY)
-        .unwrap_or_else(|e| panic!("connect {reader}: {e}"))
 }
 
 /// Waits until the card in `reader` is (or is not) present.
@@ -1457,7 +1278,7 @@ impl Report {
             })
             .unwrap_or_else(|| "unknown CPU".into());
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let pcscd = common::run(Command::new("pcscd").arg("--version")).1;
+        let pcscd = run(Command::new(pcscd_binary()).arg("--version")).1;
         let pcscd = pcscd
             .lines()
             .next()
@@ -1465,12 +1286,8 @@ impl Report {
             .trim()
             .trim_end_matches('.')
             .to_owned();
-        let c_version = common::run(Command::new("dpkg-query").args([
-            "-W",
-            "-f=${Version}",
-            "vsmartcard-vpcd",
-        ]))
-        .1;
+        let c_version =
+            run(Command::new("dpkg-query").args(["-W", "-f=${Version}", "vsmartcard-vpcd"])).1;
         self.line("### vpcd relay benchmark");
         self.line("");
         self.line(&format!(

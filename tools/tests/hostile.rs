@@ -12,8 +12,6 @@
 //! its *stage* (connecting, the GET ATR of pcscd's power-up, or an APDU) and then
 //! does its *act* (sends a bad reply, goes silent, trickles, closes...).
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,8 +19,8 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
 use socket2::{Domain, SockRef, Socket, Type};
+use vpcd_testing::*;
 
 const NAME: &str = "Hostile PCD";
 /// The hostile reader's response timeout (`/timeout=1`).

@@ -1,13 +1,11 @@
 //! Installation and packaging: scripts/install into a DESTDIR, the Debian package,
 //! the macOS Info.plist, and what the shared library exports and links.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use vpcd_testing::*;
 
 fn repo() -> PathBuf {
     repo_root()
@@ -29,20 +27,22 @@ fn script(name: &str, envs: &[(&str, &Path)]) -> String {
 
 #[test]
 fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_port() {
-    let stage = TempDir::new("destdir");
+    let stage = temp_dir("destdir");
     script(
         "install",
         &[
-            ("DESTDIR", &stage.0),
+            ("DESTDIR", stage.path()),
             ("PREFIX", Path::new("/usr")),
             ("DRIVERDIR", Path::new("/usr/lib/pcsc/drivers/serial")),
         ],
     );
-    let lib = stage.0.join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
-    let conf = std::fs::read_to_string(stage.0.join("etc/reader.conf.d/vpcd")).unwrap();
+    let lib = stage
+        .path()
+        .join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
+    let conf = std::fs::read_to_string(stage.path().join("etc/reader.conf.d/vpcd")).unwrap();
     assert!(lib.exists());
-    assert!(stage.0.join("usr/bin/vpcd-vicc").exists());
-    assert!(stage.0.join("usr/bin/vpcd-config").exists());
+    assert!(stage.path().join("usr/bin/vpcd-vicc").exists());
+    assert!(stage.path().join("usr/bin/vpcd-config").exists());
     assert!(
         conf.contains("LIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so"),
         "{conf}"
@@ -52,14 +52,19 @@ fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_por
     // The installed entry, pointed at the staged library, with the staged card.
     let staged = conf.replace(
         "/usr/lib/pcsc",
-        &format!("{}/usr/lib/pcsc", stage.0.display()),
+        &format!("{}/usr/lib/pcsc", stage.path().display()),
     );
     let pcscd = Pcscd::start_with_config(&staged);
     let reader = reader_name("Virtual PCD", 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name("Virtual PCD", 0, 1)]);
-    let log = stage.0.join("vicc.log");
+    let log = stage.path().join("vicc.log");
     let _vicc = Process::spawn(
-        Command::new(stage.0.join("usr/bin/vpcd-vicc")).args(["-H", "127.0.0.1", "-P", "35963"]),
+        Command::new(stage.path().join("usr/bin/vpcd-vicc")).args([
+            "-H",
+            "127.0.0.1",
+            "-P",
+            "35963",
+        ]),
         log,
     );
     let ctx = pcscd.context();
@@ -71,18 +76,18 @@ fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_por
     // And uninstall removes it all.
     let mut cmd = Command::new(repo().join("scripts/install"));
     cmd.arg("--uninstall")
-        .env("DESTDIR", &stage.0)
+        .env("DESTDIR", stage.path())
         .env("PREFIX", "/usr")
         .env("DRIVERDIR", "/usr/lib/pcsc/drivers/serial");
     assert!(run(&mut cmd).0);
     assert!(!lib.exists());
-    assert!(!stage.0.join("etc/reader.conf.d/vpcd").exists());
+    assert!(!stage.path().join("etc/reader.conf.d/vpcd").exists());
 }
 
 #[test]
 fn the_debian_package_installs_and_removes_cleanly() {
-    let out = TempDir::new("deb");
-    let built = script("build-deb", &[("OUTDIR", &out.0)]);
+    let out = temp_dir("deb");
+    let built = script("build-deb", &[("OUTDIR", out.path())]);
     let deb = PathBuf::from(built.lines().last().unwrap().trim());
     assert!(deb.exists(), "{built}");
 
@@ -107,14 +112,14 @@ fn the_debian_package_installs_and_removes_cleanly() {
     }
 
     // Install, remove and purge into an empty root with its own dpkg database.
-    let root = TempDir::new("dpkgroot");
+    let root = temp_dir("dpkgroot");
     for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        std::fs::create_dir_all(root.0.join(dir)).unwrap();
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
     }
-    std::fs::write(root.0.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(root.path().join("var/lib/dpkg/status"), "").unwrap();
     let dpkg = |args: &[&str]| {
         let mut cmd = Command::new("dpkg");
-        cmd.arg(format!("--root={}", root.0.display()))
+        cmd.arg(format!("--root={}", root.path().display()))
             .args([
                 "--force-depends",
                 "--force-not-root",
@@ -125,8 +130,10 @@ fn the_debian_package_installs_and_removes_cleanly() {
         let (ok, out) = run(&mut cmd);
         assert!(ok, "dpkg {args:?}:\n{out}");
     };
-    let installed_lib = root.0.join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
-    let conffile = root.0.join("etc/reader.conf.d/vpcd");
+    let installed_lib = root
+        .path()
+        .join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
+    let conffile = root.path().join("etc/reader.conf.d/vpcd");
     dpkg(&["-i", deb.to_str().unwrap()]);
     assert!(installed_lib.exists() && conffile.exists());
     dpkg(&["-r", "vpcd-rs"]);

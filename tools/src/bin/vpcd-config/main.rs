@@ -363,7 +363,6 @@ mod tests {
     use super::*;
     use crate::addresses::tests::typical_host;
     use crate::qr::ANSI_BLACK_ON_WHITE;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn test_ctx(default_config: PathBuf) -> Context {
         Context {
@@ -385,17 +384,12 @@ mod tests {
         )
     }
 
-    /// A fresh directory under the system's temporary one.
-    fn temp_dir() -> PathBuf {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vpcd-config-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory under the system's temporary one, removed on drop.
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("vpcd-config-test-")
+            .tempdir()
+            .unwrap()
     }
 
     /// Five vpcd slots in four entries, and an entry of another driver.
@@ -404,13 +398,13 @@ mod tests {
     #[test]
     fn text_output_from_a_config() {
         let dir = temp_dir();
-        std::fs::write(dir.join("vpcd"), MIXED_CONF).unwrap();
+        std::fs::write(dir.path().join("vpcd"), MIXED_CONF).unwrap();
         std::fs::write(
-            dir.join(".hidden"),
+            dir.path().join(".hidden"),
             "FRIENDLYNAME x\nLIBPATH libifdvpcd.so\nCHANNELID 1\n",
         )
         .unwrap();
-        let ctx = test_ctx(dir.clone());
+        let ctx = test_ctx(dir.path().to_path_buf());
         let (code, out, err) = run_with(&["--color=never"], &ctx);
         assert_eq!(code, 0, "{err}");
         let blocks: Vec<&str> = out.split("\n\n").collect();
@@ -433,16 +427,15 @@ mod tests {
         // The LIBPATHs of this test do not exist here: pcscd would refuse to start.
         assert!(err.contains("does not exist"), "{err}");
 
-        let (code, out, _) = run_with(&["--no-qr", "--config", dir.to_str().unwrap()], &ctx);
+        let (code, out, _) = run_with(&["--no-qr", "--config", dir.path().to_str().unwrap()], &ctx);
         assert_eq!(code, 0);
         assert!(!out.contains("scan this code") && !out.contains('\u{2580}'));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn fallback_to_the_default() {
         let dir = temp_dir();
-        let ctx = test_ctx(dir.join("missing"));
+        let ctx = test_ctx(dir.path().join("missing"));
         let (code, out, err) = run_with(&["--json"], &ctx);
         assert_eq!(code, 0);
         assert!(
@@ -456,32 +449,34 @@ mod tests {
 
         // A file with no vpcd entry falls back too.
         std::fs::write(
-            dir.join("other"),
+            dir.path().join("other"),
             "FRIENDLYNAME a\nLIBPATH /x/libccid.so\nCHANNELID 1\n",
         )
         .unwrap();
-        let (code, _, err) = run_with(&["-c", dir.join("other").to_str().unwrap()], &ctx);
+        let (code, _, err) = run_with(&["-c", dir.path().join("other").to_str().unwrap()], &ctx);
         assert_eq!(code, 0);
         assert!(err.contains("showing the default"));
 
         // A file named on the command line must exist.
-        let (code, out, err) = run_with(&["--config", dir.join("nope").to_str().unwrap()], &ctx);
+        let (code, out, err) = run_with(
+            &["--config", dir.path().join("nope").to_str().unwrap()],
+            &ctx,
+        );
         assert_eq!((code, out.as_str()), (1, ""));
         assert!(err.contains("nope"), "{err}");
 
         // Broken vpcd entries only: an error, not the default.
         std::fs::write(
-            dir.join("bad"),
+            dir.path().join("bad"),
             "FRIENDLYNAME a\nLIBPATH libifdvpcd.so\nDEVICENAME /dev/null:0\n",
         )
         .unwrap();
-        let (code, _, err) = run_with(&["-c", dir.join("bad").to_str().unwrap()], &ctx);
+        let (code, _, err) = run_with(&["-c", dir.path().join("bad").to_str().unwrap()], &ctx);
         assert_eq!(code, 1);
         assert!(
             err.contains("no usable vpcd reader") && err.contains("port"),
             "{err}"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
