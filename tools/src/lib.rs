@@ -9,3 +9,9 @@
 //!   instances, driven by real PC/SC clients (the `pcsc` crate, pcsc_scan, opensc,
 //!   pyscard) and peers (scripted viccs, the Python vicc, libcacard).
 //! - `benches/relay.rs`: ours against Debian's C vpcd in one pcscd (`scripts/bench`).
+//!
+//! The library itself is only what both tools share: [`cli`], their command-line
+//! conventions. The harness of the tests and the bench is the dev-only package
+//! `vpcd-testing` (`tools/testing/`).
+
+pub mod cli;

@@ -342,6 +342,45 @@ fn config_describes_a_port_given_on_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn both_tools_share_help_version_and_usage_errors() {
+    for (tool, name) in [(VICC, "vpcd-vicc"), (CONFIG, "vpcd-config")] {
+        for flag in ["--help", "-h"] {
+            let out = Command::new(tool).arg(flag).output().unwrap();
+            let help = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{name} {flag}");
+            for option in [
+                "-H, --host HOST",
+                "-P, --port PORT",
+                "--listen ADDR",
+                "-V, --version",
+            ] {
+                assert!(help.contains(option), "{name} {flag}: no {option}:\n{help}");
+            }
+        }
+        for flag in ["--version", "-V"] {
+            let out = Command::new(tool).arg(flag).output().unwrap();
+            assert!(out.status.success(), "{name} {flag}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("{name} {}", env!("CARGO_PKG_VERSION"))
+            );
+        }
+        let out = Command::new(tool)
+            .args(["-P", "1", "--bogus"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "{name}: invalid option '--bogus'\nTry '{name} --help' for more information.\n"
+            )
+        );
+    }
+}
+
 /// The mixed file of the vpcd-config unit tests: five vpcd slots in four entries, and
 /// an entry of another driver.
 const MIXED_CONF: &str = include_str!("data/mixed-reader.conf");

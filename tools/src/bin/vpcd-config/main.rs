@@ -36,6 +36,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vpcd_protocol::config::{Endpoint, DEFAULT_PORT, DEFAULT_SLOTS};
+use vpcd_tools::cli;
 
 use addresses::{local_addresses, unbracket, LocalAddr};
 use output::{slots, write_json, write_text};
@@ -61,12 +62,12 @@ a QR code. With no vpcd reader configured, shows the default: port 35963, 2 slot
 Options:
   -c, --config PATH   reader.conf file or reader.conf.d directory to read
                       [default: /etc/reader.conf.d]
-  -p, --port PORT     describe a reader listening on PORT (slot n on PORT+n) instead
+  -P, --port PORT     describe a reader listening on PORT (slot n on PORT+n) instead
                       of reading the configuration; decimal or 0x hex
   -s, --slots N       number of slots with --port [default: 2]
-  -l, --listen ADDR   the address it listens on with --port [default: 0.0.0.0, every
+      --listen ADDR   the address it listens on with --port [default: 0.0.0.0, every
                       IPv4 address; :: for IPv6 and IPv4]
-      --host HOST     put HOST (a DNS name, or the address of a router forwarding
+  -H, --host HOST     put HOST (a DNS name, or the address of a router forwarding
                       the port) in the URLs instead of this machine's addresses
       --no-qr         print no QR codes
       --json          print a JSON list of the slots instead of text
@@ -76,6 +77,8 @@ Options:
                       background
   -h, --help          print this help
   -V, --version       print the version
+
+Older spellings still accepted: -p for -P, -l for --listen, --hostname for --host.
 
 The addresses are those of this machine's network interfaces (getifaddrs): running
 interfaces first, link-local addresses only when there is nothing else, loopback last.
@@ -149,7 +152,10 @@ enum Command {
     Version,
 }
 
+/// Parses the command line (without the program name), with the conventions of
+/// [`vpcd_tools::cli`].
 fn parse_args(args: &[OsString]) -> Result<Command, String> {
+    use lexopt::Arg::{Long, Short, Value};
     let mut config: Option<PathBuf> = None;
     let mut port: Option<String> = None;
     let mut slots: Option<String> = None;
@@ -160,52 +166,35 @@ fn parse_args(args: &[OsString]) -> Result<Command, String> {
     let mut color = ColorWhen::Auto;
     let mut invert = false;
 
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let text = arg
-            .to_str()
-            .ok_or_else(|| format!("unexpected argument {arg:?}"))?;
-        // --name=value and --name value are both accepted.
-        let (name, inline) = match text.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v)),
-            _ => (text, None),
-        };
-        let mut value = |what: &str| -> Result<OsString, String> {
-            match inline {
-                Some(v) => Ok(OsString::from(v)),
-                None => args
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| format!("{name} needs {what}")),
-            }
-        };
-        let utf8 = |v: OsString, what: &str| -> Result<String, String> {
-            v.into_string()
-                .map_err(|v| format!("{name}: {v:?} is not {what}"))
-        };
-        match name {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "-c" | "--config" => config = Some(PathBuf::from(value("a path")?)),
-            "-p" | "--port" => port = Some(utf8(value("a port")?, "a port")?),
-            "-s" | "--slots" => slots = Some(utf8(value("a number")?, "a number")?),
-            "-l" | "--listen" => {
-                let v = utf8(value("an address")?, "an address")?;
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let name = cli::option_name(&arg);
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('c') | Long("config") => config = Some(cli::os_value(&mut parser)?.into()),
+            // -p: this tool's spelling before -P, the one vpcd-vicc has.
+            Short('P' | 'p') | Long("port") => port = Some(cli::value(&mut parser, &name)?),
+            Short('s') | Long("slots") => slots = Some(cli::value(&mut parser, &name)?),
+            // -l: this tool's spelling before vpcd-vicc's --listen (whose -l is --loop).
+            Short('l') | Long("listen") => {
+                let v = cli::value(&mut parser, &name)?;
                 let ip = unbracket(&v)
                     .parse()
                     .map_err(|_| format!("{name}: \"{v}\" is not an IPv4 or IPv6 address"))?;
                 listen = Some(ip);
             }
-            "--host" => {
-                let v = utf8(value("a host name or address")?, "a host name")?;
+            // --hostname: vpcd-vicc's alias (vsmartcard's vicc spells it so).
+            Short('H') | Long("host" | "hostname") => {
+                let v = cli::value(&mut parser, &name)?;
                 let v = unbracket(v.trim()).to_owned();
                 if v.is_empty() || v.contains(|c: char| c.is_whitespace() || "/[]@?#".contains(c)) {
                     return Err(format!("{name}: \"{v}\" is not a host name or address"));
                 }
                 host = Some(v);
             }
-            "--color" | "--colour" => {
-                color = match utf8(value("auto, always or never")?, "a word")?.as_str() {
+            Long("color" | "colour") => {
+                color = match cli::value(&mut parser, &name)?.as_str() {
                     "auto" => ColorWhen::Auto,
                     "always" | "yes" => ColorWhen::Always,
                     "never" | "no" => ColorWhen::Never,
@@ -214,10 +203,10 @@ fn parse_args(args: &[OsString]) -> Result<Command, String> {
                     }
                 }
             }
-            "--no-qr" if inline.is_none() => qr = false,
-            "--json" if inline.is_none() => json = true,
-            "--invert" if inline.is_none() => invert = true,
-            _ => return Err(format!("unknown argument \"{text}\"")),
+            Long("no-qr") => qr = false,
+            Long("json") => json = true,
+            Long("invert") => invert = true,
+            Short(_) | Long(_) | Value(_) => return Err(arg.unexpected().to_string()),
         }
     }
 
@@ -264,8 +253,8 @@ fn run(args: &[OsString], ctx: &Context, out: &mut dyn Write, err: &mut dyn Writ
             return 0;
         }
         Err(e) => {
-            let _ = writeln!(err, "vpcd-config: {e}\nTry 'vpcd-config --help'.");
-            return 2;
+            let _ = writeln!(err, "{}", cli::usage_error("vpcd-config", e));
+            return cli::USAGE;
         }
     };
 
@@ -277,8 +266,8 @@ fn run(args: &[OsString], ctx: &Context, out: &mut dyn Write, err: &mut dyn Writ
         } => match command_line_reader(port, slots.as_deref(), *listen) {
             Ok(reader) => vec![reader],
             Err(e) => {
-                let _ = writeln!(err, "vpcd-config: {e}\nTry 'vpcd-config --help'.");
-                return 2;
+                let _ = writeln!(err, "{}", cli::usage_error("vpcd-config", e));
+                return cli::USAGE;
             }
         },
         Source::Config(given) => {
@@ -526,6 +515,58 @@ mod tests {
             (code, out.trim()),
             (0, concat!("vpcd-config ", env!("CARGO_PKG_VERSION")))
         );
+    }
+
+    #[test]
+    fn unified_spellings() {
+        // The spellings vpcd-vicc shares (-H/--host, -P/--port, --listen), and the old
+        // ones of this tool (-p, -l), mean the same.
+        let ctx = test_ctx(PathBuf::from("/nonexistent"));
+        let mut outputs = vec![];
+        for args in [
+            &["-P", "4000", "--listen", "::", "-H", "h.example", "--json"][..],
+            &["--port=4000", "--listen=::", "--host=h.example", "--json"],
+            &[
+                "-p",
+                "4000",
+                "-l",
+                "::",
+                "--hostname",
+                "h.example",
+                "--json",
+            ],
+            &["-P4000", "-l::", "-Hh.example", "--json"],
+        ] {
+            let (code, out, err) = run_with(args, &ctx);
+            assert_eq!(code, 0, "{args:?}: {err}");
+            assert!(out.contains("vpcd://h.example:4000"), "{args:?}: {out}");
+            outputs.push(out);
+        }
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let ctx = test_ctx(PathBuf::from("/nonexistent"));
+        for (args, named) in [
+            (&["--frobnicate"][..], "'--frobnicate'"),
+            (&["-x"], "'-x'"),
+            (&["-P"], "'-P'"),
+            (&["--port"], "'--port'"),
+            (&["--json=yes"], "'--json'"),
+            (&["-P", "1", "--listen", "nowhere"], "--listen: \"nowhere\""),
+            (&["-H", "a b"], "-H: \"a b\""),
+            (&["--colour", "sometimes"], "--colour: \"sometimes\""),
+            (&["stray"], "\"stray\""),
+        ] {
+            let (code, out, err) = run_with(args, &ctx);
+            assert_eq!((code, out.as_str()), (2, ""), "{args:?}");
+            assert!(err.contains(named), "{args:?}: {err}");
+            assert!(
+                err.ends_with("Try 'vpcd-config --help' for more information.\n"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
