@@ -14,9 +14,6 @@
 //!    with the C driver without sleeping;
 //! 4. the usual recipe: the C vpcd, the vicc, then `sleep 5` (as CI scripts do).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -128,7 +125,7 @@ fn main() {
     }
     let me = std::env::current_exe().unwrap();
     let me = me.to_str().unwrap();
-    let driver = common::driver_path();
+    let driver = vpcd_testing::driver_path();
     let driver = driver.to_str().unwrap();
     println!("| measurement | runs | median ms | min ms | max ms |");
     println!("|---|---:|---:|---:|---:|");

@@ -5,7 +5,15 @@
 //!   (`card/`), `--reversed`, `--relay` (a real card through PC/SC).
 //! - `src/bin/vpcd-config/`: shows how a phone or vicc reaches the configured readers
 //!   (text, JSON, a `vpcd://` QR code for the Android app).
+//! - `src/cli.rs` ([`cli`], this library's only module): the command-line conventions
+//!   both tools share (lexopt; same spellings, `--help`, `--version`, exit status 2).
 //! - `tests/`: system tests: the built `libifdvpcd.so` in real private pcscd
 //!   instances, driven by real PC/SC clients (the `pcsc` crate, pcsc_scan, opensc,
 //!   pyscard) and peers (scripted viccs, the Python vicc, libcacard).
-//! - `benches/relay.rs`: ours against Debian's C vpcd in one pcscd (`scripts/bench`).
+//! - `benches/relay/`: ours against Debian's C vpcd in one pcscd (`scripts/bench`);
+//!   its `main.rs` has the module map.
+//! - `testing/`: the package `vpcd-testing`, the harness the tests and the bench share
+//!   (private pcscd, scripted viccs); a dev-dependency only, so it never enters the
+//!   tools' build.
+
+pub mod cli;

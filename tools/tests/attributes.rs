@@ -1,12 +1,10 @@
 //! The attributes and controls real clients ask of a reader, read through a real pcscd
 //! with the `pcsc` crate, with and without a card.
 
-mod common;
-
 use std::ffi::CString;
 
-use common::*;
 use pcsc::{Attribute, Protocols, ShareMode};
+use vpcd_testing::*;
 
 const NAME: &str = "Attr PCD";
 

@@ -2,12 +2,10 @@
 //! program holds, and a pcscd with everything in order. Each test prints the check's
 //! output (`cargo nextest run --test check --no-capture` shows it).
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use vpcd_testing::*;
 
 /// Runs `vpcd-config --check ARGS` with this test's pcscd socket (if any) and no
 /// systemd units; returns (exit status, stdout).
@@ -34,16 +32,16 @@ fn line<'a>(out: &'a str, start: &str, contains: &str) -> &'a str {
 
 #[test]
 fn no_pcscd_running() {
-    let dir = TempDir::new("check-none");
+    let dir = temp_dir("check-none");
     let port = free_ports(2);
-    let conf = dir.0.join("reader.conf");
+    let conf = dir.path().join("reader.conf");
     std::fs::write(
         &conf,
         Entry::device("Virtual PCD", &format!("/dev/null:{port}/listen=127.0.0.1")).render(),
     )
     .unwrap();
-    let socket = dir.0.join("run/pcscd.comm");
-    let (code, out) = check(&["--config", conf.to_str().unwrap()], &socket, &dir.0);
+    let socket = dir.path().join("run/pcscd.comm");
+    let (code, out) = check(&["--config", conf.to_str().unwrap()], &socket, dir.path());
     assert_eq!(code, 1, "{out}");
     line(
         &out,
@@ -66,7 +64,7 @@ fn no_pcscd_running() {
 #[test]
 fn a_port_held_by_another_program() {
     let port = free_ports(2);
-    let dir = TempDir::new("check-held");
+    let dir = temp_dir("check-held");
     // A program that takes slot 0's port before pcscd starts.
     let holder = Process::spawn(
         Command::new("python3").args([
@@ -76,7 +74,7 @@ fn a_port_held_by_another_program() {
                  s.listen()\nprint('listening', flush=True)\ntime.sleep(60)"
             ),
         ]),
-        dir.0.join("holder.log"),
+        dir.path().join("holder.log"),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !holder.output().contains("listening") {
@@ -90,7 +88,7 @@ fn a_port_held_by_another_program() {
     assert!(pcscd.wait_log("cannot listen on", Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(300));
     // No --config: the check reads the one the running pcscd was started with.
-    let (code, out) = check(&[], &pcscd.socket, &dir.0);
+    let (code, out) = check(&[], &pcscd.socket, dir.path());
     assert_eq!(code, 1, "{out}");
     line(
         &out,
@@ -121,7 +119,7 @@ fn a_port_held_by_another_program() {
 #[test]
 fn everything_in_order() {
     let port = free_ports(2);
-    let dir = TempDir::new("check-fine");
+    let dir = temp_dir("check-fine");
     let pcscd = Pcscd::start(&[Entry::device(
         "Virtual PCD",
         &format!("/dev/null:{port}/listen=127.0.0.1"),
@@ -130,7 +128,7 @@ fn everything_in_order() {
         reader_name("Virtual PCD", 0, 0),
         reader_name("Virtual PCD", 0, 1),
     ]);
-    let (code, out) = check(&[], &pcscd.socket, &dir.0);
+    let (code, out) = check(&[], &pcscd.socket, dir.path());
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("error:"), "{out}");
     let pid = pcscd.pid();

@@ -1,10 +1,8 @@
 //! The core driver against a real private pcscd, with the `pcsc` crate as client.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use vpcd_testing::*;
 
 const NAME: &str = "Virtual PCD";
 const SECOND: Duration = Duration::from_secs(1);
@@ -174,7 +172,7 @@ fn a_port_in_use_fails_the_reader_with_a_log_line() {
         "{}",
         pcscd.log_text()
     );
-    assert!(common::list_readers(&pcscd.context()).is_empty());
+    assert!(list_readers(&pcscd.context()).is_empty());
 }
 
 fn broken_vicc_case(behaviour: Behaviour) {

@@ -4,13 +4,11 @@
 //! Every vpcd-run here ends its whole environment itself (pid 1 of a PID namespace);
 //! the tests wait for each with a deadline and kill it by pid if it overstays.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use vpcd_testing::*;
 
 fn bin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_vpcd-run"))
@@ -80,10 +78,10 @@ fn finish(mut child: Child, dir: &Path, tag: &str, start: Instant, limit: Durati
 }
 
 fn run_env(args: &[&str], limit: Duration) -> Finished {
-    let dir = TempDir::new("env");
+    let dir = temp_dir("env");
     let start = Instant::now();
-    let child = spawn_logged(&mut vpcd_run(args), &dir.0, "run");
-    finish(child, &dir.0, "run", start, limit)
+    let child = spawn_logged(&mut vpcd_run(args), dir.path(), "run");
+    finish(child, dir.path(), "run", start, limit)
 }
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -141,10 +139,10 @@ fn suite_with_its_own_vicc_needs_no_sleep() {
 /// that connects to localhost:35963) in an environment without the built-in card.
 #[test]
 fn external_vicc_in_the_environment() {
-    let shim = TempDir::new("pyshim");
+    let shim = temp_dir("pyshim");
     std::os::unix::fs::symlink(
         "/usr/lib/python3/dist-packages/Cryptodome",
-        shim.0.join("Crypto"),
+        shim.path().join("Crypto"),
     )
     .unwrap();
     let script = format!(
@@ -152,7 +150,7 @@ fn external_vicc_in_the_environment() {
            /usr/bin/python3 /usr/bin/vicc -t iso7816 -P \"$VPCD_PORT\" >/dev/null 2>&1 & \
          vpcd-wait -t 20 \"$VPCD_READER\" && opensc-tool -r \"$VPCD_READER\" -a \
            -s '00 A4 00 0C 02 3F 00'",
-        shim.0.display()
+        shim.path().display()
     );
     let r = run_env(&["--no-card", "--", "sh", "-c", &script], LIMIT);
     assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
@@ -168,11 +166,11 @@ fn external_vicc_in_the_environment() {
 /// no cross-talk.
 #[test]
 fn eight_environments_in_parallel() {
-    let dir = TempDir::new("parallel");
+    let dir = temp_dir("parallel");
     let start = Instant::now();
     let mut children = vec![];
     for i in 0..8 {
-        let fs = dir.0.join(format!("card{i}"));
+        let fs = dir.path().join(format!("card{i}"));
         std::fs::create_dir_all(&fs).unwrap();
         // EF.DIR-like file 2F00 and a data file 5001 naming the environment.
         std::fs::write(fs.join("2F00"), format!("env-{i}-dir")).unwrap();
@@ -185,7 +183,7 @@ fn eight_environments_in_parallel() {
             for n in 1 2 3 4 5; do opensc-tool -r \"$VPCD_READER\" -s '00 84 00 00 08' >/dev/null; done
             ss -ltn";
         let mut cmd = vpcd_run(&["--fs", fs.to_str().unwrap(), "--", "sh", "-c", script]);
-        children.push((i, spawn_logged(&mut cmd, &dir.0, &format!("env{i}"))));
+        children.push((i, spawn_logged(&mut cmd, dir.path(), &format!("env{i}"))));
     }
     let hex = |s: &str| {
         s.bytes()
@@ -196,7 +194,7 @@ fn eight_environments_in_parallel() {
     for (i, child) in children {
         let r = finish(
             child,
-            &dir.0,
+            dir.path(),
             &format!("env{i}"),
             start,
             Duration::from_secs(60),
@@ -283,7 +281,7 @@ fn vicc_control_reports_each_change_at_once() {
         &format!("/dev/null:{port}/slots=1/listen=127.0.0.1"),
     )]);
     let reader = reader_name("Ctl", 0, 0);
-    let ctl_path = pcscd.dir.0.join("card.ctl");
+    let ctl_path = pcscd.dir().join("card.ctl");
     let mut vicc = Process::spawn(
         Command::new(bin("vpcd-vicc"))
             .args([
@@ -295,7 +293,7 @@ fn vicc_control_reports_each_change_at_once() {
                 "--control",
             ])
             .arg(&ctl_path),
-        pcscd.dir.0.join("vicc.log"),
+        pcscd.dir().join("vicc.log"),
     );
     let ctx = pcscd.context();
     wait_card(&ctx, &reader, true, Duration::from_secs(10));
@@ -391,15 +389,19 @@ fn processes_with(marker: &str) -> Vec<u32> {
 #[test]
 fn signals_end_the_whole_environment() {
     for (sig, code) in [(15, 143), (2, 130)] {
-        let dir = TempDir::new("sig");
-        let ready = dir.0.join("ready");
+        let dir = temp_dir("sig");
+        let ready = dir.path().join("ready");
         let marker = format!("{}.{}{}", 900 + sig, std::process::id(), sig);
         let script = format!(
             "sleep {marker} & echo up > {}; exec sleep {marker}",
             ready.display()
         );
         let start = Instant::now();
-        let child = spawn_logged(&mut vpcd_run(&["--", "sh", "-c", &script]), &dir.0, "run");
+        let child = spawn_logged(
+            &mut vpcd_run(&["--", "sh", "-c", &script]),
+            dir.path(),
+            "run",
+        );
         let guard = KillOnDrop(child.id());
         // Both sleeps started (the background one may still be a shell for a moment).
         while !ready.exists() || processes_with(&marker).len() < 2 {
@@ -409,7 +411,7 @@ fn signals_end_the_whole_environment() {
         signal(child.id(), sig);
         let r = finish(
             child,
-            &dir.0,
+            dir.path(),
             "run",
             Instant::now(),
             Duration::from_secs(10),
@@ -434,12 +436,16 @@ impl Drop for KillOnDrop {
 /// SIGKILL to vpcd-run itself still ends its environment.
 #[test]
 fn environment_ends_when_vpcd_run_is_killed() {
-    let dir = TempDir::new("kill");
-    let ready = dir.0.join("ready");
+    let dir = temp_dir("kill");
+    let ready = dir.path().join("ready");
     let marker = format!("977.{}", std::process::id());
     let script = format!("echo up > {}; exec sleep {marker}", ready.display());
     let start = Instant::now();
-    let child = spawn_logged(&mut vpcd_run(&["--", "sh", "-c", &script]), &dir.0, "run");
+    let child = spawn_logged(
+        &mut vpcd_run(&["--", "sh", "-c", &script]),
+        dir.path(),
+        "run",
+    );
     let _guard = KillOnDrop(child.id());
     while !ready.exists() || processes_with(&marker).is_empty() {
         assert!(start.elapsed() < LIMIT, "environment did not start");
@@ -449,7 +455,7 @@ fn environment_ends_when_vpcd_run_is_killed() {
     signal(child.id(), 9);
     let r = finish(
         child,
-        &dir.0,
+        dir.path(),
         "run",
         Instant::now(),
         Duration::from_secs(10),
@@ -519,7 +525,7 @@ fn works_without_root_through_a_user_namespace() {
         eprintln!("skipped: needs root to switch to nobody");
         return;
     }
-    let dir = TempDir::new("nobody");
+    let dir = temp_dir("nobody");
     let start = Instant::now();
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -535,8 +541,8 @@ fn works_without_root_through_a_user_namespace() {
         .env("PATH", path_with_tools())
         .env("HOME", "/")
         .current_dir("/");
-    let child = spawn_logged(&mut cmd, &dir.0, "run");
-    let r = finish(child, &dir.0, "run", start, LIMIT);
+    let child = spawn_logged(&mut cmd, dir.path(), "run");
+    let r = finish(child, dir.path(), "run", start, LIMIT);
     if r.status.code() == Some(125) && r.stderr.contains("user namespace") {
         assert!(
             r.stderr.contains("user.max_user_namespaces"),

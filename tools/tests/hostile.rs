@@ -14,8 +14,6 @@
 //! bad reply, goes silent, trickles, closes...). A peer that misbehaves before it has
 //! proven itself never becomes a card: pcscd never hears of it.
 
-mod common;
-
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,8 +21,8 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
 use socket2::{Domain, SockRef, Socket, Type};
+use vpcd_testing::*;
 
 const NAME: &str = "Hostile PCD";
 /// The hostile reader's response timeout (`/timeout=1`).

@@ -1,12 +1,10 @@
 //! Interoperability: the reference Python vicc through our driver, seen by real
 //! PC/SC clients (opensc-tool, pyscard).
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use vpcd_testing::*;
 
 const NAME: &str = "Virtual PCD";
 /// The ATR of the Python vicc's iso7816 card.
@@ -24,7 +22,7 @@ fn opensc_tool_talks_to_the_python_vicc_through_our_driver() {
     let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}"))]);
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
-    let vicc = python_vicc(&pcscd.dir.0, &["-t", "iso7816", "-P", &port.to_string()]);
+    let vicc = python_vicc(pcscd.dir(), &["-t", "iso7816", "-P", &port.to_string()]);
     let ctx = pcscd.context();
     wait_card(&ctx, &reader, true, Duration::from_secs(10));
 
@@ -53,7 +51,7 @@ fn pyscard_lists_and_uses_the_card() {
     let reader = reader_name(NAME, 0, 1);
     pcscd.wait_readers(&[reader_name(NAME, 0, 0), reader.clone()]);
     let _vicc = python_vicc(
-        &pcscd.dir.0,
+        pcscd.dir(),
         &["-t", "iso7816", "-P", &(port + 1).to_string()],
     );
     wait_card(&pcscd.context(), &reader, true, Duration::from_secs(10));
@@ -80,9 +78,9 @@ print("CHALLENGE", len(data), "%02X%02X" % (sw1, sw2))
 #[test]
 fn reversed_mode_reaches_a_listening_python_vicc() {
     let port = free_ports(2);
-    let dir = TempDir::new("pyvicc");
+    let dir = temp_dir("pyvicc");
     let _v0 = python_vicc(
-        &dir.0,
+        dir.path(),
         &["-t", "iso7816", "--reversed", "-P", &port.to_string()],
     );
     let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("localhost:{port}"))]);
@@ -134,11 +132,11 @@ fn opensc_explorer_browses_the_built_in_card() {
             "-P",
             &port.to_string(),
         ]),
-        pcscd.dir.0.join("vicc.log"),
+        pcscd.dir().join("vicc.log"),
     );
     wait_card(&pcscd.context(), &reader, true, Duration::from_secs(5));
 
-    let script = pcscd.dir.0.join("explorer.txt");
+    let script = pcscd.dir().join("explorer.txt");
     std::fs::write(&script, "cd 5000\ncat 5001\napdu 00 84 00 00 08\nquit\n").unwrap();
     let (_, out) = run(Command::new("opensc-explorer")
         .args(["-r", &reader])

@@ -1,13 +1,11 @@
 //! Installation and packaging: scripts/install into a DESTDIR, the Debian package,
 //! the macOS Info.plist, and what the shared library exports and links.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use vpcd_testing::*;
 
 fn repo() -> PathBuf {
     repo_root()
@@ -29,25 +27,27 @@ fn script(name: &str, envs: &[(&str, &Path)]) -> String {
 
 #[test]
 fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_port() {
-    let stage = TempDir::new("destdir");
+    let stage = temp_dir("destdir");
     script(
         "install",
         &[
-            ("DESTDIR", &stage.0),
+            ("DESTDIR", stage.path()),
             ("PREFIX", Path::new("/usr")),
             ("DRIVERDIR", Path::new("/usr/lib/pcsc/drivers/serial")),
             ("SYSTEMDUNITDIR", Path::new("/lib/systemd/system")),
         ],
     );
-    let units = stage.0.join("lib/systemd/system");
+    let units = stage.path().join("lib/systemd/system");
     let service_drop_in = units.join("pcscd.service.d/vpcd-rs.conf");
     let boot_drop_in = units.join("multi-user.target.d/vpcd-rs.conf");
     check_drop_ins(&units);
-    let lib = stage.0.join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
-    let conf = std::fs::read_to_string(stage.0.join("etc/reader.conf.d/vpcd")).unwrap();
+    let lib = stage
+        .path()
+        .join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
+    let conf = std::fs::read_to_string(stage.path().join("etc/reader.conf.d/vpcd")).unwrap();
     assert!(lib.exists());
-    assert!(stage.0.join("usr/bin/vpcd-vicc").exists());
-    assert!(stage.0.join("usr/bin/vpcd-config").exists());
+    assert!(stage.path().join("usr/bin/vpcd-vicc").exists());
+    assert!(stage.path().join("usr/bin/vpcd-config").exists());
     assert!(
         conf.contains("LIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so"),
         "{conf}"
@@ -57,14 +57,19 @@ fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_por
     // The installed entry, pointed at the staged library, with the staged card.
     let staged = conf.replace(
         "/usr/lib/pcsc",
-        &format!("{}/usr/lib/pcsc", stage.0.display()),
+        &format!("{}/usr/lib/pcsc", stage.path().display()),
     );
     let pcscd = Pcscd::start_with_config(&staged);
     let reader = reader_name("Virtual PCD", 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name("Virtual PCD", 0, 1)]);
-    let log = stage.0.join("vicc.log");
+    let log = stage.path().join("vicc.log");
     let _vicc = Process::spawn(
-        Command::new(stage.0.join("usr/bin/vpcd-vicc")).args(["-H", "127.0.0.1", "-P", "35963"]),
+        Command::new(stage.path().join("usr/bin/vpcd-vicc")).args([
+            "-H",
+            "127.0.0.1",
+            "-P",
+            "35963",
+        ]),
         log,
     );
     let ctx = pcscd.context();
@@ -76,13 +81,13 @@ fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_por
     // And uninstall removes it all.
     let mut cmd = Command::new(repo().join("scripts/install"));
     cmd.arg("--uninstall")
-        .env("DESTDIR", &stage.0)
+        .env("DESTDIR", stage.path())
         .env("PREFIX", "/usr")
         .env("DRIVERDIR", "/usr/lib/pcsc/drivers/serial")
         .env("SYSTEMDUNITDIR", "/lib/systemd/system");
     assert!(run(&mut cmd).0);
     assert!(!lib.exists());
-    assert!(!stage.0.join("etc/reader.conf.d/vpcd").exists());
+    assert!(!stage.path().join("etc/reader.conf.d/vpcd").exists());
     assert!(!service_drop_in.exists() && !boot_drop_in.exists());
     assert!(
         !units.join("pcscd.service.d").exists(),
@@ -130,14 +135,14 @@ fn check_drop_ins(units: &Path) {
     systemd_verify(units).unwrap_or_else(|e| panic!("systemd-analyze verify:\n{e}"));
 
     // systemd really reads the drop-in: without the reset it refuses the unit.
-    let copy = TempDir::new("units");
-    std::fs::create_dir_all(copy.0.join("pcscd.service.d")).unwrap();
+    let copy = temp_dir("units");
+    std::fs::create_dir_all(copy.path().join("pcscd.service.d")).unwrap();
     std::fs::write(
-        copy.0.join("pcscd.service.d/vpcd-rs.conf"),
+        copy.path().join("pcscd.service.d/vpcd-rs.conf"),
         service.replace("ExecStart=\n", ""),
     )
     .unwrap();
-    let refused = systemd_verify(&copy.0).unwrap_err();
+    let refused = systemd_verify(copy.path()).unwrap_err();
     assert!(refused.contains("more than one ExecStart="), "{refused}");
 
     // And the diagnosis sees what systemd would run.
@@ -150,7 +155,7 @@ fn check_drop_ins(units: &Path) {
     );
     let (_, out) = run(Command::new(build_dir().join("vpcd-config"))
         .args(["--check", "--socket", "/nonexistent/pcscd.comm"])
-        .env("SYSTEMD_UNIT_PATH", format!("{}:", copy.0.display())));
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", copy.path().display())));
     assert!(
         out.contains("warning: pcscd.service starts pcscd with --auto-exit"),
         "without the drop-in:\n{out}"
@@ -159,12 +164,12 @@ fn check_drop_ins(units: &Path) {
 
 /// Where scripts/install puts the driver and the entry, given a libpcsclite.pc.
 fn install_paths(pkg_config_path: Option<&Path>) -> (String, String) {
-    let stage = TempDir::new("pcdirs");
+    let stage = temp_dir("pcdirs");
     let mut cmd = Command::new(repo().join("scripts/install"));
     cmd.arg("--no-build")
         .env("BUILD", build_dir())
         .env("LIBRARY", driver_path())
-        .env("DESTDIR", &stage.0)
+        .env("DESTDIR", stage.path())
         .env("PREFIX", "/usr")
         .env("KEEP_PCSCD", "no")
         .env_remove("DRIVERDIR")
@@ -175,15 +180,18 @@ fn install_paths(pkg_config_path: Option<&Path>) -> (String, String) {
     }
     let (ok, out) = run(&mut cmd);
     assert!(ok, "{out}");
-    let (_, files) = run(Command::new("find").arg(&stage.0).args(["-type", "f"]));
-    let strip = |p: &str| p.trim_start_matches(stage.0.to_str().unwrap()).to_owned();
+    let (_, files) = run(Command::new("find").arg(stage.path()).args(["-type", "f"]));
+    let strip = |p: &str| {
+        p.trim_start_matches(stage.path().to_str().unwrap())
+            .to_owned()
+    };
     let lib = files
         .lines()
         .find(|l| l.ends_with("libifdvpcd.so"))
         .map(strip);
     let conf = files.lines().find(|l| l.ends_with("/vpcd")).map(strip);
     let (lib, conf) = (lib.expect(&files), conf.expect(&files));
-    let entry = std::fs::read_to_string(stage.0.join(conf.trim_start_matches('/'))).unwrap();
+    let entry = std::fs::read_to_string(stage.path().join(conf.trim_start_matches('/'))).unwrap();
     assert!(entry.contains(&format!("LIBPATH      {lib}")), "{entry}");
     (lib, conf)
 }
@@ -205,17 +213,17 @@ fn install_paths_come_from_pkg_config_for_debian_and_pcsc_lite_2() {
         eprintln!("SKIPPED the pcsc-lite 2.5.1 part: no {}", tarball.display());
         return;
     }
-    let work = TempDir::new("pcsc251");
+    let work = temp_dir("pcsc251");
     let (ok, out) = run(Command::new("tar")
         .arg("-xzf")
         .arg(&tarball)
         .arg("-C")
-        .arg(&work.0));
+        .arg(work.path()));
     assert!(ok, "{out}");
     let (ok, out) = run(Command::new("meson")
-        .current_dir(work.0.join("pcsc-lite-2.5.1"))
+        .current_dir(work.path().join("pcsc-lite-2.5.1"))
         .arg("setup")
-        .arg(work.0.join("build"))
+        .arg(work.path().join("build"))
         .args([
             "-Dlibsystemd=false",
             "-Dpolkit=false",
@@ -229,7 +237,7 @@ fn install_paths_come_from_pkg_config_for_debian_and_pcsc_lite_2() {
         ok,
         "meson setup (apt-get install meson ninja-build flex):\n{out}"
     );
-    let pc_dir = work.0.join("build/meson-private");
+    let pc_dir = work.path().join("build/meson-private");
     let pc = std::fs::read_to_string(pc_dir.join("libpcsclite.pc")).unwrap();
     assert!(pc.contains("Version: 2.5.1"), "{pc}");
     assert_eq!(
@@ -240,9 +248,9 @@ fn install_paths_come_from_pkg_config_for_debian_and_pcsc_lite_2() {
         )
     );
     // Without any libpcsclite.pc: the usual places.
-    let empty = TempDir::new("nopc");
+    let empty = temp_dir("nopc");
     assert_eq!(
-        install_paths(Some(&empty.0)),
+        install_paths(Some(empty.path())),
         (
             "/usr/lib/pcsc/drivers/serial/libifdvpcd.so".to_owned(),
             "/etc/reader.conf.d/vpcd".to_owned()
@@ -263,8 +271,8 @@ fn build_deb(out: &Path, version: Option<&str>) -> PathBuf {
 
 #[test]
 fn the_debian_package_installs_upgrades_and_purges_cleanly() {
-    let out = TempDir::new("deb");
-    let deb = build_deb(&out.0, None);
+    let out = temp_dir("deb");
+    let deb = build_deb(out.path(), None);
 
     let (ok, contents) = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(ok);
@@ -306,14 +314,14 @@ fn the_debian_package_installs_upgrades_and_purges_cleanly() {
     assert!(tags.is_empty(), "lintian:\n{lint}");
 
     // Install, upgrade, remove and purge into an empty root with its own dpkg database.
-    let root = TempDir::new("dpkgroot");
+    let root = temp_dir("dpkgroot");
     for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
-        std::fs::create_dir_all(root.0.join(dir)).unwrap();
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
     }
-    std::fs::write(root.0.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(root.path().join("var/lib/dpkg/status"), "").unwrap();
     let dpkg = |args: &[&str]| {
         let mut cmd = Command::new("dpkg");
-        cmd.arg(format!("--root={}", root.0.display()))
+        cmd.arg(format!("--root={}", root.path().display()))
             .args([
                 "--force-depends",
                 "--force-not-root",
@@ -325,12 +333,14 @@ fn the_debian_package_installs_upgrades_and_purges_cleanly() {
         assert!(ok, "dpkg {args:?}:\n{out}");
         out
     };
-    let installed_lib = root.0.join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
-    let conffile = root.0.join("etc/reader.conf.d/vpcd");
-    let units = root.0.join("lib/systemd/system");
+    let installed_lib = root
+        .path()
+        .join("usr/lib/pcsc/drivers/serial/libifdvpcd.so");
+    let conffile = root.path().join("etc/reader.conf.d/vpcd");
+    let units = root.path().join("lib/systemd/system");
 
     // The previous version, then the admin edits the entry.
-    let old = build_deb(&out.0, Some("0.0.9"));
+    let old = build_deb(out.path(), Some("0.0.9"));
     dpkg(&["-i", old.to_str().unwrap()]);
     assert!(installed_lib.exists() && conffile.exists());
     check_drop_ins(&units);
@@ -357,16 +367,16 @@ fn the_debian_package_installs_upgrades_and_purges_cleanly() {
     dpkg(&["-P", "vpcd-rs"]);
     assert!(!conffile.exists(), "purge deletes the conffile");
     // Nothing is left outside dpkg's database.
-    let (_, left) = run(Command::new("find").arg(&root.0).args([
+    let (_, left) = run(Command::new("find").arg(root.path()).args([
         "-path",
-        &format!("{}/var", root.0.display()),
+        &format!("{}/var", root.path().display()),
         "-prune",
         "-o",
         "-print",
     ]));
     let left: Vec<&str> = left
         .lines()
-        .filter(|l| *l != root.0.to_str().unwrap())
+        .filter(|l| *l != root.path().to_str().unwrap())
         .collect();
     assert!(left.is_empty(), "left after purge: {left:?}");
 }

@@ -4,13 +4,11 @@
 //!
 //! Timings are only checked against generous bounds; scripts/bench measures them.
 
-mod common;
-
 use std::ffi::CString;
 use std::time::{Duration, Instant};
 
-use common::*;
 use pcsc::{Context, ReaderState, State};
+use vpcd_testing::*;
 
 const NAME: &str = "Presence PCD";
 const SECOND: Duration = Duration::from_secs(1);

@@ -1,14 +1,12 @@
 //! Many readers and slots in one pcscd, isolation between them, reversed mode that
 //! heals, IPv6 and listen-address control.
 
-mod common;
-
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use vpcd_testing::*;
 
 const SECOND: Duration = Duration::from_secs(1);
 

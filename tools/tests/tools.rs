@@ -1,15 +1,13 @@
 //! The tools against a real private pcscd with our driver: `vpcd-vicc` (the built-in
 //! card, reversed mode, relay mode) with the `pcsc` crate as client, and `vpcd-config`.
 
-mod common;
-
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
 use pcsc::{Disposition, Protocols, ShareMode};
+use vpcd_testing::*;
 
 const NAME: &str = "Virtual PCD";
 const VICC: &str = env!("CARGO_BIN_EXE_vpcd-vicc");
@@ -101,7 +99,7 @@ fn vicc_is_the_builtin_card_in_a_listening_slot() {
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(std::slice::from_ref(&reader));
     let p = port.to_string();
-    let vicc = vicc(&pcscd.dir.0, "card", &["-H", "127.0.0.1", "-P", &p, "-v"]);
+    let vicc = vicc(pcscd.dir(), "card", &["-H", "127.0.0.1", "-P", &p, "-v"]);
     let ctx = pcscd.context();
     wait_card(&ctx, &reader, true, WAIT);
     let card = connect(&ctx, &reader);
@@ -143,10 +141,10 @@ fn vicc_is_the_builtin_card_in_a_listening_slot() {
 #[test]
 fn vicc_reversed_is_reached_by_a_reversed_reader() {
     let port = free_ports(1);
-    let dir = TempDir::new("tools");
+    let dir = temp_dir("tools");
     let p = port.to_string();
     let vicc = vicc(
-        &dir.0,
+        dir.path(),
         "reversed",
         &["--reversed", "--listen", "127.0.0.1", "-P", &p],
     );
@@ -171,7 +169,7 @@ fn vicc_relays_a_card_of_one_slot_into_another() {
     let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}/slots=2"))]);
     let (slot0, slot1) = (reader_name(NAME, 0, 0), reader_name(NAME, 0, 1));
     pcscd.wait_readers(&[slot0.clone(), slot1.clone()]);
-    let dir = &pcscd.dir.0;
+    let dir = pcscd.dir();
     let ctx = pcscd.context();
 
     // The real card: a vpcd-vicc in slot 0.
@@ -278,9 +276,9 @@ fn vicc_help_and_usage_errors() {
 
 #[test]
 fn config_lists_the_slots_of_a_config_file_as_json() {
-    let dir = TempDir::new("tools");
+    let dir = temp_dir("tools");
     let lib = driver_path();
-    let conf = dir.0.join("reader.conf");
+    let conf = dir.path().join("reader.conf");
     std::fs::write(
         &conf,
         format!(
@@ -344,14 +342,53 @@ fn config_describes_a_port_given_on_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn both_tools_share_help_version_and_usage_errors() {
+    for (tool, name) in [(VICC, "vpcd-vicc"), (CONFIG, "vpcd-config")] {
+        for flag in ["--help", "-h"] {
+            let out = Command::new(tool).arg(flag).output().unwrap();
+            let help = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{name} {flag}");
+            for option in [
+                "-H, --host HOST",
+                "-P, --port PORT",
+                "--listen ADDR",
+                "-V, --version",
+            ] {
+                assert!(help.contains(option), "{name} {flag}: no {option}:\n{help}");
+            }
+        }
+        for flag in ["--version", "-V"] {
+            let out = Command::new(tool).arg(flag).output().unwrap();
+            assert!(out.status.success(), "{name} {flag}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("{name} {}", env!("CARGO_PKG_VERSION"))
+            );
+        }
+        let out = Command::new(tool)
+            .args(["-P", "1", "--bogus"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert_eq!(
+            err,
+            format!(
+                "{name}: invalid option '--bogus'\nTry '{name} --help' for more information.\n"
+            )
+        );
+    }
+}
+
 /// The mixed file of the vpcd-config unit tests: five vpcd slots in four entries, and
 /// an entry of another driver.
 const MIXED_CONF: &str = include_str!("data/mixed-reader.conf");
 
 #[test]
 fn config_prints_json_for_a_config_file() {
-    let dir = TempDir::new("tools");
-    let conf = dir.0.join("vpcd.conf");
+    let dir = temp_dir("tools");
+    let conf = dir.path().join("vpcd.conf");
     std::fs::write(&conf, MIXED_CONF).unwrap();
     let output = Command::new(CONFIG)
         .arg("--config")

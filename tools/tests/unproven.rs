@@ -8,8 +8,6 @@
 //! lock), so `opensc-tool -l` and an OpenSC call on the other reader are what a
 //! stalled slot would hold up.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Command;
@@ -17,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use socket2::{Domain, Socket, Type};
+use vpcd_testing::*;
 
 /// How fast OpenSC must answer while a peer misbehaves.
 const BOUND: Duration = Duration::from_secs(1);

@@ -1,8 +1,6 @@
 //! `protocol=vscard` against a real private pcscd: a scripted VSCard client in the
 //! test, and libcacard's CAC emulation end to end through OpenSC.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
 use pcsc::Disposition;
+use vpcd_testing::*;
 
 const NAME: &str = "VSCard Reader";
 const SECOND: Duration = Duration::from_secs(1);
@@ -222,66 +220,9 @@ impl Drop for Client {
     }
 }
 
-/// A private pcscd that is stopped with a second SIGINT if the first one is missed.
-///
-/// pcscd 1.9 on Linux waits for clients in select() without a timeout; after the EINTR
-/// of a SIGINT it gives its signal thread 1 ms to set the quit flag, and on a loaded
-/// machine it can miss the flag and sleep on. One more SIGINT after 2.5 s wakes it to
-/// see the flag and shut down cleanly (a third one would skip the clean shutdown).
-struct Daemon(Pcscd);
-
-impl Daemon {
-    fn start(entries: &[Entry]) -> Daemon {
-        Daemon(Pcscd::start(entries))
-    }
-
-    /// Stops pcscd with SIGINT (and one nudge); returns how long it took.
-    fn stop(&mut self) -> Duration {
-        if !self.0.is_running() {
-            return self.0.stop();
-        }
-        let pid = self.0.pid();
-        let done = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let start = Instant::now();
-                while !done.load(Ordering::Relaxed) {
-                    if start.elapsed() > Duration::from_millis(2500) {
-                        signal(pid, 2);
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            });
-            let took = self.0.stop();
-            done.store(true, Ordering::Relaxed);
-            took
-        })
-    }
-}
-
-impl std::ops::Deref for Daemon {
-    type Target = Pcscd;
-    fn deref(&self) -> &Pcscd {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Daemon {
-    fn deref_mut(&mut self) -> &mut Pcscd {
-        &mut self.0
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn vscard_reader(options: &str) -> (Daemon, u16, [String; 2]) {
+fn vscard_reader(options: &str) -> (Pcscd, u16, [String; 2]) {
     let port = free_ports(2);
-    let pcscd = Daemon::start(&[Entry::device(
+    let pcscd = Pcscd::start(&[Entry::device(
         NAME,
         &format!("/dev/null:{port}/protocol=vscard{options}"),
     )]);
@@ -297,7 +238,7 @@ fn atr_of(card: &pcsc::Card) -> Vec<u8> {
 }
 
 /// A client with reader id 0 holding a TEST_ATR card, seen by pcscd.
-fn client_with_card(port: u16, mode: Apdus, pcscd: &Daemon, reader: &str) -> Client {
+fn client_with_card(port: u16, mode: Apdus, pcscd: &Pcscd, reader: &str) -> Client {
     let client = Client::connect(port, mode);
     client.init();
     assert_eq!(client.add_reader("first"), (0, VSC_SUCCESS));
@@ -572,7 +513,7 @@ fn closing_interrupts_an_exchange_in_flight() {
 fn readers_do_not_share_clients_or_trouble() {
     let base = free_ports(4);
     let ports = [base, base + 2];
-    let pcscd = Daemon::start(&[
+    let pcscd = Pcscd::start(&[
         Entry::device(
             "A",
             &format!("/dev/null:{}/protocol=vscard/timeout=1", ports[0]),
@@ -688,16 +629,16 @@ fn libcacard_cac_card_is_recognised_by_opensc() {
     ] {
         assert!(have(tool), "{tool} is needed for this test");
     }
-    let dir = TempDir::new("vscard-cac");
-    let client = build_cac_client(&dir.0);
-    let db = make_nss_db(&dir.0);
+    let dir = temp_dir("vscard-cac");
+    let client = build_cac_client(dir.path());
+    let db = make_nss_db(dir.path());
     let (pcscd, port, readers) = vscard_reader("");
     let cac = Process::spawn(
         Command::new(&client)
             .arg(&db)
             .arg("127.0.0.1")
             .arg(port.to_string()),
-        dir.0.join("cac_client.log"),
+        dir.path().join("cac_client.log"),
     );
     let ctx = pcscd.context();
     let deadline = Instant::now() + 20 * SECOND;

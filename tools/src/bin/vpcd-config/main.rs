@@ -37,6 +37,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vpcd_protocol::config::{Endpoint, DEFAULT_PORT, DEFAULT_SLOTS};
+use vpcd_tools::cli;
 
 use addresses::{local_addresses, unbracket, LocalAddr};
 use output::{slots, write_json, write_text};
@@ -62,12 +63,12 @@ a QR code. With no vpcd reader configured, shows the default: port 35963, 2 slot
 Options:
   -c, --config PATH   reader.conf file or reader.conf.d directory to read
                       [default: /etc/reader.conf.d]
-  -p, --port PORT     describe a reader listening on PORT (slot n on PORT+n) instead
+  -P, --port PORT     describe a reader listening on PORT (slot n on PORT+n) instead
                       of reading the configuration; decimal or 0x hex
   -s, --slots N       number of slots with --port [default: 2]
-  -l, --listen ADDR   the address it listens on with --port [default: 0.0.0.0, every
+      --listen ADDR   the address it listens on with --port [default: 0.0.0.0, every
                       IPv4 address; :: for IPv6 and IPv4]
-      --host HOST     put HOST (a DNS name, or the address of a router forwarding
+  -H, --host HOST     put HOST (a DNS name, or the address of a router forwarding
                       the port) in the URLs instead of this machine's addresses
       --no-qr         print no QR codes
       --json          print a JSON list of the slots instead of text
@@ -79,6 +80,8 @@ Options:
                       per finding (see vpcd-config --check --help)
   -h, --help          print this help
   -V, --version       print the version
+
+Older spellings still accepted: -p for -P, -l for --listen, --hostname for --host.
 
 The addresses are those of this machine's network interfaces (getifaddrs): running
 interfaces first, link-local addresses only when there is nothing else, loopback last.
@@ -156,7 +159,10 @@ enum Command {
     Version,
 }
 
+/// Parses the command line (without the program name), with the conventions of
+/// [`vpcd_tools::cli`].
 fn parse_args(args: &[OsString]) -> Result<Command, String> {
+    use lexopt::Arg::{Long, Short, Value};
     let mut config: Option<PathBuf> = None;
     let mut port: Option<String> = None;
     let mut slots: Option<String> = None;
@@ -167,52 +173,35 @@ fn parse_args(args: &[OsString]) -> Result<Command, String> {
     let mut color = ColorWhen::Auto;
     let mut invert = false;
 
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let text = arg
-            .to_str()
-            .ok_or_else(|| format!("unexpected argument {arg:?}"))?;
-        // --name=value and --name value are both accepted.
-        let (name, inline) = match text.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v)),
-            _ => (text, None),
-        };
-        let mut value = |what: &str| -> Result<OsString, String> {
-            match inline {
-                Some(v) => Ok(OsString::from(v)),
-                None => args
-                    .next()
-                    .cloned()
-                    .ok_or_else(|| format!("{name} needs {what}")),
-            }
-        };
-        let utf8 = |v: OsString, what: &str| -> Result<String, String> {
-            v.into_string()
-                .map_err(|v| format!("{name}: {v:?} is not {what}"))
-        };
-        match name {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "-c" | "--config" => config = Some(PathBuf::from(value("a path")?)),
-            "-p" | "--port" => port = Some(utf8(value("a port")?, "a port")?),
-            "-s" | "--slots" => slots = Some(utf8(value("a number")?, "a number")?),
-            "-l" | "--listen" => {
-                let v = utf8(value("an address")?, "an address")?;
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let name = cli::option_name(&arg);
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('c') | Long("config") => config = Some(cli::os_value(&mut parser)?.into()),
+            // -p: this tool's spelling before -P, the one vpcd-vicc has.
+            Short('P' | 'p') | Long("port") => port = Some(cli::value(&mut parser, &name)?),
+            Short('s') | Long("slots") => slots = Some(cli::value(&mut parser, &name)?),
+            // -l: this tool's spelling before vpcd-vicc's --listen (whose -l is --loop).
+            Short('l') | Long("listen") => {
+                let v = cli::value(&mut parser, &name)?;
                 let ip = unbracket(&v)
                     .parse()
                     .map_err(|_| format!("{name}: \"{v}\" is not an IPv4 or IPv6 address"))?;
                 listen = Some(ip);
             }
-            "--host" => {
-                let v = utf8(value("a host name or address")?, "a host name")?;
+            // --hostname: vpcd-vicc's alias (vsmartcard's vicc spells it so).
+            Short('H') | Long("host" | "hostname") => {
+                let v = cli::value(&mut parser, &name)?;
                 let v = unbracket(v.trim()).to_owned();
                 if v.is_empty() || v.contains(|c: char| c.is_whitespace() || "/[]@?#".contains(c)) {
                     return Err(format!("{name}: \"{v}\" is not a host name or address"));
                 }
                 host = Some(v);
             }
-            "--color" | "--colour" => {
-                color = match utf8(value("auto, always or never")?, "a word")?.as_str() {
+            Long("color" | "colour") => {
+                color = match cli::value(&mut parser, &name)?.as_str() {
                     "auto" => ColorWhen::Auto,
                     "always" | "yes" => ColorWhen::Always,
                     "never" | "no" => ColorWhen::Never,
@@ -221,10 +210,10 @@ fn parse_args(args: &[OsString]) -> Result<Command, String> {
                     }
                 }
             }
-            "--no-qr" if inline.is_none() => qr = false,
-            "--json" if inline.is_none() => json = true,
-            "--invert" if inline.is_none() => invert = true,
-            _ => return Err(format!("unknown argument \"{text}\"")),
+            Long("no-qr") => qr = false,
+            Long("json") => json = true,
+            Long("invert") => invert = true,
+            Short(_) | Long(_) | Value(_) => return Err(arg.unexpected().to_string()),
         }
     }
 
@@ -271,8 +260,8 @@ fn run(args: &[OsString], ctx: &Context, out: &mut dyn Write, err: &mut dyn Writ
             return 0;
         }
         Err(e) => {
-            let _ = writeln!(err, "vpcd-config: {e}\nTry 'vpcd-config --help'.");
-            return 2;
+            let _ = writeln!(err, "{}", cli::usage_error("vpcd-config", e));
+            return cli::USAGE;
         }
     };
 
@@ -284,8 +273,8 @@ fn run(args: &[OsString], ctx: &Context, out: &mut dyn Write, err: &mut dyn Writ
         } => match command_line_reader(port, slots.as_deref(), *listen) {
             Ok(reader) => vec![reader],
             Err(e) => {
-                let _ = writeln!(err, "vpcd-config: {e}\nTry 'vpcd-config --help'.");
-                return 2;
+                let _ = writeln!(err, "{}", cli::usage_error("vpcd-config", e));
+                return cli::USAGE;
             }
         },
         Source::Config(given) => {
@@ -370,7 +359,6 @@ mod tests {
     use super::*;
     use crate::addresses::tests::typical_host;
     use crate::qr::ANSI_BLACK_ON_WHITE;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn test_ctx(default_config: PathBuf) -> Context {
         Context {
@@ -392,17 +380,12 @@ mod tests {
         )
     }
 
-    /// A fresh directory under the system's temporary one.
-    fn temp_dir() -> PathBuf {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vpcd-config-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory under the system's temporary one, removed on drop.
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("vpcd-config-test-")
+            .tempdir()
+            .unwrap()
     }
 
     /// Five vpcd slots in four entries, and an entry of another driver.
@@ -411,13 +394,13 @@ mod tests {
     #[test]
     fn text_output_from_a_config() {
         let dir = temp_dir();
-        std::fs::write(dir.join("vpcd"), MIXED_CONF).unwrap();
+        std::fs::write(dir.path().join("vpcd"), MIXED_CONF).unwrap();
         std::fs::write(
-            dir.join(".hidden"),
+            dir.path().join(".hidden"),
             "FRIENDLYNAME x\nLIBPATH libifdvpcd.so\nCHANNELID 1\n",
         )
         .unwrap();
-        let ctx = test_ctx(dir.clone());
+        let ctx = test_ctx(dir.path().to_path_buf());
         let (code, out, err) = run_with(&["--color=never"], &ctx);
         assert_eq!(code, 0, "{err}");
         let blocks: Vec<&str> = out.split("\n\n").collect();
@@ -440,16 +423,15 @@ mod tests {
         // The LIBPATHs of this test do not exist here: pcscd would refuse to start.
         assert!(err.contains("does not exist"), "{err}");
 
-        let (code, out, _) = run_with(&["--no-qr", "--config", dir.to_str().unwrap()], &ctx);
+        let (code, out, _) = run_with(&["--no-qr", "--config", dir.path().to_str().unwrap()], &ctx);
         assert_eq!(code, 0);
         assert!(!out.contains("scan this code") && !out.contains('\u{2580}'));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn fallback_to_the_default() {
         let dir = temp_dir();
-        let ctx = test_ctx(dir.join("missing"));
+        let ctx = test_ctx(dir.path().join("missing"));
         let (code, out, err) = run_with(&["--json"], &ctx);
         assert_eq!(code, 0);
         assert!(
@@ -463,32 +445,34 @@ mod tests {
 
         // A file with no vpcd entry falls back too.
         std::fs::write(
-            dir.join("other"),
+            dir.path().join("other"),
             "FRIENDLYNAME a\nLIBPATH /x/libccid.so\nCHANNELID 1\n",
         )
         .unwrap();
-        let (code, _, err) = run_with(&["-c", dir.join("other").to_str().unwrap()], &ctx);
+        let (code, _, err) = run_with(&["-c", dir.path().join("other").to_str().unwrap()], &ctx);
         assert_eq!(code, 0);
         assert!(err.contains("showing the default"));
 
         // A file named on the command line must exist.
-        let (code, out, err) = run_with(&["--config", dir.join("nope").to_str().unwrap()], &ctx);
+        let (code, out, err) = run_with(
+            &["--config", dir.path().join("nope").to_str().unwrap()],
+            &ctx,
+        );
         assert_eq!((code, out.as_str()), (1, ""));
         assert!(err.contains("nope"), "{err}");
 
         // Broken vpcd entries only: an error, not the default.
         std::fs::write(
-            dir.join("bad"),
+            dir.path().join("bad"),
             "FRIENDLYNAME a\nLIBPATH libifdvpcd.so\nDEVICENAME /dev/null:0\n",
         )
         .unwrap();
-        let (code, _, err) = run_with(&["-c", dir.join("bad").to_str().unwrap()], &ctx);
+        let (code, _, err) = run_with(&["-c", dir.path().join("bad").to_str().unwrap()], &ctx);
         assert_eq!(code, 1);
         assert!(
             err.contains("no usable vpcd reader") && err.contains("port"),
             "{err}"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -538,6 +522,58 @@ mod tests {
             (code, out.trim()),
             (0, concat!("vpcd-config ", env!("CARGO_PKG_VERSION")))
         );
+    }
+
+    #[test]
+    fn unified_spellings() {
+        // The spellings vpcd-vicc shares (-H/--host, -P/--port, --listen), and the old
+        // ones of this tool (-p, -l), mean the same.
+        let ctx = test_ctx(PathBuf::from("/nonexistent"));
+        let mut outputs = vec![];
+        for args in [
+            &["-P", "4000", "--listen", "::", "-H", "h.example", "--json"][..],
+            &["--port=4000", "--listen=::", "--host=h.example", "--json"],
+            &[
+                "-p",
+                "4000",
+                "-l",
+                "::",
+                "--hostname",
+                "h.example",
+                "--json",
+            ],
+            &["-P4000", "-l::", "-Hh.example", "--json"],
+        ] {
+            let (code, out, err) = run_with(args, &ctx);
+            assert_eq!(code, 0, "{args:?}: {err}");
+            assert!(out.contains("vpcd://h.example:4000"), "{args:?}: {out}");
+            outputs.push(out);
+        }
+        assert!(outputs.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        let ctx = test_ctx(PathBuf::from("/nonexistent"));
+        for (args, named) in [
+            (&["--frobnicate"][..], "'--frobnicate'"),
+            (&["-x"], "'-x'"),
+            (&["-P"], "'-P'"),
+            (&["--port"], "'--port'"),
+            (&["--json=yes"], "'--json'"),
+            (&["-P", "1", "--listen", "nowhere"], "--listen: \"nowhere\""),
+            (&["-H", "a b"], "-H: \"a b\""),
+            (&["--colour", "sometimes"], "--colour: \"sometimes\""),
+            (&["stray"], "\"stray\""),
+        ] {
+            let (code, out, err) = run_with(args, &ctx);
+            assert_eq!((code, out.as_str()), (2, ""), "{args:?}");
+            assert!(err.contains(named), "{args:?}: {err}");
+            assert!(
+                err.ends_with("Try 'vpcd-config --help' for more information.\n"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

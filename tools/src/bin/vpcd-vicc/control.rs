@@ -182,38 +182,6 @@ fn connect_again<F: FnMut() -> io::Result<TcpStream>>(reconnect: &mut F) -> io::
     }
 }
 
-/// Takes `--control PATH` out of the arguments, and runs `vpcd-vicc ctl ...` (then
-/// `Err` with its exit status).
-pub fn take_args<I: IntoIterator<Item = String>>(
-    args: I,
-) -> Result<(Vec<String>, Option<PathBuf>), ExitCode> {
-    let mut args: Vec<String> = args.into_iter().collect();
-    if args.first().map(String::as_str) == Some("ctl") {
-        return Err(ctl_main(&args[1..]));
-    }
-    let mut path = None;
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == "--" {
-            break;
-        }
-        if let Some(value) = args[i].strip_prefix("--control=") {
-            path = Some(PathBuf::from(value));
-            args.remove(i);
-        } else if args[i] == "--control" {
-            if i + 1 >= args.len() {
-                eprintln!("vpcd-vicc: --control needs a value");
-                return Err(ExitCode::from(2));
-            }
-            path = Some(PathBuf::from(args.remove(i + 1)));
-            args.remove(i);
-        } else {
-            i += 1;
-        }
-    }
-    Ok((args, path))
-}
-
 /// Removes the control socket when dropped (and on SIGINT / SIGTERM / SIGHUP).
 pub struct Control {
     path: Option<PathBuf>,
@@ -312,7 +280,7 @@ fn handle(conn: UnixStream) {
 }
 
 /// `vpcd-vicc ctl PATH COMMAND...`: sends the commands in turn, prints the answers.
-fn ctl_main(args: &[String]) -> ExitCode {
+pub fn ctl_main(args: &[String]) -> ExitCode {
     let usage = "usage: vpcd-vicc ctl PATH remove|insert|reset|status...";
     match args.first().map(String::as_str) {
         Some("-h" | "--help") => {
@@ -371,20 +339,8 @@ pub fn ctl(path: &Path, commands: &[String]) -> Result<Vec<String>, String> {
 mod tests {
     use super::*;
 
-    fn strings(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
-    fn control_option_is_taken_out() {
-        let (rest, path) = take_args(strings(&["-l", "--control", "/x", "-P", "1"])).unwrap();
-        assert_eq!(rest, strings(&["-l", "-P", "1"]));
-        assert_eq!(path, Some(PathBuf::from("/x")));
-        let (rest, path) = take_args(strings(&["--control=/y", "-v"])).unwrap();
-        assert_eq!((rest, path), (strings(&["-v"]), Some(PathBuf::from("/y"))));
-        let (rest, path) = take_args(strings(&["-v"])).unwrap();
-        assert_eq!((rest, path), (strings(&["-v"]), None));
-        assert!(take_args(strings(&["--control"])).is_err());
+    fn commands_and_help() {
         assert!(command("eject").is_err());
         assert!(HELP.contains("ctl PATH"));
     }

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::card::relay::{self, PowerOff, Relay};
 use crate::card::server::{self, DEFAULT_PORT};
 use crate::card::{Card, VirtualCard};
 use vpcd_protocol::vpcd as protocol;
+use vpcd_tools::cli;
 
 mod card;
 mod control;
@@ -36,7 +38,7 @@ the card in that slot until the driver closes the connection: the built-in card,
 or with --relay the real card in a PC/SC reader of this machine.
 
 Options:
-  -H, --hostname HOST  vpcd to connect to (default: localhost)
+  -H, --host HOST      vpcd to connect to (default: localhost; also --hostname)
   -P, --port PORT      slot port (default: {port}; slot N listens on {port}+N)
   -l, --loop           reconnect whenever the connection ends or fails
   -r, --reversed       let vpcd connect instead (DEVICENAME HOST:PORT in vpcd)
@@ -110,6 +112,8 @@ struct Options {
     /// The reader to relay (`--relay`), as given.
     relay: Option<String>,
     power_off: Option<PowerOff>,
+    /// The control socket (`--control`) for live removal and insertion.
+    control: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -120,9 +124,14 @@ enum Parsed {
     Version,
 }
 
-/// Parses the command line (without the program name). Accepts `-P 1`, `-P1`,
-/// `--port 1`, `--port=1` and bundled flags such as `-lv`.
-fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> {
+/// Parses the command line (without the program name), with the conventions of
+/// [`vpcd_tools::cli`]: `-P 1`, `-P1`, `--port 1`, `--port=1`, bundled flags (`-lv`).
+fn parse_args<I>(args: I) -> Result<Parsed, String>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
+    use lexopt::Arg::{Long, Short, Value};
     let mut o = Options {
         host: None,
         port: DEFAULT_PORT,
@@ -134,79 +143,47 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String>
         verbose: false,
         relay: None,
         power_off: None,
+        control: None,
     };
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        // Split into option name and an attached value, if any.
-        let (name, attached): (String, Option<String>) = if let Some(long) = arg.strip_prefix("--")
-        {
-            match long.split_once('=') {
-                Some((n, v)) => (format!("--{n}"), Some(v.to_owned())),
-                None => (arg.clone(), None),
+    let mut parser = lexopt::Parser::from_args(args);
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        let name = cli::option_name(&arg);
+        match arg {
+            Short('h') | Long("help") => return Ok(Parsed::Help),
+            Short('V') | Long("version") => return Ok(Parsed::Version),
+            Short('L') | Long("list-readers") => return Ok(Parsed::ListReaders),
+            Short('l') | Long("loop") => o.run_loop = true,
+            Short('r') | Long("reversed") => o.reversed = true,
+            Short('v') | Long("verbose") => o.verbose = true,
+            // --hostname: vsmartcard's vicc spells it so.
+            Short('H') | Long("host" | "hostname") => {
+                o.host = Some(cli::value(&mut parser, &name)?)
             }
-        } else if arg.starts_with('-') && arg.len() > 2 {
-            let mut rest = arg[1..].chars();
-            match rest.next() {
-                Some(c @ ('H' | 'P')) => (format!("-{c}"), Some(rest.as_str().to_owned())),
-                _ => {
-                    // Bundled short flags: -lv is -l -v.
-                    for c in arg[1..].chars() {
-                        if let Some(early) = apply_flag(&format!("-{c}"), &mut o)? {
-                            return Ok(early);
-                        }
-                    }
-                    continue;
-                }
-            }
-        } else {
-            (arg.clone(), None)
-        };
-        let takes_value = matches!(
-            name.as_str(),
-            "-H" | "--hostname"
-                | "--host"
-                | "-P"
-                | "--port"
-                | "--listen"
-                | "--atr"
-                | "--fs"
-                | "--relay"
-                | "--power-off"
-        );
-        if !takes_value {
-            if attached.is_some() {
-                return Err(format!("{name} takes no value"));
-            }
-            if let Some(early) = apply_flag(&name, &mut o)? {
-                return Ok(early);
-            }
-            continue;
-        }
-        let value = match attached {
-            Some(v) => v,
-            None => match args.next() {
-                Some(v) => v,
-                // `--relay` alone, at the end: list the readers to choose from.
-                None if name == "--relay" => String::new(),
-                None => return Err(format!("{name} needs a value")),
-            },
-        };
-        match name.as_str() {
-            "-H" | "--hostname" | "--host" => o.host = Some(value),
-            "-P" | "--port" => {
+            Short('P') | Long("port") => {
+                let value = cli::value(&mut parser, &name)?;
                 o.port = value
                     .parse()
-                    .map_err(|_| format!("bad port \"{value}\": expected 0 to 65535"))?
+                    .map_err(|_| format!("{name}: bad port \"{value}\": expected 0 to 65535"))?
             }
-            "--listen" => o.listen = Some(value),
-            "--atr" => o.atr = Some(value),
-            "--relay" => o.relay = Some(value),
-            "--power-off" => {
+            Long("listen") => o.listen = Some(cli::value(&mut parser, &name)?),
+            Long("atr") => o.atr = Some(cli::value(&mut parser, &name)?),
+            Long("fs") => o.fs = Some(PathBuf::from(cli::os_value(&mut parser)?)),
+            Long("control") => o.control = Some(PathBuf::from(cli::os_value(&mut parser)?)),
+            Long("relay") => {
+                // `--relay` alone, at the end: list the readers to choose from.
+                o.relay = Some(match parser.value() {
+                    Ok(value) => cli::text(&name, value)?,
+                    Err(lexopt::Error::MissingValue { .. }) => String::new(),
+                    Err(e) => return Err(e.to_string()),
+                })
+            }
+            Long("power-off") => {
+                let value = cli::value(&mut parser, &name)?;
                 o.power_off = Some(PowerOff::parse(&value).ok_or_else(|| {
-                    format!("bad --power-off \"{value}\": expected unpower, reset or leave")
+                    format!("bad {name} \"{value}\": expected unpower, reset or leave")
                 })?)
             }
-            _ => o.fs = Some(PathBuf::from(value)),
+            Short(_) | Long(_) | Value(_) => return Err(arg.unexpected().to_string()),
         }
     }
     if o.relay
@@ -226,21 +203,6 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String>
         return Err("port 0 only makes sense with --reversed".into());
     }
     Ok(Parsed::Run(o))
-}
-
-/// Applies a flag without a value; `Some` for flags that end parsing.
-fn apply_flag(flag: &str, o: &mut Options) -> Result<Option<Parsed>, String> {
-    match flag {
-        "-h" | "--help" => return Ok(Some(Parsed::Help)),
-        "-V" | "--version" => return Ok(Some(Parsed::Version)),
-        "-l" | "--loop" => o.run_loop = true,
-        "-r" | "--reversed" => o.reversed = true,
-        "-v" | "--verbose" => o.verbose = true,
-        "-L" | "--list-readers" => return Ok(Some(Parsed::ListReaders)),
-        "-H" | "-P" => return Err(format!("{flag} needs a value")),
-        _ => return Err(format!("unknown option \"{flag}\"")),
-    }
-    Ok(None)
 }
 
 /// Builds the card from the options: ATR and file system.
@@ -374,10 +336,14 @@ fn run<C: VirtualCard>(o: &Options, card: &mut C) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let (args, control) = match control::take_args(std::env::args().skip(1)) {
-        Ok(split) => split,
-        Err(code) => return code,
-    };
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "ctl") {
+        let rest: Vec<String> = args[1..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        return control::ctl_main(&rest);
+    }
     let o = match parse_args(args) {
         Ok(Parsed::Run(o)) => o,
         Ok(Parsed::ListReaders) => return list_readers(),
@@ -390,11 +356,11 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("vpcd-vicc: {e}\nTry 'vpcd-vicc --help' for more information.");
-            return ExitCode::from(2);
+            eprintln!("{}", cli::usage_error("vpcd-vicc", e));
+            return ExitCode::from(cli::USAGE);
         }
     };
-    let _control = match control::start(control) {
+    let _control = match control::start(o.control.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vpcd-vicc: {e}");
@@ -416,8 +382,8 @@ fn main() -> ExitCode {
             run(&o, &mut card)
         }
         Err(e) => {
-            eprintln!("vpcd-vicc: {e}");
-            ExitCode::from(2)
+            eprintln!("{}", cli::usage_error("vpcd-vicc", e));
+            ExitCode::from(cli::USAGE)
         }
     }
 }
@@ -461,6 +427,9 @@ mod tests {
         assert!(o.run_loop && o.verbose);
         assert_eq!(o.atr.as_deref(), Some("3B 00"));
         assert_eq!(o.fs, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(o.control, None);
+        assert_eq!(run(&["--control", "/x"]).control, Some(PathBuf::from("/x")));
+        assert_eq!(run(&["--control=/y"]).control, Some(PathBuf::from("/y")));
         let o = run(&[
             "--hostname=h",
             "--port",
@@ -487,6 +456,46 @@ mod tests {
         assert!(parse(&["--loop=1"]).is_err());
         assert!(parse(&["stray"]).is_err());
         assert!(help().contains("80 EE"));
+    }
+
+    #[test]
+    fn unified_spellings() {
+        // The spellings vpcd-config shares: -H/--host (and --hostname), -P/--port, --listen.
+        for args in [
+            &["-H", "h", "-P", "1", "-r", "--listen", "::1"][..],
+            &["--host", "h", "--port", "1", "--reversed", "--listen=::1"],
+            &["--hostname=h", "-P1", "-r", "--listen", "::1"],
+            &["-Hh", "--port=1", "-r", "--listen", "::1"],
+        ] {
+            let o = run(args);
+            assert_eq!(o.host.as_deref(), Some("h"), "{args:?}");
+            assert_eq!((o.port, o.reversed), (1, true), "{args:?}");
+            assert_eq!(o.listen.as_deref(), Some("::1"), "{args:?}");
+        }
+        // A value may start with '-', as with getopt.
+        assert_eq!(run(&["--atr", "-1"]).atr.as_deref(), Some("-1"));
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        for (args, named) in [
+            (&["--bogus"][..], "'--bogus'"),
+            (&["-x"], "'-x'"),
+            (&["-lx"], "'-x'"),
+            (&["--port"], "'--port'"),
+            (&["-P"], "'-P'"),
+            (&["--port", "x"], "--port: bad port \"x\""),
+            (&["-P", "65536"], "-P: bad port"),
+            (&["--loop=1"], "'--loop'"),
+            (
+                &["--power-off=eject", "--relay=x"],
+                "bad --power-off \"eject\"",
+            ),
+            (&["stray"], "\"stray\""),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(named), "{args:?}: {e}");
+        }
     }
 
     #[test]

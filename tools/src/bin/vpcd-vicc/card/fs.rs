@@ -235,28 +235,13 @@ pub fn parse_fid(name: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A scratch directory removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static N: AtomicU32 = AtomicU32::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "vpcd-vicc-fs-test-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
+    fn temp_dir() -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix("vpcd-vicc-fs-test-")
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
@@ -288,14 +273,14 @@ mod tests {
 
     #[test]
     fn loads_a_directory() {
-        let t = TempDir::new();
-        fs::write(t.0.join("2F00"), [0x61, 0x00]).unwrap();
-        fs::write(t.0.join("README"), "not a file id").unwrap();
-        fs::write(t.0.join("3F00"), "reserved").unwrap();
-        fs::create_dir(t.0.join("5000")).unwrap();
-        fs::write(t.0.join("5000").join("5001"), "inner").unwrap();
-        fs::create_dir(t.0.join("5000").join("5100")).unwrap();
-        let (mf, skipped) = load_dir(&t.0).unwrap();
+        let t = temp_dir();
+        fs::write(t.path().join("2F00"), [0x61, 0x00]).unwrap();
+        fs::write(t.path().join("README"), "not a file id").unwrap();
+        fs::write(t.path().join("3F00"), "reserved").unwrap();
+        fs::create_dir(t.path().join("5000")).unwrap();
+        fs::write(t.path().join("5000").join("5001"), "inner").unwrap();
+        fs::create_dir(t.path().join("5000").join("5100")).unwrap();
+        let (mf, skipped) = load_dir(t.path()).unwrap();
         assert_eq!(
             mf,
             Df {
@@ -334,20 +319,20 @@ mod tests {
 
     #[test]
     fn load_errors() {
-        let t = TempDir::new();
+        let t = temp_dir();
         assert!(matches!(
-            load_dir(&t.0.join("missing")),
+            load_dir(&t.path().join("missing")),
             Err(LoadError::Io(..))
         ));
-        fs::write(t.0.join("2f00"), "a").unwrap();
-        fs::write(t.0.join("2F00"), "b").unwrap();
-        let e = load_dir(&t.0).unwrap_err();
+        fs::write(t.path().join("2f00"), "a").unwrap();
+        fs::write(t.path().join("2F00"), "b").unwrap();
+        let e = load_dir(t.path()).unwrap_err();
         assert!(matches!(e, LoadError::Duplicate(_)), "{e}");
-        fs::remove_file(t.0.join("2f00")).unwrap();
-        fs::write(t.0.join("2F01"), vec![0u8; MAX_EF_SIZE + 1]).unwrap();
-        let e = load_dir(&t.0).unwrap_err();
+        fs::remove_file(t.path().join("2f00")).unwrap();
+        fs::write(t.path().join("2F01"), vec![0u8; MAX_EF_SIZE + 1]).unwrap();
+        let e = load_dir(t.path()).unwrap_err();
         assert!(matches!(e, LoadError::TooLarge(_, _)), "{e}");
-        fs::write(t.0.join("2F01"), vec![0u8; MAX_EF_SIZE]).unwrap();
-        assert_eq!(load_dir(&t.0).unwrap().0.children.len(), 2);
+        fs::write(t.path().join("2F01"), vec![0u8; MAX_EF_SIZE]).unwrap();
+        assert_eq!(load_dir(t.path()).unwrap().0.children.len(), 2);
     }
 }

@@ -1,0 +1,59 @@
+//! The PC/SC client side, through the `pcsc` crate (libpcsclite, found by the dynamic
+//! linker: `LD_LIBRARY_PATH` picks another one).
+
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+use pcsc::{Context, Protocols, ReaderState, ShareMode, State};
+
+/// The readers pcscd lists now (none if it cannot list them).
+pub fn list_readers(ctx: &Context) -> Vec<String> {
+    let mut buf = [0u8; 8192];
+    match ctx.list_readers(&mut buf) {
+        Ok(names) => names.map(|n| n.to_string_lossy().into_owned()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Waits until the card in `reader` is present (or absent); returns how long it took.
+pub fn wait_card(ctx: &Context, reader: &str, present: bool, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    let name = CString::new(reader).unwrap();
+    let mut states = [ReaderState::new(name, State::UNAWARE)];
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match ctx.get_status_change(left, &mut states) {
+            Ok(()) => {}
+            Err(pcsc::Error::Timeout) => {}
+            Err(e) => panic!("get_status_change({reader}): {e}"),
+        }
+        let state = states[0].event_state();
+        if state.contains(State::PRESENT) == present && !state.contains(State::UNKNOWN) {
+            return start.elapsed();
+        }
+        if start.elapsed() >= timeout {
+            panic!(
+                "{reader}: card {} not seen within {timeout:?} (state {state:?})",
+                if present { "insertion" } else { "removal" }
+            );
+        }
+        states[0].sync_current_state();
+    }
+}
+
+/// Connects to `reader` and returns the card handle.
+pub fn connect(ctx: &Context, reader: &str) -> pcsc::Card {
+    let name = CString::new(reader).unwrap();
+    ctx.connect(&name, ShareMode::Shared, Protocols::ANY)
+        .unwrap_or_else(|e| panic!("connect {reader}: {e}"))
+}
+
+pub fn transmit(card: &pcsc::Card, apdu: &[u8]) -> Result<Vec<u8>, pcsc::Error> {
+    let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
+    card.transmit(apdu, &mut buf).map(|r| r.to_vec())
+}
+
+/// Reader name pcscd gives slot `slot` of reader `index`.
+pub fn reader_name(friendly: &str, index: u8, slot: u8) -> String {
+    format!("{friendly} {index:02X} {slot:02X}")
+}

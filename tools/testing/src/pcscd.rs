@@ -1,0 +1,435 @@
+//! A private pcscd: `scripts/private-pcscd` (its own mount namespace, a private /run,
+//! only our reader.conf), started by [`PcscdBuilder::start`], stopped with SIGINT by
+//! [`Pcscd::stop`] or on drop.
+
+use std::ffi::OsString;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pcsc::{Context, Scope};
+
+use crate::client::list_readers;
+use crate::paths::{driver_path, repo_root, temp_dir, TempDir};
+
+/// pcscd 1.9.9 can miss a SIGINT (see [`Pcscd::stop`]); it is woken after this long.
+const NUDGE_AFTER: Duration = Duration::from_secs(2);
+
+/// One reader.conf.d entry.
+pub struct Entry {
+    pub friendly_name: String,
+    pub device_name: Option<String>,
+    pub channel_id: Option<String>,
+    /// The driver library: by default the one built with the test ([`driver_path`]).
+    pub lib_path: PathBuf,
+}
+
+impl Entry {
+    /// A reader of the built driver with this DEVICENAME.
+    pub fn device(name: &str, device_name: &str) -> Entry {
+        Entry {
+            friendly_name: name.to_owned(),
+            device_name: Some(device_name.to_owned()),
+            channel_id: None,
+            lib_path: driver_path(),
+        }
+    }
+
+    /// The same entry with another driver library (e.g. Debian's C vpcd).
+    pub fn lib(mut self, path: impl Into<PathBuf>) -> Entry {
+        self.lib_path = path.into();
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = format!("FRIENDLYNAME \"{}\"\n", self.friendly_name);
+        if let Some(d) = &self.device_name {
+            s += &format!("DEVICENAME {d}\n");
+        }
+        s += &format!("LIBPATH {}\n", self.lib_path.display());
+        if let Some(c) = &self.channel_id {
+            s += &format!("CHANNELID {c}\n");
+        }
+        s
+    }
+}
+
+/// The pcscd binary: `VPCD_PCSCD`, or `pcscd` from `PATH`.
+pub fn pcscd_binary() -> OsString {
+    std::env::var_os("VPCD_PCSCD")
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "pcscd".into())
+}
+
+/// What runs pcscd: nothing, valgrind when `VPCD_VALGRIND` is set, or a given command.
+enum Wrapper {
+    FromEnv,
+    Command(Option<String>),
+}
+
+/// How to start a private pcscd; see [`Pcscd::builder`].
+pub struct PcscdBuilder {
+    config: Vec<String>,
+    debug_log: bool,
+    wrapper: Wrapper,
+    pcscd: Option<OsString>,
+}
+
+impl PcscdBuilder {
+    /// Adds a reader.conf entry.
+    pub fn entry(mut self, entry: &Entry) -> Self {
+        self.config.push(entry.render());
+        self
+    }
+
+    pub fn entries(self, entries: &[Entry]) -> Self {
+        entries.iter().fold(self, PcscdBuilder::entry)
+    }
+
+    /// Adds reader.conf text as it is (entries are separated by an empty line).
+    pub fn config(mut self, text: &str) -> Self {
+        self.config.push(text.to_owned());
+        self
+    }
+
+    /// pcscd's debug log (`-d`) and the driver's (`VPCD_LOG`, default `debug`) in
+    /// [`Pcscd::log`]: on by default. Off, pcscd logs at its default level and the
+    /// driver at its own (`VPCD_LOG` is removed): what a benchmark wants, as a debug log
+    /// adds a write per command to every round trip.
+    pub fn debug_log(mut self, on: bool) -> Self {
+        self.debug_log = on;
+        self
+    }
+
+    /// Runs pcscd under this command (`valgrind --log-file=...`), or under nothing.
+    /// Default: valgrind when `VPCD_VALGRIND` is set, its report in `valgrind.log` beside
+    /// pcscd's log, or in `VPCD_VALGRIND_DIR`.
+    pub fn wrapper(mut self, command: Option<&str>) -> Self {
+        self.wrapper = Wrapper::Command(command.map(str::to_owned));
+        self
+    }
+
+    /// The pcscd binary. Default: [`pcscd_binary`] (`VPCD_PCSCD` or `pcscd`).
+    pub fn pcscd(mut self, binary: impl Into<OsString>) -> Self {
+        self.pcscd = Some(binary.into());
+        self
+    }
+
+    /// Starts pcscd and waits until clients can reach it. Sets `PCSCLITE_CSOCK_NAME`
+    /// for this process: one pcscd per process.
+    pub fn start(self) -> Pcscd {
+        let dir = temp_dir("pcscd");
+        let run_dir = dir.path().join("run");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let conf_path = dir.path().join("reader.conf");
+        std::fs::write(&conf_path, self.config.join("\n")).unwrap();
+        let log = dir.path().join("pcscd.log");
+        let socket = run_dir.join("pcscd.comm");
+        // Checked before pcscd starts, so a misuse leaves no daemon behind.
+        static SOCKET_SET: OnceLock<PathBuf> = OnceLock::new();
+        let set = SOCKET_SET.get_or_init(|| {
+            std::env::set_var("PCSCLITE_CSOCK_NAME", &socket);
+            socket.clone()
+        });
+        assert_eq!(
+            set, &socket,
+            "one pcscd per test process: run with cargo nextest"
+        );
+        let wrapper = match self.wrapper {
+            Wrapper::FromEnv => std::env::var_os("VPCD_VALGRIND").map(|_| {
+                format!(
+                    "valgrind --error-limit=no --log-file={}",
+                    valgrind_log(dir.path()).display()
+                )
+            }),
+            Wrapper::Command(command) => command,
+        };
+        let mut cmd = Command::new(repo_root().join("scripts/private-pcscd"));
+        cmd.arg(&run_dir)
+            .arg(&conf_path)
+            .env("VPCD_PCSCD_WRAPPER", wrapper.as_deref().unwrap_or(""))
+            .env("VPCD_PCSCD", self.pcscd.unwrap_or_else(pcscd_binary))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::from(
+                std::fs::File::options().append(true).open(&log).unwrap(),
+            ));
+        if self.debug_log {
+            cmd.arg("-d").env(
+                "VPCD_LOG",
+                std::env::var("VPCD_LOG").unwrap_or_else(|_| "debug".into()),
+            );
+        } else {
+            cmd.env_remove("VPCD_LOG");
+        }
+        // SAFETY: prctl is async-signal-safe. If the thread that started pcscd dies
+        // (a test or the bench killed), pcscd gets SIGINT and shuts down.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start pcscd");
+        let mut pcscd = Pcscd {
+            child: Some(child),
+            dir,
+            log,
+            socket,
+            patience: Duration::from_secs(if wrapper.is_some() { 60 } else { 10 }),
+            nudged: false,
+        };
+        pcscd.wait_ready();
+        pcscd
+    }
+}
+
+/// Where pcscd's valgrind report goes when VPCD_VALGRIND is set.
+fn valgrind_log(dir: &Path) -> PathBuf {
+    match std::env::var_os("VPCD_VALGRIND_DIR") {
+        Some(keep) => {
+            std::fs::create_dir_all(&keep).unwrap();
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("test")
+                .replace("::", "-");
+            PathBuf::from(keep).join(format!("{test}-{}.log", std::process::id()))
+        }
+        None => dir.join("valgrind.log"),
+    }
+}
+
+/// A private pcscd. Dropping it stops it with SIGINT (its clean shutdown path, which
+/// closes every channel) and removes its files.
+pub struct Pcscd {
+    child: Option<Child>,
+    /// Its temporary directory: reader.conf, pcscd.log, run/ (the socket).
+    pub dir: TempDir,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+    /// How long [`Pcscd::stop`] waits for pcscd to exit (longer under a wrapper).
+    patience: Duration,
+    nudged: bool,
+}
+
+impl Pcscd {
+    /// How to start one: debug log on, no extra config, valgrind if `VPCD_VALGRIND`,
+    /// the pcscd of `VPCD_PCSCD` or `PATH`.
+    pub fn builder() -> PcscdBuilder {
+        PcscdBuilder {
+            config: Vec::new(),
+            debug_log: true,
+            wrapper: Wrapper::FromEnv,
+            pcscd: None,
+        }
+    }
+
+    /// A pcscd with these readers, and the defaults of [`Pcscd::builder`].
+    pub fn start(entries: &[Entry]) -> Pcscd {
+        Pcscd::builder().entries(entries).start()
+    }
+
+    /// A pcscd with this reader.conf, and the defaults of [`Pcscd::builder`].
+    pub fn start_with_config(conf: &str) -> Pcscd {
+        Pcscd::builder().config(conf).start()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("pcscd exited with {status}:\n{}", self.log_text());
+            }
+            if self.socket.exists() && Context::establish(Scope::User).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("pcscd did not come up:\n{}", self.log_text());
+    }
+
+    /// The directory of its files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// pcscd's pid (private-pcscd execs it: the pid of the process started).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Whether the last [`Pcscd::stop`] had to wake pcscd after a missed SIGINT.
+    pub fn nudged(&self) -> bool {
+        self.nudged
+    }
+
+    /// Stops pcscd with SIGINT; returns how long it took to exit. Panics, with pcscd's
+    /// threads and log, if it has not exited after 10 s (60 s under a wrapper).
+    ///
+    /// pcscd 1.9.9 can miss a SIGINT: its main loop waits for clients in select()
+    /// without a timeout, and after the EINTR it gives its signal thread 1 ms to set the
+    /// quit flag; on a loaded machine it misses the flag and sleeps on. So if pcscd still
+    /// runs after 2 s, a connection to its socket wakes that select(), and pcscd then sees
+    /// the flag and shuts down cleanly. This is the harness's only workaround for it: a
+    /// connection cannot turn into a forced exit (a second SIGINT might), needs no debug
+    /// log to judge, and does nothing while pcscd is closing readers, so a hang in the
+    /// driver's close still shows.
+    pub fn stop(&mut self) -> Duration {
+        let Some(mut child) = self.child.take() else {
+            return Duration::ZERO;
+        };
+        let start = Instant::now();
+        signal(child.id(), libc::SIGINT);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.code().is_some() || status.signal() == Some(libc::SIGINT),
+                    "pcscd died of {status}:\n{}",
+                    self.log_text()
+                );
+                return start.elapsed();
+            }
+            if !self.nudged && start.elapsed() > NUDGE_AFTER {
+                self.nudged = true;
+                let _ = UnixStream::connect(&self.socket);
+            }
+            if start.elapsed() > self.patience {
+                eprintln!("pcscd still running {:?} after SIGINT:", self.patience);
+                dump_threads(child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "pcscd ignored SIGINT for {:?}:\n{}",
+                    self.patience,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn context(&self) -> Context {
+        Context::establish(Scope::User).expect("establish context")
+    }
+
+    /// Waits until exactly `names` are listed, in any order.
+    pub fn wait_readers(&self, names: &[String]) -> Vec<String> {
+        let ctx = self.context();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = list_readers(&ctx);
+            let mut want = names.to_vec();
+            want.sort();
+            let mut sorted = got.clone();
+            sorted.sort();
+            if sorted == want || Instant::now() > deadline {
+                assert_eq!(sorted, want, "readers\n{}", self.log_text());
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `count` readers whose names start with `friendly` are listed; returns
+    /// their names, sorted.
+    pub fn wait_readers_of(&self, ctx: &Context, friendly: &str, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut names: Vec<String> = list_readers(ctx)
+                .into_iter()
+                .filter(|n| n.starts_with(&format!("{friendly} ")))
+                .collect();
+            names.sort();
+            if names.len() == count {
+                return names;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readers of {friendly}: {names:?}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Pcscd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // No second panic from stop(): end pcscd the hard way.
+            if let Some(mut child) = self.child.take() {
+                signal(child.id(), libc::SIGINT);
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        } else if self.child.is_some() {
+            self.stop();
+        }
+        if std::thread::panicking() || std::env::var_os("VPCD_TEST_LOG").is_some() {
+            eprintln!("---- pcscd log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// Sends `sig` to process `pid` (kill(2)).
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Each thread of `pid`: name, kernel wait channel, system call; and a backtrace of all
+/// threads when gdb is installed.
+pub fn dump_threads(pid: u32) {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let dir = entry.path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        eprintln!(
+            "  thread {} ({}): wchan {}, syscall {}",
+            entry.file_name().to_string_lossy(),
+            read("comm").trim(),
+            read("wchan").trim(),
+            read("syscall").split_whitespace().next().unwrap_or("?")
+        );
+    }
+    let gdb = Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .stdin(Stdio::null())
+        .output();
+    if let Ok(out) = gdb {
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}

@@ -1,0 +1,68 @@
+//! Child processes of a test: run to completion, or killed on drop; the reference
+//! Python vicc.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Runs a command, returning (success, stdout + stderr).
+pub fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text += &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A process killed (by pid) and reaped on drop.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(cmd: &mut Command, log: PathBuf) -> Process {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        Process { child, log }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The reference Python vicc (Debian's vsmartcard-vpicc). Debian 12 installs its
+/// modules off the path, and it wants PyCryptodome as `Crypto`, which Debian ships as
+/// `Cryptodome`: a directory with that alias fixes both.
+pub fn python_vicc(dir: &Path, args: &[&str]) -> Process {
+    let shim = dir.join("pyshim");
+    std::fs::create_dir_all(&shim).unwrap();
+    let alias = shim.join("Crypto");
+    if !alias.exists() {
+        std::os::unix::fs::symlink("/usr/lib/python3/dist-packages/Cryptodome", &alias).unwrap();
+    }
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg("/usr/bin/vicc").args(args).env(
+        "PYTHONPATH",
+        format!(
+            "{}:/usr/lib/python3/site-packages/virtualsmartcard",
+            shim.display()
+        ),
+    );
+    Process::spawn(
+        &mut cmd,
+        dir.join(format!("vicc-{}.log", args.join("_").replace('/', "_"))),
+    )
+}
