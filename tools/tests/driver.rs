@@ -143,18 +143,18 @@ fn the_c_drivers_stock_entry_works_with_only_libpath_changed() {
 fn a_bad_devicename_fails_its_reader_with_a_clear_log_line_and_spares_the_others() {
     let port = free_ports(2);
     let pcscd = Pcscd::start(&[
-        Entry::device("Broken", "/dev/null:0x8C7B/slots=99"),
+        Entry::device("Broken", "/dev/null:0x8C7B/slots=999"),
         Entry::device(NAME, &format!("/dev/null:{port}")),
     ]);
     assert!(
         pcscd.wait_log(
-            "cannot use DEVICENAME \"/dev/null:0x8C7B/slots=99\"",
+            "cannot use DEVICENAME \"/dev/null:0x8C7B/slots=999\"",
             5 * SECOND
         ),
         "{}",
         pcscd.log_text()
     );
-    assert!(pcscd.log_text().contains("slots=99: expected 1 to 16"));
+    assert!(pcscd.log_text().contains("slots=999: expected 1 to 255"));
     // pcscd gives the failed reader's index to the next one.
     let good = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[good.clone(), reader_name(NAME, 0, 1)]);
