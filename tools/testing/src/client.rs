@@ -25,6 +25,12 @@ pub fn wait_card(ctx: &Context, reader: &str, present: bool, timeout: Duration) 
         match ctx.get_status_change(left, &mut states) {
             Ok(()) => {}
             Err(pcsc::Error::Timeout) => {}
+            // pcsc-lite 2.x: a context established a moment ago may not know a
+            // reader pcscd has just added; it will.
+            Err(pcsc::Error::UnknownReader) if start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
             Err(e) => panic!("get_status_change({reader}): {e}"),
         }
         let state = states[0].event_state();

@@ -64,7 +64,39 @@ pub fn pcscd_binary() -> OsString {
         .unwrap_or_else(|| "pcscd".into())
 }
 
-/// What runs pcscd: nothing, valgrind when `VPCD_VALGRIND` is set, or a given command.
+/// Whether pcscd runs as pcsc-lite 2.5's hardened service runs it (`VPCD_SANDBOX=1`):
+/// as user pcscd, no capabilities, its system-call filter enforced
+/// (`scripts/pcscd-sandbox`).
+pub fn sandboxed() -> bool {
+    std::env::var_os("VPCD_SANDBOX").is_some_and(|v| v == "1")
+}
+
+/// The version of the pcscd the tests run (`pcscd --version`), as (major, minor, patch).
+pub fn pcscd_version() -> (u32, u32, u32) {
+    let out = Command::new(pcscd_binary())
+        .arg("--version")
+        .output()
+        .expect("pcscd --version");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let version = text
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no version in pcscd --version:\n{text}"));
+    let mut parts = version
+        .trim_end_matches('.')
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// What runs pcscd: nothing, the sandbox when `VPCD_SANDBOX=1`, valgrind when
+/// `VPCD_VALGRIND` is set, or a given command.
 enum Wrapper {
     FromEnv,
     Command(Option<String>),
@@ -139,6 +171,19 @@ impl PcscdBuilder {
             "one pcscd per test process: run with cargo nextest"
         );
         let wrapper = match self.wrapper {
+            Wrapper::FromEnv if sandboxed() => {
+                // pcscd runs as user pcscd: it must read its config and write its log
+                // and run dir (which the sandbox hands to it, as systemd would).
+                use std::os::unix::fs::PermissionsExt;
+                let open = std::fs::Permissions::from_mode(0o755);
+                std::fs::set_permissions(dir.path(), open).unwrap();
+                std::fs::set_permissions(&conf_path, std::fs::Permissions::from_mode(0o644))
+                    .unwrap();
+                Some(format!(
+                    "{} --runtime-dir /run/pcscd",
+                    repo_root().join("scripts/pcscd-sandbox").display()
+                ))
+            }
             Wrapper::FromEnv => std::env::var_os("VPCD_VALGRIND").map(|_| {
                 format!(
                     "valgrind --error-limit=no --log-file={}",
