@@ -227,6 +227,7 @@ fn a_vicc_that_never_answers_times_out_and_the_slot_recovers() {
 
 #[test]
 fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
+    use std::os::unix::process::ExitStatusExt;
     let (mut pcscd, port) = one_reader("");
     let readers = [reader_name(NAME, 0, 0), reader_name(NAME, 0, 1)];
     pcscd.wait_readers(&readers);
@@ -257,20 +258,32 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let took = pcscd.stop();
+    let (took, status) = pcscd.stop_with_status();
     done_tx.send(()).unwrap();
     assert!(client.join().unwrap(), "the stalled transmit must fail");
     let log = pcscd.log_text();
+    // pcsc-lite 2.x can crash in its own cleanup here: the client thread whose
+    // transmit failed cleans up its context (MSGRemoveContext -> RFReaderInfoById)
+    // after the main thread freed the readers (valgrind: no driver frame on the
+    // stack). pcsc-lite 1.9.9 exits cleanly.
+    let crashed = status.is_some_and(|s| s.signal() == Some(libc::SIGSEGV));
+    if pcscd_version() < (2, 0, 0) || !crashed {
+        let status = status.expect("pcscd's exit status");
+        assert!(
+            status.code().is_some() || status.signal() == Some(libc::SIGINT),
+            "pcscd died of {status}:\n{log}"
+        );
+    }
     // Every slot pcscd closed was closed completely (its thread joined), unless pcscd
     // exited during the call: its main thread may finish the teardown and exit while
     // the client thread whose failed transmit dropped the reader's last reference is
-    // still closing that slot (pcsc-lite 1.9.9).
+    // still closing that slot (pcsc-lite 1.9.9), or crash before it gets there (2.x).
     for lun in ["0x0", "0x1"] {
         let call = format!("IFDHCloseChannel (lun {lun})");
-        let after = log
-            .split(&call)
-            .nth(1)
-            .unwrap_or_else(|| panic!("{call} missing:\n{log}"));
+        let Some(after) = log.split(&call).nth(1) else {
+            assert!(crashed, "{call} missing:\n{log}");
+            continue;
+        };
         let closed = after
             .lines()
             .any(|l| l.contains(&format!("lun {lun} ")) && l.ends_with("slot closed"));

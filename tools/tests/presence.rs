@@ -31,8 +31,20 @@ fn snapshot(ctx: &Context, reader: &str) -> (State, u32) {
         CString::new(reader).unwrap(),
         State::UNAWARE,
     )];
-    ctx.get_status_change(Duration::ZERO, &mut states)
-        .expect("get_status_change");
+    // A new pcsc-lite 2.x context may not know a just-added reader yet, and its
+    // client library can misread a wake-up while it polls: both pass (see wait_card).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match ctx.get_status_change(Duration::ZERO, &mut states) {
+            Ok(()) | Err(pcsc::Error::Timeout) => break,
+            Err(pcsc::Error::UnknownReader | pcsc::Error::UnsupportedFeature)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("get_status_change: {e:?}"),
+        }
+    }
     (states[0].event_state(), states[0].event_count())
 }
 

@@ -26,8 +26,13 @@ pub fn wait_card(ctx: &Context, reader: &str, present: bool, timeout: Duration) 
             Ok(()) => {}
             Err(pcsc::Error::Timeout) => {}
             // pcsc-lite 2.x: a context established a moment ago may not know a
-            // reader pcscd has just added; it will.
-            Err(pcsc::Error::UnknownReader) if start.elapsed() < timeout => {
+            // reader pcscd has just added; it will. And its client library can read
+            // pcscd's wake-up message for a reader-state size while it polls
+            // (SCARD_E_UNSUPPORTED_FEATURE, "should never happen" in its source); the
+            // next call is in step again.
+            Err(pcsc::Error::UnknownReader | pcsc::Error::UnsupportedFeature)
+                if start.elapsed() < timeout =>
+            {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
