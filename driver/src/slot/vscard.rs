@@ -820,6 +820,11 @@ impl Watch for HubWatch {
     }
 
     fn on_ready(&mut self, ready: &[Ready]) {
+        // The old client's goodbye before a new one's hello: a client that replaces
+        // another in quick succession must not find the port still busy.
+        if let Some(conn) = self.conn.take() {
+            self.on_client(&conn, ready[1]);
+        }
         let shared = &*self.shared;
         if ready[0].readable || ready[0].hangup {
             let (allow, budget) = (&self.allow, &mut self.budget);
@@ -834,10 +839,22 @@ impl Watch for HubWatch {
                 }
             });
         }
-        let Some(conn) = self.conn.take() else {
-            return;
-        };
-        if ready[1].readable || ready[1].hangup {
+    }
+
+    fn finish(&mut self) {
+        let conn = self.shared.state.lock().conn.clone();
+        if let Some(conn) = conn {
+            self.shared.drop_client(conn.id, "reader closing");
+        }
+    }
+}
+
+impl HubWatch {
+    /// Reads what the client sent, if anything; drops it when it broke the protocol,
+    /// left, or left a message unfinished for too long.
+    fn on_client(&mut self, conn: &Conn, ready: Ready) {
+        let shared = &*self.shared;
+        if ready.readable || ready.hangup {
             match (&conn.stream).read(&mut self.chunk) {
                 Ok(0) => {
                     shared.drop_client(conn.id, "client closed the connection");
@@ -845,7 +862,7 @@ impl Watch for HubWatch {
                 }
                 Ok(n) => {
                     self.decoder.feed(&self.chunk[..n]);
-                    match shared.process(&conn, &mut self.decoder) {
+                    match shared.process(conn, &mut self.decoder) {
                         Ok(handled) => {
                             self.partial_since = match (self.decoder.buffered(), handled) {
                                 (0, _) => None,
@@ -885,13 +902,6 @@ impl Watch for HubWatch {
                 shared.timeout
             );
             shared.drop_client(conn.id, "message incomplete");
-        }
-    }
-
-    fn finish(&mut self) {
-        let conn = self.shared.state.lock().conn.clone();
-        if let Some(conn) = conn {
-            self.shared.drop_client(conn.id, "reader closing");
         }
     }
 }

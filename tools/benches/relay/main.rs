@@ -9,6 +9,7 @@
 //!   reports it.
 //! - Aggregate APDUs/s with 1, 2 and 8 slots busy at once.
 //! - pcscd's resident memory and its CPU use and wakeups while idle.
+//! - Power cycles and GET ATRs an idle card gets, in use and after its last use.
 //!
 //! Prints one Markdown table. Run it with `scripts/bench` (a release build). Only
 //! loopback is used; pcscd is stopped by pid on exit, on panic (Drop guards), when the
@@ -22,8 +23,10 @@
 //! - `presence.rs`: insertion and removal latency.
 //! - `throughput.rs`: operations per second with 1, 2 and 8 clients; other load.
 //! - `procfs.rs`: memory, CPU time, threads and idle wakeups from /proc; CPU pinning.
+//! - `power.rs`: the control messages an idle card's vicc receives.
 //! - `report.rs`: [`report::Results`] printed as the Markdown table and the targets.
 
+mod power;
 mod presence;
 mod procfs;
 mod report;
@@ -61,6 +64,10 @@ const SIZES: [(usize, usize, usize); 4] = [
 ];
 const PRESENCE_CYCLES: usize = 20;
 const IDLE_WINDOW: Duration = Duration::from_secs(3);
+/// How long an idle card is watched for power cycles: held by a client, then
+/// released (past pcscd's 5 s power-off grace period).
+const POWER_HELD: Duration = Duration::from_secs(8);
+const POWER_RELEASED: Duration = Duration::from_secs(12);
 /// pcscd's power-off grace period (5 s) and a margin.
 const SETTLE: Duration = Duration::from_secs(6);
 
@@ -189,6 +196,16 @@ fn main() {
     let idle_both = cpu_window(pid, IDLE_WINDOW, &mut pollers);
     let rss_end = mem(pid);
 
+    eprintln!("relay bench: power cycles of an idle card");
+    let power = power::idle_power_cycles(
+        &[
+            (&ours_readers[1], &ours_viccs[1]),
+            (&c_readers[1], &c_viccs[1]),
+        ],
+        POWER_HELD,
+        POWER_RELEASED,
+    );
+
     // Everything measured: stop pcscd before printing.
     drop(ctx);
     drop(ours_viccs);
@@ -221,6 +238,9 @@ fn main() {
         busy_large_c,
         idle_ours,
         idle_both,
+        power_ours: power[0],
+        power_c: power[1],
+        power_windows: (POWER_HELD, POWER_RELEASED),
         stop_time,
         nudged,
     });

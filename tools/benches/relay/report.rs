@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use vpcd_testing::{pcscd_binary, run};
 
+use crate::power::Controls;
 use crate::procfs::{loadavg, nproc, CpuWindow, Mem};
 use crate::rtt::{Samples, SizeRtt, Stats};
 use crate::throughput::Tp;
@@ -40,6 +41,10 @@ pub struct Results {
     pub busy_large_c: Tp,
     pub idle_ours: CpuWindow,
     pub idle_both: CpuWindow,
+    /// Controls an idle card's vicc received: (held by a client, after release).
+    pub power_ours: (Controls, Controls),
+    pub power_c: (Controls, Controls),
+    pub power_windows: (Duration, Duration),
     pub stop_time: Duration,
     pub nudged: bool,
 }
@@ -69,6 +74,9 @@ pub fn write(results: &Results) {
         busy_large_c,
         idle_ours,
         idle_both,
+        power_ours,
+        power_c,
+        power_windows,
         stop_time,
         nudged,
     } = results;
@@ -370,6 +378,27 @@ pub fn write(results: &Results) {
         ),
         &format!("{:.1}", idle_both.c_wakeups / idle_both.secs),
         &ratio(idle_both.c_wakeups, idle_ours.other_wakeups),
+        "",
+        "",
+    );
+    let (held, released) = power_windows;
+    report.row(
+        &format!(
+            "idle card held by a client, unused for {held:?}: power off / on / reset / GET ATR the vicc received"
+        ),
+        &power_ours.0.cell(),
+        &power_c.0.cell(),
+        "",
+        "",
+        "",
+    );
+    report.row(
+        &format!(
+            "idle card after its last use (1 APDU, SCardDisconnect LEAVE), {released:?}: power off / on / reset / GET ATR"
+        ),
+        &power_ours.1.cell(),
+        &power_c.1.cell(),
+        "",
         "",
         "",
     );

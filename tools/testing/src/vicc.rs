@@ -59,6 +59,17 @@ pub struct Vicc {
     stream: TcpStream,
     thread: Option<JoinHandle<()>>,
     pub apdus: Arc<AtomicU32>,
+    /// The control messages it received, by code: power off (0), power on (1),
+    /// reset (2), GET ATR (4).
+    pub controls: Arc<[AtomicU32; 5]>,
+}
+
+impl Vicc {
+    /// How many control messages `code` (0 power off, 1 power on, 2 reset, 4 GET ATR)
+    /// it has received.
+    pub fn control_count(&self, code: u8) -> u32 {
+        self.controls[usize::from(code)].load(Ordering::Relaxed)
+    }
 }
 
 impl Vicc {
@@ -78,13 +89,16 @@ impl Vicc {
     pub fn serve(stream: TcpStream, behaviour: Behaviour) -> Vicc {
         stream.set_nodelay(true).unwrap();
         let apdus = Arc::new(AtomicU32::new(0));
-        let counter = Arc::clone(&apdus);
+        let controls: Arc<[AtomicU32; 5]> = Arc::new(Default::default());
+        let (counter, control_counter) = (Arc::clone(&apdus), Arc::clone(&controls));
         let peer = stream.try_clone().unwrap();
-        let thread = std::thread::spawn(move || run_vicc(peer, behaviour, &counter));
+        let thread =
+            std::thread::spawn(move || run_vicc(peer, behaviour, &counter, &control_counter));
         Vicc {
             stream,
             thread: Some(thread),
             apdus,
+            controls,
         }
     }
 
@@ -121,8 +135,16 @@ pub fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<()
     stream.write_all(&frame)
 }
 
-fn run_vicc(mut stream: TcpStream, behaviour: Behaviour, apdus: &AtomicU32) {
+fn run_vicc(
+    mut stream: TcpStream,
+    behaviour: Behaviour,
+    apdus: &AtomicU32,
+    controls: &[AtomicU32; 5],
+) {
     while let Some(msg) = read_frame(&mut stream) {
+        if let [code @ 0..=4] = msg[..] {
+            controls[usize::from(code)].fetch_add(1, Ordering::Relaxed);
+        }
         if msg == [4] {
             if write_frame(&mut stream, TEST_ATR).is_err() {
                 return;
@@ -183,7 +205,12 @@ impl ListeningVicc {
                         stream.set_nonblocking(false).unwrap();
                         stream.set_nodelay(true).unwrap();
                         *active2.lock().unwrap() = Some(stream.try_clone().unwrap());
-                        run_vicc(stream, Behaviour::Echo, &AtomicU32::new(0));
+                        run_vicc(
+                            stream,
+                            Behaviour::Echo,
+                            &AtomicU32::new(0),
+                            &Default::default(),
+                        );
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
