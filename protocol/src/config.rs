@@ -498,8 +498,16 @@ mod tests {
         assert_eq!(c.log_level, Some(log::LevelFilter::Debug));
         assert!(c.trace_apdus);
         assert!(!c.pinpad);
-        assert!(ReaderConfig::parse("/dev/null:35963/pinpad=yes").unwrap().pinpad);
-        assert!(!ReaderConfig::parse("/dev/null:35963/pinpad=no").unwrap().pinpad);
+        assert!(
+            ReaderConfig::parse("/dev/null:35963/pinpad=yes")
+                .unwrap()
+                .pinpad
+        );
+        assert!(
+            !ReaderConfig::parse("/dev/null:35963/pinpad=no")
+                .unwrap()
+                .pinpad
+        );
         assert!(ReaderConfig::parse("/dev/null:35963/pinpad=maybe").is_err());
         assert!(ReaderConfig::parse("/dev/null:35963/pinpad=yes/protocol=vscard").is_err());
         assert_eq!(c.port_of(3), Some(35966));
