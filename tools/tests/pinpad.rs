@@ -32,7 +32,7 @@ fn setup(options: &str, vicc_args: &[&str]) -> Setup {
         &format!("/dev/null:{port}/slots=1/listen=127.0.0.1{options}"),
     )]);
     let reader = reader_name(NAME, 0, 0);
-    pcscd.wait_readers(&[reader.clone()]);
+    pcscd.wait_readers(std::slice::from_ref(&reader));
     let dir = temp_dir("pinpad");
     let log = dir.path().join("vicc.log");
     let vicc = Process::spawn(
@@ -285,9 +285,10 @@ fn malformed_structures_are_refused_and_never_reach_the_card() {
     lc[VERIFY_APDU_LC] = 3; // Lc says 3 data bytes, none follow
     cases.push(("Lc past the APDU", verify, lc));
     for (what, ioctl, structure) in &cases {
-        assert!(
-            pin_control(&card, *ioctl, structure).is_err(),
-            "{what}: accepted"
+        assert_eq!(
+            pin_control(&card, *ioctl, structure),
+            Err(pcsc::Error::NotTransacted),
+            "{what}"
         );
     }
     assert_eq!(pin_status(&card), [0x63, 0xC3], "retry counter unchanged");
@@ -306,7 +307,7 @@ fn legacy_vicc_gets_no_pin_pad_and_nothing_new() {
         &format!("/dev/null:{port}/slots=1/listen=127.0.0.1/pinpad=yes"),
     )]);
     let reader = reader_name(NAME, 0, 0);
-    pcscd.wait_readers(&[reader.clone()]);
+    pcscd.wait_readers(std::slice::from_ref(&reader));
     let vicc = Vicc::connect(port, Behaviour::Echo);
     let ctx = pcscd.context();
     wait_card(&ctx, &reader, true, Duration::from_secs(10));
@@ -315,7 +316,10 @@ fn legacy_vicc_gets_no_pin_pad_and_nothing_new() {
     assert!(!f.contains_key(&FEATURE_VERIFY_PIN_DIRECT), "{f:?}");
     assert!(!f.contains_key(&FEATURE_MODIFY_PIN_DIRECT), "{f:?}");
     // The control code a PIN pad would have: refused without a word to the vicc.
-    assert!(pin_control(&card, 0x4233_0006, &verify_structure(30, 4, 8)).is_err());
+    assert_eq!(
+        pin_control(&card, 0x4233_0006, &verify_structure(30, 4, 8)),
+        Err(pcsc::Error::UnsupportedFeature)
+    );
     assert!(pin_control(&card, 0x4233_0007, &modify_structure(30, 4, 8)).is_err());
     assert_eq!(
         transmit(&card, &[0x80, 0xEE, 0, 0, 1, 7]).unwrap(),

@@ -278,7 +278,9 @@ fn pin_control(open: &OpenSlot, code: Dword, input: &[u8]) -> Result<Vec<u8>, Re
     };
     let command = parsed.map_err(|e| {
         log::error!("lun {:#x}: refusing the PIN structure: {e}", open.lun);
-        IFD_NOT_SUPPORTED
+        // SCARD_E_NOT_TRANSACTED, where a reader without the feature gives
+        // SCARD_E_UNSUPPORTED_FEATURE.
+        IFD_COMMUNICATION_ERROR
     })?;
     let mut reply = vec![0u8; PIN_REPLY_MAX];
     match open.slot.enter_pin(&command, &mut reply) {

@@ -1,6 +1,8 @@
 //! `vpcd-vicc`: a built-in virtual ISO 7816-4 card for the vpcd reader, like
 //! vsmartcard's `vicc` without Python, or (`--relay`) a relay to a real card in a local
-//! PC/SC reader. The card itself is `card`, the relay `crate::card::relay`.
+//! PC/SC reader. The card itself is `card`, the relay `crate::card::relay`; `keypad`
+//! is `--pinpad`, the keypad of a vpcd-rs PIN pad reader (docs/PINPAD.md); `control`
+//! the live removal and insertion, `hint` the advice on a failed connection.
 
 #![forbid(unsafe_code)]
 
