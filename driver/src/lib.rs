@@ -11,8 +11,9 @@
 //! - `ifd`: the `extern "C"` IFD Handler API pcscd calls (one panic-catching boundary
 //!   macro, then a few lines each), IFD constants, the log bridge into pcscd's log.
 //! - `readers`: the table of open slots by Lun.
-//! - `slot`: the slot contract (`CardSlot`: power, transmit, presence, limits) and the
-//!   slot kinds: `slot::vpcd` (one vicc per slot) and `slot::vscard` (QEMU's VSCard).
+//! - `slot`: the slot contract (`CardSlot`: power, transmit, presence, limits, PIN
+//!   entry) and the slot kinds: `slot::vpcd` (one vicc per slot; PIN entry by a vicc
+//!   that said HELLO, docs/PINPAD.md) and `slot::vscard` (QEMU's VSCard).
 //! - `presence`: card presence as pcscd sees it, and the polling callback's wait.
 //! - `net`: listening and peer socket setup, bounded writes, and the watcher thread
 //!   skeleton every slot kind runs on.

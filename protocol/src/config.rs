@@ -62,6 +62,9 @@ pub struct ReaderConfig {
     pub trace_apdus: bool,
     /// The peers that may connect (`allow=` options); empty: any.
     pub allow: Vec<AllowedNet>,
+    /// A PIN pad reader (`pinpad=yes`): PIN entry on the vicc's side, for viccs that
+    /// announced it (docs/PINPAD.md).
+    pub pinpad: bool,
 }
 
 /// A peer address or network named by an `allow=` option: `ADDR` or `ADDR_PREFIXLEN`
@@ -171,6 +174,7 @@ impl ReaderConfig {
             log_level: None,
             trace_apdus: false,
             allow: Vec::new(),
+            pinpad: false,
         }
     }
 
@@ -305,6 +309,9 @@ impl ReaderConfig {
                 "trace" => {
                     self.trace_apdus = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
                 }
+                "pinpad" => {
+                    self.pinpad = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
+                }
                 "allow" => {
                     if let Endpoint::Connect { .. } = self.endpoint {
                         return Err(bad("reversed mode connects out and accepts no peers"));
@@ -317,6 +324,9 @@ impl ReaderConfig {
         }
         if !unknown.is_empty() {
             return Err(format!("unknown option(s): {}", unknown.join(", ")));
+        }
+        if self.pinpad && self.protocol != Protocol::Vpcd {
+            return Err("option pinpad needs the vpcd protocol: VSCard has no PIN entry".into());
         }
         if let Some(flag) = v6only {
             match &mut self.endpoint {
@@ -487,6 +497,19 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(2500));
         assert_eq!(c.log_level, Some(log::LevelFilter::Debug));
         assert!(c.trace_apdus);
+        assert!(!c.pinpad);
+        assert!(
+            ReaderConfig::parse("/dev/null:35963/pinpad=yes")
+                .unwrap()
+                .pinpad
+        );
+        assert!(
+            !ReaderConfig::parse("/dev/null:35963/pinpad=no")
+                .unwrap()
+                .pinpad
+        );
+        assert!(ReaderConfig::parse("/dev/null:35963/pinpad=maybe").is_err());
+        assert!(ReaderConfig::parse("/dev/null:35963/pinpad=yes/protocol=vscard").is_err());
         assert_eq!(c.port_of(3), Some(35966));
         assert_eq!(c.port_of(4), None);
 

@@ -6,12 +6,19 @@
 //! ## Module map
 //! - [`vpcd`]: the vpcd wire protocol (2-byte length prefix, control codes, APDUs):
 //!   frame encoder and decoder, the reply reader, ATR and reply checks.
+//! - [`pinpad`]: the PIN pad extension of the vpcd protocol (docs/PINPAD.md): the
+//!   vicc's HELLO, the reader's first read of a new peer ([`pinpad::read_probe_answer`]),
+//!   PIN requests and answers.
+//! - [`part10`]: PC/SC part 10's PIN_VERIFY_STRUCTURE / PIN_MODIFY_STRUCTURE, parsed
+//!   strictly, and the VERIFY / CHANGE REFERENCE DATA APDU built from them.
 //! - [`vscard`]: QEMU's VSCard protocol (libcacard's `vscclient`, SPICE): messages,
 //!   encoder and decoder.
 //! - [`config`]: a `reader.conf.d` entry's DEVICENAME / CHANNELID and our options.
 //! - [`hex()`]: bytes as `3B 8A 80 01`, for log lines.
 
 pub mod config;
+pub mod part10;
+pub mod pinpad;
 pub mod vpcd;
 pub mod vscard;
 

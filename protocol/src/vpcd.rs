@@ -69,6 +69,12 @@ pub enum ProtocolError {
     InvalidAtr(AtrError),
     /// Bytes after the one reply that was asked for.
     TrailingBytes(usize),
+    /// A HELLO of the PIN pad extension that is not one (see [`crate::pinpad`]).
+    InvalidHello(&'static str),
+    /// A PIN request's parameters the vicc cannot take.
+    InvalidPinRequest(&'static str),
+    /// A vicc's answer to a PIN request that breaks the extension.
+    InvalidPinAnswer(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +113,9 @@ impl fmt::Display for ProtocolError {
             ProtocolError::TrailingBytes(n) => {
                 write!(f, "{n} byte(s) after the reply nobody asked for")
             }
+            ProtocolError::InvalidHello(why) => write!(f, "invalid HELLO: {why}"),
+            ProtocolError::InvalidPinRequest(why) => write!(f, "invalid PIN request: {why}"),
+            ProtocolError::InvalidPinAnswer(why) => write!(f, "invalid PIN answer: {why}"),
         }
     }
 }

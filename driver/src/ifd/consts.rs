@@ -66,3 +66,15 @@ pub const PCSCV2_PART10_PROPERTY_B_PPDU_SUPPORT: u8 = 0x09;
 pub const PCSCV2_PART10_PROPERTY_DW_MAX_APDU_DATA_SIZE: u8 = 0x0A;
 pub const PCSCV2_PART10_PROPERTY_W_ID_VENDOR: u8 = 0x0B;
 pub const PCSCV2_PART10_PROPERTY_W_ID_PRODUCT: u8 = 0x0C;
+
+pub const FEATURE_VERIFY_PIN_DIRECT: u8 = 0x06;
+pub const FEATURE_MODIFY_PIN_DIRECT: u8 = 0x07;
+/// The control codes we give the PIN features (libccid's convention).
+pub const IOCTL_FEATURE_VERIFY_PIN_DIRECT: Dword = scard_ctl_code(0x0033_0000 + 0x06);
+pub const IOCTL_FEATURE_MODIFY_PIN_DIRECT: Dword = scard_ctl_code(0x0033_0000 + 0x07);
+/// TLV properties of a PIN pad (pcsc-lite's reader.h, PCSCv2_PART10_PROPERTY_*).
+pub const PCSCV2_PART10_PROPERTY_W_LCD_LAYOUT: u8 = 0x01;
+pub const PCSCV2_PART10_PROPERTY_B_ENTRY_VALIDATION_CONDITION: u8 = 0x02;
+pub const PCSCV2_PART10_PROPERTY_B_TIMEOUT2: u8 = 0x03;
+pub const PCSCV2_PART10_PROPERTY_B_MIN_PIN_SIZE: u8 = 0x06;
+pub const PCSCV2_PART10_PROPERTY_B_MAX_PIN_SIZE: u8 = 0x07;

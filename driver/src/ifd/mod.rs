@@ -15,6 +15,7 @@ use std::time::Duration;
 use consts::*;
 
 use vpcd_protocol::config::{ConfigError, ReaderConfig};
+use vpcd_protocol::part10::{PinCommand, MAX_PIN_DIGITS};
 
 use crate::readers::{self, OpenSlot};
 use crate::slot::{Limits, PowerAction, SlotError};
@@ -207,12 +208,22 @@ fn version_word() -> u32 {
         | (part(env!("CARGO_PKG_VERSION_PATCH")) & 0xFFFF)
 }
 
-/// The answer to IFDHControl, or None for a code we do not support.
-fn control(code: Dword, limits: Limits) -> Option<Vec<u8>> {
+/// The answer to IFDHControl's informational codes, or None for a code we do not
+/// support. `pinpad`: the reader is a PIN pad (`pinpad=yes`) and its card's vicc
+/// enters PINs; only then are the PIN features and their properties listed.
+fn control(code: Dword, limits: Limits, pinpad: bool) -> Option<Vec<u8>> {
     match code {
         CM_IOCTL_GET_FEATURE_REQUEST | CM_IOCTL_GET_FEATURE_REQUEST_WINDOWS => {
-            let mut tlv = vec![FEATURE_GET_TLV_PROPERTIES, 4];
-            tlv.extend_from_slice(&(IOCTL_FEATURE_GET_TLV_PROPERTIES as u32).to_be_bytes());
+            let mut features = vec![(FEATURE_GET_TLV_PROPERTIES, IOCTL_FEATURE_GET_TLV_PROPERTIES)];
+            if pinpad {
+                features.push((FEATURE_VERIFY_PIN_DIRECT, IOCTL_FEATURE_VERIFY_PIN_DIRECT));
+                features.push((FEATURE_MODIFY_PIN_DIRECT, IOCTL_FEATURE_MODIFY_PIN_DIRECT));
+            }
+            let mut tlv = vec![];
+            for (feature, ioctl) in features {
+                tlv.extend_from_slice(&[feature, 4]);
+                tlv.extend_from_slice(&(ioctl as u32).to_be_bytes());
+            }
             Some(tlv)
         }
         IOCTL_FEATURE_GET_TLV_PROPERTIES => {
@@ -224,6 +235,19 @@ fn control(code: Dword, limits: Limits) -> Option<Vec<u8>> {
             tlv.extend_from_slice(&USB_PRODUCT_ID.to_le_bytes());
             // No PPDU: APDUs travel through SCardTransmit only.
             tlv.extend_from_slice(&[PCSCV2_PART10_PROPERTY_B_PPDU_SUPPORT, 1, 0]);
+            if pinpad {
+                // No display; entry ends with the validation key (the keypad's Enter);
+                // no second timeout; the digits this PIN pad takes.
+                tlv.extend_from_slice(&[PCSCV2_PART10_PROPERTY_W_LCD_LAYOUT, 2, 0, 0]);
+                tlv.extend_from_slice(&[
+                    PCSCV2_PART10_PROPERTY_B_ENTRY_VALIDATION_CONDITION,
+                    1,
+                    0x02,
+                ]);
+                tlv.extend_from_slice(&[PCSCV2_PART10_PROPERTY_B_TIMEOUT2, 1, 0]);
+                tlv.extend_from_slice(&[PCSCV2_PART10_PROPERTY_B_MIN_PIN_SIZE, 1, 1]);
+                tlv.extend_from_slice(&[PCSCV2_PART10_PROPERTY_B_MAX_PIN_SIZE, 1, MAX_PIN_DIGITS]);
+            }
             Some(tlv)
         }
         _ => None,
@@ -236,6 +260,38 @@ fn slot_error_code(e: &SlotError) -> ResponseCode {
         SlotError::Timeout => IFD_RESPONSE_TIMEOUT,
         SlotError::Io(_) | SlotError::Protocol(_) => IFD_COMMUNICATION_ERROR,
         SlotError::ReplyTooLarge { .. } => IFD_ERROR_INSUFFICIENT_BUFFER,
+        SlotError::Unsupported => IFD_ERROR_NOT_SUPPORTED,
+    }
+}
+
+/// The largest reply a PIN command's card may give (a short response and SW1 SW2).
+const PIN_REPLY_MAX: usize = 256 + 2;
+
+/// FEATURE_VERIFY_PIN_DIRECT / FEATURE_MODIFY_PIN_DIRECT: the structure parsed
+/// strictly (a malformed one never reaches the card), the PIN entered on the vicc's
+/// side, the card's reply (or part 10's 64 xx) returned.
+fn pin_control(open: &OpenSlot, code: Dword, input: &[u8]) -> Result<Vec<u8>, ResponseCode> {
+    let parsed = if code == IOCTL_FEATURE_VERIFY_PIN_DIRECT {
+        PinCommand::parse_verify(input)
+    } else {
+        PinCommand::parse_modify(input)
+    };
+    let command = parsed.map_err(|e| {
+        log::error!("lun {:#x}: refusing the PIN structure: {e}", open.lun);
+        // SCARD_E_NOT_TRANSACTED, where a reader without the feature gives
+        // SCARD_E_UNSUPPORTED_FEATURE.
+        IFD_COMMUNICATION_ERROR
+    })?;
+    let mut reply = vec![0u8; PIN_REPLY_MAX];
+    match open.slot.enter_pin(&command, &mut reply) {
+        Ok(n) => {
+            reply.truncate(n);
+            Ok(reply)
+        }
+        Err(e) => {
+            log::error!("lun {:#x}: PIN entry failed: {e}", open.lun);
+            Err(slot_error_code(&e))
+        }
     }
 }
 
@@ -430,14 +486,14 @@ pub extern "C" fn IFDHICCPresence(lun: Dword) -> ResponseCode {
 }
 
 /// # Safety
-/// `rx` has room for `rx_length` bytes and `bytes_returned` is writable (pcscd's), or
-/// they are null.
+/// `tx` holds `tx_length` bytes, `rx` has room for `rx_length` bytes and
+/// `bytes_returned` is writable (pcscd's), or they are null.
 #[no_mangle]
 pub unsafe extern "C" fn IFDHControl(
     lun: Dword,
     code: Dword,
-    _tx: *const u8,
-    _tx_length: Dword,
+    tx: *const u8,
+    tx_length: Dword,
     rx: *mut u8,
     rx_length: Dword,
     bytes_returned: *mut Dword,
@@ -448,9 +504,25 @@ pub unsafe extern "C" fn IFDHControl(
         }
         // SAFETY: writable per this function's contract.
         unsafe { *bytes_returned = 0 };
+        let input: &[u8] = if tx.is_null() {
+            &[]
+        } else {
+            // SAFETY: pcscd's input buffer holds `tx_length` bytes.
+            unsafe { std::slice::from_raw_parts(tx, tx_length as usize) }
+        };
         with_slot(lun, IFD_COMMUNICATION_ERROR, |open| {
-            match control(code, open.slot.limits()) {
-                Some(bytes) => {
+            let pinpad = open.config.pinpad && open.slot.pin_entry();
+            let result = match code {
+                IOCTL_FEATURE_VERIFY_PIN_DIRECT | IOCTL_FEATURE_MODIFY_PIN_DIRECT if pinpad => {
+                    pin_control(open, code, input)
+                }
+                _ => control(code, open.slot.limits(), pinpad).ok_or_else(|| {
+                    log::debug!("lun {lun:#x}: control code {code:#x} not supported");
+                    IFD_ERROR_NOT_SUPPORTED
+                }),
+            };
+            match result {
+                Ok(bytes) => {
                     let mut len = rx_length;
                     // SAFETY: `rx` has room for `rx_length` bytes per the contract.
                     let rc = unsafe { answer(&bytes, &mut len, rx) };
@@ -460,10 +532,7 @@ pub unsafe extern "C" fn IFDHControl(
                     }
                     rc
                 }
-                None => {
-                    log::debug!("lun {lun:#x}: control code {code:#x} not supported");
-                    IFD_ERROR_NOT_SUPPORTED
-                }
+                Err(rc) => rc,
             }
         })
     })
@@ -503,16 +572,16 @@ mod tests {
     #[test]
     fn feature_request_names_the_tlv_ioctl() {
         assert_eq!(
-            control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS).unwrap(),
+            control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS, false).unwrap(),
             [0x12, 4, 0x42, 0x33, 0x00, 0x12]
         );
         assert_eq!(
-            control(CM_IOCTL_GET_FEATURE_REQUEST_WINDOWS, LIMITS),
-            control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS),
+            control(CM_IOCTL_GET_FEATURE_REQUEST_WINDOWS, LIMITS, false),
+            control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS, false),
             "Windows' code (0x313520) gets the same answer"
         );
         assert_eq!(CM_IOCTL_GET_FEATURE_REQUEST_WINDOWS, 0x0031_3520);
-        let props = control(IOCTL_FEATURE_GET_TLV_PROPERTIES, LIMITS).unwrap();
+        let props = control(IOCTL_FEATURE_GET_TLV_PROPERTIES, LIMITS, false).unwrap();
         let mut tlvs = std::collections::HashMap::new();
         let mut rest = &props[..];
         while let [tag, len, tail @ ..] = rest {
@@ -524,7 +593,26 @@ mod tests {
         assert_eq!(tlvs[&0x0B], USB_VENDOR_ID.to_le_bytes());
         assert_eq!(tlvs[&0x0C], USB_PRODUCT_ID.to_le_bytes());
         assert_eq!(tlvs[&0x09], [0]);
-        assert!(control(0x4200_0001, LIMITS).is_none());
+        assert!(control(0x4200_0001, LIMITS, false).is_none());
+    }
+
+    #[test]
+    fn pin_features_only_for_a_pin_pad() {
+        let plain = control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS, false).unwrap();
+        assert!(!plain.chunks(6).any(|f| f[0] == 0x06 || f[0] == 0x07));
+        let features = control(CM_IOCTL_GET_FEATURE_REQUEST, LIMITS, true).unwrap();
+        assert_eq!(
+            features,
+            [
+                0x12, 4, 0x42, 0x33, 0x00, 0x12, 0x06, 4, 0x42, 0x33, 0x00, 0x06, 0x07, 4, 0x42,
+                0x33, 0x00, 0x07
+            ]
+        );
+        let props = control(IOCTL_FEATURE_GET_TLV_PROPERTIES, LIMITS, true).unwrap();
+        assert!(
+            props.starts_with(&control(IOCTL_FEATURE_GET_TLV_PROPERTIES, LIMITS, false).unwrap())
+        );
+        assert!(props.ends_with(&[1, 2, 0, 0, 2, 1, 2, 3, 1, 0, 6, 1, 1, 7, 1, MAX_PIN_DIGITS]));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! - [`vscard`]: a slot whose card a VSCard client (libcacard's `vscclient`) offers;
 //!   the slots of one reader share that client's connection.
 //!
+//! PIN entry ([`CardSlot::enter_pin`]) is a vpcd slot's, for a vicc that said HELLO;
+//! the VSCard slot keeps the default (unsupported).
+//!
 //! The FFI layer knows slots only through [`CardSlot`], [`SlotError`] and [`Limits`]:
 //! no protocol's error or size reaches it.
 
@@ -15,6 +18,7 @@ use std::fmt;
 use std::io;
 
 use vpcd_protocol::config::{Protocol, ReaderConfig};
+use vpcd_protocol::part10::PinCommand;
 
 use crate::presence::Presence;
 
@@ -49,6 +53,8 @@ pub(crate) enum SlotError {
     Protocol(String),
     /// The card's reply is larger than the caller's buffer.
     ReplyTooLarge { len: usize, capacity: usize },
+    /// The slot's card cannot do this (PIN entry by a vicc that never offered it).
+    Unsupported,
 }
 
 impl fmt::Display for SlotError {
@@ -62,6 +68,7 @@ impl fmt::Display for SlotError {
                 f,
                 "reply of {len} bytes is larger than the caller's buffer of {capacity}"
             ),
+            SlotError::Unsupported => write!(f, "the card's peer does not support this"),
         }
     }
 }
@@ -100,6 +107,20 @@ pub(crate) trait CardSlot: Send + Sync {
     fn power(&self, action: PowerAction) -> Result<Vec<u8>, SlotError>;
     /// Sends one command APDU, copies the reply into `reply`, returns its length.
     fn transmit(&self, apdu: &[u8], reply: &mut [u8]) -> Result<usize, SlotError>;
+    /// Whether the card's peer enters PINs: a vicc that announced the PIN pad
+    /// extension (docs/PINPAD.md). Slot kinds without it say no.
+    fn pin_entry(&self) -> bool {
+        false
+    }
+    /// Has the card's peer enter the PIN(s) `command` asks for, sends the APDU built
+    /// from them to the card like [`CardSlot::transmit`], and copies the card's reply
+    /// into `reply`; when no PIN was entered, PC/SC part 10's status word instead
+    /// (64 00 timeout, 64 01 cancelled, 64 02 confirmation differs, 64 03 length).
+    /// Returns the reply's length.
+    fn enter_pin(&self, command: &PinCommand, reply: &mut [u8]) -> Result<usize, SlotError> {
+        let _ = (command, reply);
+        Err(SlotError::Unsupported)
+    }
     /// Drops the card's peer (a removal); an exchange in flight fails at once.
     fn drop_peer(&self, why: &str);
     /// Stops and joins every thread of the slot. Idempotent.

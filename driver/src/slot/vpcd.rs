@@ -32,9 +32,13 @@ use socket2::{Domain, SockRef, Socket, Type};
 
 use vpcd_protocol::config::{is_allowed, AllowedNet, Endpoint, ReaderConfig};
 use vpcd_protocol::hex;
+use vpcd_protocol::part10::{Operation, PinCommand};
+use vpcd_protocol::pinpad::{
+    self, read_probe_answer, Hello, PinAnswer, PinOperation, PinParams, ProbeAnswer,
+    ANSWER_MAX_LEN, PROBE_ANSWER_MAX,
+};
 use vpcd_protocol::vpcd::{
-    self as protocol, read_atr_answer, AtrAnswer, Control, ProtocolError, ReplyError,
-    ATR_ANSWER_MAX, HEADER_LEN, MAX_ATR_LEN,
+    self as protocol, Control, ProtocolError, ReplyError, HEADER_LEN, MAX_ATR_LEN,
 };
 
 use super::{CardSlot, Limits, PowerAction, SlotError};
@@ -67,6 +71,8 @@ struct Conn {
     id: u64,
     stream: TcpStream,
     peer: SocketAddr,
+    /// What it announced before its ATR (the PIN pad extension), if anything.
+    hello: Option<Hello>,
 }
 
 #[derive(Default)]
@@ -254,6 +260,36 @@ impl CardSlot for VpcdSlot {
         }
     }
 
+    fn pin_entry(&self) -> bool {
+        self.shared
+            .current()
+            .is_some_and(|c| c.hello.is_some_and(|h| h.pin_entry()))
+    }
+
+    /// Asks the vicc for the PIN(s), then sends the APDU built from them to it.
+    fn enter_pin(&self, command: &PinCommand, reply: &mut [u8]) -> Result<usize, SlotError> {
+        let conn = self.shared.current().ok_or(SlotError::NoCard)?;
+        let Some(hello) = conn.hello.filter(Hello::pin_entry) else {
+            return Err(SlotError::Unsupported);
+        };
+        if reply.len() < 2 {
+            return Err(SlotError::ReplyTooLarge {
+                len: 2,
+                capacity: reply.len(),
+            });
+        }
+        let params = pin_params(command, hello.version);
+        let mut io = self.shared.io.lock();
+        let result = self
+            .shared
+            .pin_exchange(&conn, &mut io, command, &params, reply);
+        // The buffer held the PIN.
+        io.fill(0);
+        io.clear();
+        drop(io);
+        result.map_err(|e| self.shared.fail(&conn, e))
+    }
+
     /// Drops the connected vicc, if any: a card removal, and an exchange in flight
     /// fails at once.
     fn drop_peer(&self, why: &str) {
@@ -349,13 +385,82 @@ impl Shared {
         }
     }
 
+    /// One PIN entry on `conn`, under the slot's `io` lock (`io` is its buffer): the
+    /// request, the vicc's answer, and then the APDU and the card's reply.
+    fn pin_exchange(
+        &self,
+        conn: &Conn,
+        io: &mut Vec<u8>,
+        command: &PinCommand,
+        params: &PinParams,
+        reply: &mut [u8],
+    ) -> Result<usize, SlotError> {
+        io.clear();
+        for payload in params.request() {
+            protocol::encode(&payload, io)?;
+        }
+        self.send(conn, io)?;
+        log::info!(
+            "{}: PIN entry asked of vicc {} ({:?}, {}-{} digits, {} s)",
+            self.label,
+            conn.peer,
+            params.operation,
+            params.min_digits,
+            params.max_digits,
+            params.timeout_secs
+        );
+        let mut answer = [0u8; ANSWER_MAX_LEN];
+        // The keypad enforces the timeout; the reader's timeout covers the network.
+        let within = Duration::from_secs(u64::from(params.timeout_secs)) + self.timeout;
+        let n = self.receive(conn, &mut answer, within);
+        let parsed = n.and_then(|n| {
+            PinAnswer::parse(&answer[..n], params).map_err(|e| {
+                // A vicc that breaks the extension is dropped like any broken peer.
+                SlotError::Io(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+            })
+        });
+        answer.fill(0);
+        let mut pins = match parsed? {
+            PinAnswer::Not(status) => {
+                log::info!("{}: no PIN entered: {status:?}", self.label);
+                let sw = status.status_word().unwrap_or([0x6F, 0x00]);
+                reply[..2].copy_from_slice(&sw);
+                return Ok(2);
+            }
+            PinAnswer::Entered(pins) => pins,
+        };
+        let built = command.build_apdu(&pins.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        for pin in &mut pins {
+            pin.fill(0);
+        }
+        let mut apdu = built.map_err(|e| SlotError::Protocol(e.to_string()))?;
+        if self.trace_apdus {
+            log::info!(
+                "{}: PIN APDU > {} (PIN block hidden)",
+                self.label,
+                hex(&apdu[..4])
+            );
+        }
+        io.clear();
+        let encoded = protocol::encode(&apdu, io);
+        apdu.fill(0);
+        encoded?;
+        self.send(conn, io)?;
+        let n = self.receive(conn, reply, self.timeout)?;
+        protocol::check_reply(n, reply.len())?;
+        if self.trace_apdus {
+            log::info!("{}: PIN APDU < {}", self.label, hex(&reply[..n]));
+        }
+        Ok(n)
+    }
+
     /// Logs a failed exchange; drops the vicc unless the stream is still in step.
     fn fail(&self, conn: &Conn, e: SlotError) -> SlotError {
         match &e {
             SlotError::Protocol(_) | SlotError::ReplyTooLarge { .. } => {
                 log::error!("{}: {e}", self.label)
             }
-            SlotError::NoCard => {}
+            SlotError::NoCard | SlotError::Unsupported => {}
             SlotError::Timeout | SlotError::Io(_) => {
                 log::error!("{}: {e}; dropping vicc {}", self.label, conn.peer);
                 self.remove(conn.id, "exchange failed");
@@ -366,7 +471,12 @@ impl Shared {
 
     /// Makes a proven vicc the slot's card, unless the slot already has one; returns
     /// whether it did.
-    fn insert(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
+    fn insert(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        hello: Option<Hello>,
+    ) -> Result<(), String> {
         net::configure_peer(&stream, self.timeout)
             .map_err(|e| format!("cannot set up connection from {peer}: {e}"))?;
         if let Some(active) = self.live_card() {
@@ -380,6 +490,7 @@ impl Shared {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             stream,
             peer,
+            hello,
         }));
         s.atr = None;
         self.presence.insert();
@@ -412,8 +523,10 @@ struct Candidate {
     stream: TcpStream,
     peer: SocketAddr,
     deadline: Instant,
-    answer: [u8; ATR_ANSWER_MAX],
+    answer: [u8; PROBE_ANSWER_MAX],
     got: usize,
+    /// What it announced before its ATR.
+    hello: Option<Hello>,
 }
 
 /// What the descriptor at one position of the watcher's poll set is.
@@ -594,8 +707,9 @@ impl SlotWatch {
                 stream,
                 peer,
                 deadline: Instant::now() + self.shared.timeout.min(PROBE_TIMEOUT),
-                answer: [0; ATR_ANSWER_MAX],
+                answer: [0; PROBE_ANSWER_MAX],
                 got: 0,
+                hello: None,
             }),
             Ok(_) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR")),
             Err(e) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR: {e}")),
@@ -619,24 +733,37 @@ impl SlotWatch {
             Err(e) => return Some(Err(e.to_string())),
         };
         c.got += n;
-        match read_atr_answer(&c.answer[..c.got]) {
-            AtrAnswer::Incomplete => None,
-            AtrAnswer::Atr(_) => Some(Ok(())),
-            AtrAnswer::Refused(e) => Some(Err(format!("answered GET ATR badly: {e}"))),
+        match read_probe_answer(&c.answer[..c.got]) {
+            ProbeAnswer::Incomplete => None,
+            ProbeAnswer::Card { hello, .. } => {
+                c.hello = hello;
+                Some(Ok(()))
+            }
+            ProbeAnswer::Refused(e) => Some(Err(format!("answered GET ATR badly: {e}"))),
         }
     }
 
     fn promote(&mut self, candidate: Candidate) {
         let peer = candidate.peer;
-        match self.shared.insert(candidate.stream, peer) {
+        let hello = candidate.hello;
+        match self.shared.insert(candidate.stream, peer, hello) {
             Ok(()) => {
                 if let Source::Connector(c) = &mut self.source {
                     c.connected(&self.shared.label);
                 }
                 self.drop_candidates("another vicc took the slot first");
+                let extension = match hello {
+                    Some(h) if h.pin_entry() => {
+                        format!(" (PIN pad extension v{}, PIN entry)", h.version)
+                    }
+                    Some(h) => format!(" (PIN pad extension v{})", h.version),
+                    None => String::new(),
+                };
                 self.log_peer_at(
                     log::Level::Info,
-                    &format!("vicc {peer} connected and sent a valid ATR: card inserted"),
+                    &format!(
+                        "vicc {peer} connected and sent a valid ATR{extension}: card inserted"
+                    ),
                 );
             }
             Err(why) => self.log_peer(&format!("dropping vicc {peer}: {why}")),
@@ -828,9 +955,9 @@ impl<'a> DeadlineReader<'a> {
             stream,
             full,
             deadline: Instant::now() + within,
-            // The socket already times out after `full`: only a shorter bound costs a
-            // system call up front.
-            first: within >= full,
+            // The socket already times out after `full`: only another bound (a shorter
+            // one, or a PIN entry's longer one) costs a system call up front.
+            first: within == full,
             rearmed: false,
         }
     }
@@ -882,5 +1009,23 @@ impl Drop for DeadlineReader<'_> {
         if self.rearmed {
             let _ = self.stream.set_read_timeout(Some(self.full));
         }
+    }
+}
+
+/// The parameters of the PIN request for `command`, in the version both sides speak.
+fn pin_params(command: &PinCommand, vicc_version: u8) -> PinParams {
+    let (operation, current, confirm) = match command.operation {
+        Operation::Verify => (PinOperation::Verify, false, false),
+        Operation::Modify { old, confirm, .. } => (PinOperation::Modify, old, confirm),
+    };
+    PinParams {
+        version: vicc_version.min(pinpad::VERSION),
+        operation,
+        current,
+        confirm,
+        min_digits: command.min_digits,
+        max_digits: command.max_digits,
+        timeout_secs: command.timeout_secs,
+        message: command.message,
     }
 }

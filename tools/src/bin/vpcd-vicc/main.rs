@@ -1,6 +1,8 @@
 //! `vpcd-vicc`: a built-in virtual ISO 7816-4 card for the vpcd reader, like
 //! vsmartcard's `vicc` without Python, or (`--relay`) a relay to a real card in a local
-//! PC/SC reader. The card itself is `card`, the relay `crate::card::relay`.
+//! PC/SC reader. The card itself is `card`, the relay `crate::card::relay`; `keypad`
+//! is `--pinpad`, the keypad of a vpcd-rs PIN pad reader (docs/PINPAD.md); `control`
+//! the live removal and insertion, `hint` the advice on a failed connection.
 
 #![forbid(unsafe_code)]
 
@@ -14,12 +16,14 @@ use crate::card::fs::{self, Df};
 use crate::card::relay::{self, PowerOff, Relay};
 use crate::card::server::{self, DEFAULT_PORT};
 use crate::card::{Card, VirtualCard};
+use crate::keypad::{Keypad, WithKeypad};
 use vpcd_protocol::vpcd as protocol;
 use vpcd_tools::cli;
 
 mod card;
 mod control;
 mod hint;
+mod keypad;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -54,6 +58,14 @@ Options:
                        the readers
       --power-off MODE what a power off from vpcd does to the relayed card:
                        unpower (default), reset or leave
+      --pinpad         be the keypad of a PIN pad reader (vpcd-rs with
+                       /pinpad=yes): say so when connecting, and enter the PINs
+                       the reader asks for (docs/PINPAD.md). Not for the C vpcd
+      --pin-entry LIST the PINs to enter, instead of asking on the terminal:
+                       comma-separated digits, cancel or never (times out); each
+                       PIN asked for takes the next, the last repeats (default:
+                       $VPCD_PIN if set)
+      --card-pin PIN   the built-in card's PIN (default: {pin})
   -L, --list-readers   list the PC/SC readers of this machine and their cards
   -v, --verbose        trace APDUs to stderr (> command, < response)
   -h, --help           this help
@@ -75,6 +87,10 @@ The card (built-in file system):
   00 B0  READ BINARY at offset P1P2, short or extended Le
   00 84  GET CHALLENGE (pseudo-random, not for cryptographic use)
   80 EE  ECHO: returns the data field, short or extended (up to 65526 bytes)
+  00 20  VERIFY the PIN, reference 81: 90 00, 63 Cx (x tries left of 3), 69 83
+         blocked; no data: 90 00 if verified, else 63 Cx; P1 FF: unverify
+  00 24  CHANGE REFERENCE DATA, reference 81: P1 00 current PIN then new PIN,
+         P1 01 new PIN alone (PIN verified); PINs may be padded with FF
 
 Examples:
   vpcd-vicc -v                  the card in slot 0 of the local vpcd, traced
@@ -96,6 +112,7 @@ Exit status: 0 when vpcd closed the connection, 1 on errors, 2 on bad usage.
         port = DEFAULT_PORT,
         port2 = DEFAULT_PORT + 1,
         atr = to_hex(&atr::default_atr()),
+        pin = card::DEFAULT_PIN,
     )
 }
 
@@ -114,6 +131,12 @@ struct Options {
     power_off: Option<PowerOff>,
     /// The control socket (`--control`) for live removal and insertion.
     control: Option<PathBuf>,
+    /// Be a PIN pad's keypad (`--pinpad`).
+    pinpad: bool,
+    /// The scripted PIN entries (`--pin-entry`), as given.
+    pin_entry: Option<String>,
+    /// The built-in card's PIN (`--card-pin`).
+    card_pin: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -144,6 +167,9 @@ where
         relay: None,
         power_off: None,
         control: None,
+        pinpad: false,
+        pin_entry: None,
+        card_pin: None,
     };
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -166,6 +192,13 @@ where
                     .map_err(|_| format!("{name}: bad port \"{value}\": expected 0 to 65535"))?
             }
             Long("listen") => o.listen = Some(cli::value(&mut parser, &name)?),
+            Long("pinpad") => o.pinpad = true,
+            Long("pin-entry") => {
+                let value = cli::value(&mut parser, &name)?;
+                keypad::parse_entries(&value).map_err(|e| format!("{name}: {e}"))?;
+                o.pin_entry = Some(value)
+            }
+            Long("card-pin") => o.card_pin = Some(cli::value(&mut parser, &name)?),
             Long("atr") => o.atr = Some(cli::value(&mut parser, &name)?),
             Long("fs") => o.fs = Some(PathBuf::from(cli::os_value(&mut parser)?)),
             Long("control") => o.control = Some(PathBuf::from(cli::os_value(&mut parser)?)),
@@ -196,8 +229,14 @@ where
         if o.atr.is_some() || o.fs.is_some() {
             return Err("--atr and --fs are for the built-in card, not with --relay".into());
         }
+        if o.card_pin.is_some() {
+            return Err("--card-pin is for the built-in card, not with --relay".into());
+        }
     } else if o.power_off.is_some() {
         return Err("--power-off only makes sense with --relay".into());
+    }
+    if o.pin_entry.is_some() && !o.pinpad {
+        return Err("--pin-entry only makes sense with --pinpad".into());
     }
     if o.port == 0 && !o.reversed {
         return Err("port 0 only makes sense with --reversed".into());
@@ -231,7 +270,43 @@ fn make_card(o: &Options) -> Result<Card, String> {
             mf
         }
     };
-    Ok(Card::new(atr, mf))
+    let card = Card::new(atr, mf);
+    match &o.card_pin {
+        Some(pin) => card.with_pin(pin).map_err(|e| format!("--card-pin: {e}")),
+        None => Ok(card),
+    }
+}
+
+/// The keypad `--pinpad` asks for: scripted by `--pin-entry` or `VPCD_PIN`, else a
+/// prompt on the terminal.
+fn make_keypad(o: &Options) -> Result<Keypad, String> {
+    match &o.pin_entry {
+        Some(list) => Ok(Keypad::scripted(keypad::parse_entries(list)?)),
+        None => match std::env::var("VPCD_PIN") {
+            Ok(list) => keypad::parse_entries(&list)
+                .map(Keypad::scripted)
+                .map_err(|e| format!("VPCD_PIN: {e}")),
+            Err(_) => Ok(Keypad::prompt()),
+        },
+    }
+}
+
+/// Runs `card`, with the keypad if `--pinpad`.
+fn run_card<C: VirtualCard>(o: &Options, card: C) -> ExitCode {
+    if !o.pinpad {
+        let mut card = card;
+        return run(o, &mut card);
+    }
+    match make_keypad(o) {
+        Ok(keypad) => {
+            eprintln!("vpcd-vicc: PIN pad keypad (for a vpcd-rs reader with /pinpad=yes)");
+            run(o, &mut WithKeypad { card, keypad })
+        }
+        Err(e) => {
+            eprintln!("{}", cli::usage_error("vpcd-vicc", e));
+            ExitCode::from(cli::USAGE)
+        }
+    }
 }
 
 fn run_reversed<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
@@ -369,7 +444,7 @@ fn main() -> ExitCode {
     };
     if let Some(spec) = &o.relay {
         return match make_relay(spec, &o) {
-            Ok(mut relay) => run(&o, &mut relay),
+            Ok(relay) => run_card(&o, relay),
             Err(e) => {
                 eprintln!("vpcd-vicc: {e}");
                 ExitCode::FAILURE
@@ -377,9 +452,9 @@ fn main() -> ExitCode {
         };
     }
     match make_card(&o) {
-        Ok(mut card) => {
+        Ok(card) => {
             eprintln!("vpcd-vicc: card ATR {}", to_hex(card.atr()));
-            run(&o, &mut card)
+            run_card(&o, card)
         }
         Err(e) => {
             eprintln!("{}", cli::usage_error("vpcd-vicc", e));
@@ -519,8 +594,23 @@ mod tests {
         assert!(parse(&["--relay", "x", "--atr", "3B 00"]).is_err());
         assert!(parse(&["--relay", "x", "--fs", "/tmp"]).is_err());
         assert!(parse(&["--power-off", "leave"]).is_err());
+        assert!(parse(&["--relay", "x", "--card-pin", "1234"]).is_err());
         assert!(parse(&["--relay", "x", "--power-off", "eject"]).is_err());
         assert!(help().contains("--relay READER"));
+    }
+
+    #[test]
+    fn pinpad_options() {
+        let o = run(&["--pinpad", "--pin-entry", "1234,cancel", "--card-pin=1234"]);
+        assert!(o.pinpad);
+        assert_eq!(o.pin_entry.as_deref(), Some("1234,cancel"));
+        assert!(make_card(&o).is_ok());
+        assert!(make_keypad(&o).is_ok());
+        assert!(parse(&["--pin-entry", "1234"]).is_err());
+        assert!(parse(&["--pinpad", "--pin-entry", "12x"]).is_err());
+        let o = run(&["--card-pin", "12x"]);
+        assert!(make_card(&o).is_err());
+        assert!(help().contains("--pinpad"));
     }
 
     #[test]

@@ -9,6 +9,14 @@
 //! | `00 B0 P1 P2 Le`     | READ BINARY of the current EF at offset P1P2 (15 bits) |
 //! | `00 84 00 00 Le`     | GET CHALLENGE: Le pseudo-random bytes (not for cryptographic use) |
 //! | `80 EE P1 P2 Lc data [Le]` | ECHO: the data field back, short or extended, up to 65526 bytes |
+//! | `00 20 00 81 [Lc PIN]` | VERIFY the PIN (reference 81): 90 00, or 63 Cx with x tries left (3 in all), 69 83 once blocked; without data: the PIN's status (90 00 verified, 63 Cx not) |
+//! | `00 20 FF 81`        | VERIFY, reset: the PIN is no longer verified |
+//! | `00 24 00 81 Lc old new` | CHANGE REFERENCE DATA: the current PIN, then the new one (each may be padded with FF), counted like VERIFY |
+//! | `00 24 01 81 Lc new` | CHANGE REFERENCE DATA with the PIN verified in this session: the new PIN alone |
+//!
+//! The PIN (default [`DEFAULT_PIN`], `--card-pin`) is ASCII digits; trailing FF bytes
+//! of a PIN block are padding. It is verified until the next reset or power cycle; its
+//! retry counter lasts as long as the process.
 //!
 //! The wire side (sockets, framing, tracing) is in [`server`]; it serves anything that
 //! implements [`VirtualCard`]: the built-in [`Card`], or a [`relay::Relay`] to a real
@@ -40,6 +48,16 @@ pub mod sw {
     pub const INCORRECT_P1P2: u16 = 0x6A86;
     /// Nc inconsistent with P1-P2.
     pub const NC_INCONSISTENT: u16 = 0x6A87;
+    /// Security status not satisfied (CHANGE REFERENCE DATA without the PIN verified).
+    pub const SECURITY_STATUS: u16 = 0x6982;
+    /// Authentication method blocked: no tries left.
+    pub const BLOCKED: u16 = 0x6983;
+    /// Incorrect data field.
+    pub const WRONG_DATA: u16 = 0x6A80;
+    /// Referenced data not found (a PIN reference other than 81).
+    pub const REF_NOT_FOUND: u16 = 0x6A88;
+    /// Verification failed; the low nibble (added by the card) is the tries left.
+    pub const TRIES_LEFT: u16 = 0x63C0;
     /// Wrong parameters P1-P2: offset outside the EF.
     pub const WRONG_OFFSET: u16 = 0x6B00;
     /// Wrong Le field; the low byte (added by the card) is the available length.
@@ -57,6 +75,16 @@ pub const INS_READ_BINARY: u8 = 0xB0;
 pub const INS_GET_CHALLENGE: u8 = 0x84;
 /// `80 EE`: answers the command data unchanged with 90 00.
 pub const INS_ECHO: u8 = 0xEE;
+pub const INS_VERIFY: u8 = 0x20;
+pub const INS_CHANGE_REFERENCE_DATA: u8 = 0x24;
+/// The card's one PIN reference.
+pub const PIN_REFERENCE: u8 = 0x81;
+/// The PIN of a card made without `--card-pin`.
+pub const DEFAULT_PIN: &str = "123456";
+/// Wrong PINs in a row before the PIN blocks.
+pub const PIN_TRIES: u8 = 3;
+/// The most digits a PIN may have.
+pub const MAX_PIN_LEN: usize = 16;
 
 /// Most response data that fits one vpcd frame next to SW1 SW2.
 pub const MAX_RESPONSE_DATA: usize = MAX_PAYLOAD - 2;
@@ -72,6 +100,12 @@ pub trait VirtualCard {
 
     /// Processes a command APDU and appends the response (data, SW1, SW2) to `out`.
     fn respond(&mut self, apdu: &[u8], out: &mut Vec<u8>);
+
+    /// The keypad, for a vicc that is a PIN pad's (`--pinpad`): [`server::serve`] then
+    /// says HELLO and answers the reader's PIN requests with it.
+    fn keypad(&mut self) -> Option<&mut crate::keypad::Keypad> {
+        None
+    }
 }
 
 impl VirtualCard for Card {
@@ -86,6 +120,12 @@ impl VirtualCard for Card {
     fn respond(&mut self, apdu: &[u8], out: &mut Vec<u8>) {
         Card::respond(self, apdu, out)
     }
+}
+
+/// A PIN without the FF padding of its block.
+fn unpad(data: &[u8]) -> &[u8] {
+    let end = data.iter().rposition(|b| *b != 0xFF).map_or(0, |i| i + 1);
+    &data[..end]
 }
 
 /// Where SELECT has put the card: a path of child indices from the MF to the current
@@ -103,6 +143,9 @@ pub struct Card {
     mf: Df,
     pos: Position,
     rng: Rng,
+    pin: Vec<u8>,
+    tries_left: u8,
+    verified: bool,
 }
 
 impl Default for Card {
@@ -119,7 +162,21 @@ impl Card {
             mf,
             pos: Position::default(),
             rng: Rng::seeded(),
+            pin: DEFAULT_PIN.as_bytes().to_vec(),
+            tries_left: PIN_TRIES,
+            verified: false,
         }
+    }
+
+    /// The same card with another PIN (ASCII digits, 1 to 16).
+    pub fn with_pin(mut self, pin: &str) -> Result<Card, String> {
+        if pin.is_empty() || pin.len() > MAX_PIN_LEN || !pin.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "bad PIN \"{pin}\": expected 1 to {MAX_PIN_LEN} digits"
+            ));
+        }
+        self.pin = pin.as_bytes().to_vec();
+        Ok(self)
     }
 
     pub fn atr(&self) -> &[u8] {
@@ -129,6 +186,7 @@ impl Card {
     /// Back to the state after a reset: the MF selected, no current EF.
     pub fn reset(&mut self) {
         self.pos = Position::default();
+        self.verified = false;
     }
 
     /// Handles a control message. Power off, power on and reset reset the card and have
@@ -156,6 +214,8 @@ impl Card {
                     out.extend_from_slice(cmd.data);
                     sw::OK
                 }
+                (CLA_ISO, INS_VERIFY) => self.verify(&cmd),
+                (CLA_ISO, INS_CHANGE_REFERENCE_DATA) => self.change_reference_data(&cmd),
                 (CLA_ISO | CLA_PROPRIETARY, _) => sw::INS_NOT_SUPPORTED,
                 _ => sw::CLA_NOT_SUPPORTED,
             },
@@ -173,6 +233,76 @@ impl Card {
         let mut out = vec![];
         self.respond(apdu, &mut out);
         out
+    }
+
+    /// 63 Cx after a wrong PIN, 69 83 once none is left.
+    fn wrong_pin(&mut self) -> u16 {
+        self.verified = false;
+        self.tries_left = self.tries_left.saturating_sub(1);
+        sw::TRIES_LEFT | u16::from(self.tries_left)
+    }
+
+    fn right_pin(&mut self) {
+        self.tries_left = PIN_TRIES;
+        self.verified = true;
+    }
+
+    fn verify(&mut self, cmd: &Command) -> u16 {
+        if cmd.p2 != PIN_REFERENCE {
+            return sw::REF_NOT_FOUND;
+        }
+        match cmd.p1 {
+            0xFF if cmd.data.is_empty() => {
+                self.verified = false;
+                return sw::OK;
+            }
+            0x00 => {}
+            _ => return sw::INCORRECT_P1P2,
+        }
+        if self.tries_left == 0 {
+            return sw::BLOCKED;
+        }
+        if cmd.data.is_empty() {
+            return if self.verified {
+                sw::OK
+            } else {
+                sw::TRIES_LEFT | u16::from(self.tries_left)
+            };
+        }
+        if unpad(cmd.data) == self.pin {
+            self.right_pin();
+            sw::OK
+        } else {
+            self.wrong_pin()
+        }
+    }
+
+    fn change_reference_data(&mut self, cmd: &Command) -> u16 {
+        if cmd.p2 != PIN_REFERENCE {
+            return sw::REF_NOT_FOUND;
+        }
+        if self.tries_left == 0 {
+            return sw::BLOCKED;
+        }
+        let new = match cmd.p1 {
+            0x00 => {
+                let Some(rest) = cmd.data.strip_prefix(&self.pin[..]) else {
+                    return self.wrong_pin();
+                };
+                // The current PIN's block may be padded: the new PIN follows the FFs.
+                let start = rest.iter().take_while(|b| **b == 0xFF).count();
+                unpad(&rest[start..])
+            }
+            0x01 if self.verified => unpad(cmd.data),
+            0x01 => return sw::SECURITY_STATUS,
+            _ => return sw::INCORRECT_P1P2,
+        };
+        if new.is_empty() || new.len() > MAX_PIN_LEN || !new.iter().all(u8::is_ascii_digit) {
+            return sw::WRONG_DATA;
+        }
+        self.pin = new.to_vec();
+        self.right_pin();
+        sw::OK
     }
 
     fn df(&self, path: &[usize]) -> &Df {
@@ -470,6 +600,48 @@ mod tests {
 
     fn sw_of(resp: &[u8]) -> u16 {
         u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]])
+    }
+
+    #[test]
+    fn pin_verify_counts_and_blocks() {
+        let mut c = Card::default();
+        assert_eq!(c.transmit(&[0x00, 0x20, 0x00, 0x81]), [0x63, 0xC3]);
+        assert_eq!(c.transmit(b"\x00\x20\x00\x81\x06123456"), [0x90, 0x00]);
+        assert_eq!(c.transmit(&[0x00, 0x20, 0x00, 0x81]), [0x90, 0x00]);
+        assert_eq!(c.transmit(&[0x00, 0x20, 0xFF, 0x81]), [0x90, 0x00]);
+        assert_eq!(c.transmit(&[0x00, 0x20, 0x00, 0x81]), [0x63, 0xC3]);
+        assert_eq!(c.transmit(b"\x00\x20\x00\x81\x041111"), [0x63, 0xC2]);
+        // Padded with FF: the same PIN.
+        assert_eq!(
+            c.transmit(b"\x00\x20\x00\x81\x08123456\xFF\xFF"),
+            [0x90, 0x00]
+        );
+        assert_eq!(c.transmit(b"\x00\x20\x00\x82\x06123456"), [0x6A, 0x88]);
+        for left in [2, 1, 0] {
+            assert_eq!(c.transmit(b"\x00\x20\x00\x81\x041111"), [0x63, 0xC0 | left]);
+        }
+        assert_eq!(c.transmit(b"\x00\x20\x00\x81\x06123456"), [0x69, 0x83]);
+        assert_eq!(c.transmit(&[0x00, 0x20, 0x00, 0x81]), [0x69, 0x83]);
+    }
+
+    #[test]
+    fn change_reference_data() {
+        let mut c = Card::default().with_pin("1234").unwrap();
+        assert_eq!(c.transmit(b"\x00\x24\x00\x81\x0811115678"), [0x63, 0xC2]);
+        assert_eq!(c.transmit(b"\x00\x24\x01\x81\x045678"), [0x69, 0x82]);
+        assert_eq!(c.transmit(b"\x00\x24\x00\x81\x0812345678"), [0x90, 0x00]);
+        assert_eq!(c.transmit(b"\x00\x20\x00\x81\x041234"), [0x63, 0xC2]);
+        assert_eq!(c.transmit(b"\x00\x20\x00\x81\x045678"), [0x90, 0x00]);
+        // Padded blocks of 8.
+        assert_eq!(
+            c.transmit(b"\x00\x24\x00\x81\x105678\xFF\xFF\xFF\xFF24681357"),
+            [0x90, 0x00]
+        );
+        assert_eq!(c.transmit(b"\x00\x24\x01\x81\x03999"), [0x90, 0x00]);
+        assert_eq!(c.transmit(b"\x00\x20\x00\x81\x03999"), [0x90, 0x00]);
+        assert_eq!(c.transmit(b"\x00\x24\x01\x81\x02\x41\x42"), [0x6A, 0x80]);
+        assert!(Card::default().with_pin("12a").is_err());
+        assert!(Card::default().with_pin("").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketA
 use std::time::Duration;
 
 use super::{atr::to_hex, VirtualCard};
+use vpcd_protocol::pinpad::{self, Hello, PinAnswer, PinParams, Status};
 use vpcd_protocol::vpcd::{self as protocol, Control, Decoder, Message, HEADER_LEN};
 
 /// The port of the first slot of a vpcd reader.
@@ -39,6 +40,10 @@ fn control_name(control: Control) -> &'static str {
 /// Serves one driver connection: answers GET ATR and every APDU with one frame, power
 /// events with nothing, until the driver closes the connection (`Ok`) or it fails.
 /// A connection closed in the middle of a frame is an `UnexpectedEof` error.
+///
+/// A card with a keypad first says HELLO (the PIN pad extension, docs/PINPAD.md) and
+/// answers each PIN request (the control code ENTER_PIN, then a parameter frame) with
+/// one frame from its keypad.
 pub fn serve<S: Read + Write, C: VirtualCard + ?Sized>(
     stream: &mut S,
     card: &mut C,
@@ -47,9 +52,21 @@ pub fn serve<S: Read + Write, C: VirtualCard + ?Sized>(
     let mut decoder = Decoder::new();
     let mut chunk = vec![0u8; HEADER_LEN + protocol::MAX_PAYLOAD];
     let mut out: Vec<u8> = Vec::with_capacity(HEADER_LEN + protocol::MAX_PAYLOAD);
+    if card.keypad().is_some() {
+        protocol::encode(&Hello::new(pinpad::FEATURE_PIN_ENTRY).payload(), &mut out)
+            .map_err(io::Error::other)?;
+        stream.write_all(&out)?;
+    }
+    // The driver asked for a PIN: the next frame is the request's parameters.
+    let mut pin_request = false;
     loop {
         while let Some(frame) = decoder.next_frame() {
-            if answer(&frame, card, trace, &mut out) {
+            if std::mem::take(&mut pin_request) {
+                enter_pin(&frame, card, trace, &mut out);
+                stream.write_all(&out)?;
+            } else if frame == [pinpad::ENTER_PIN] && card.keypad().is_some() {
+                pin_request = true;
+            } else if answer(&frame, card, trace, &mut out) {
                 stream.write_all(&out)?;
             }
         }
@@ -70,6 +87,35 @@ pub fn serve<S: Read + Write, C: VirtualCard + ?Sized>(
         };
         decoder.feed(&chunk[..n]);
     }
+}
+
+/// Asks the keypad for the PIN(s) a request's parameters want; its answer frame in
+/// `out`.
+fn enter_pin<C: VirtualCard + ?Sized>(params: &[u8], card: &mut C, trace: bool, out: &mut Vec<u8>) {
+    let answer = match (PinParams::parse(params), card.keypad()) {
+        (Ok(params), Some(keypad)) => {
+            if trace {
+                eprintln!(
+                    "* PIN entry: {:?}, {}-{} digits, {} s",
+                    params.operation, params.min_digits, params.max_digits, params.timeout_secs
+                );
+            }
+            keypad.enter(&params)
+        }
+        (Err(e), _) => {
+            eprintln!("vpcd-vicc: a PIN request the keypad cannot take ({e}): cancelled");
+            PinAnswer::Not(Status::Cancelled)
+        }
+        (_, None) => PinAnswer::Not(Status::Cancelled),
+    };
+    if trace {
+        eprintln!("* PIN entry: {answer:?}");
+    }
+    let mut payload = answer.payload();
+    out.clear();
+    // A PIN answer is at most 513 bytes: it always fits a frame.
+    let _ = protocol::encode(&payload, out);
+    payload.fill(0);
 }
 
 /// Builds the reply frame for one received payload in `out`; false if there is none.
