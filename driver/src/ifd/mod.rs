@@ -48,6 +48,14 @@ const MAX_ATR_SIZE: usize = 33;
 /// say, and 2.5 has no limit of its own.
 const MAX_READERS: u8 = 255;
 
+/// The body of every function pcscd calls: `ifd_export!(NAME, lun, LEVEL, |lun| ...)`.
+///
+/// It installs the log bridge (once per process), logs the call's entry with its Lun
+/// at LEVEL (`trace` for the calls pcscd makes many times a second), and runs the body
+/// under `catch_unwind`: a panic, which would abort pcscd if it crossed the `extern
+/// "C"` boundary, is logged and answered with IFD_COMMUNICATION_ERROR, so pcscd fails
+/// that one call and the reader goes on. The body checks its own pointers, finds its
+/// slot with [`with_slot`] and delegates.
 macro_rules! ifd_export {
     ($name:literal, $lun:expr, $level:ident, $body:expr) => {{
         log_bridge::init();

@@ -1,0 +1,61 @@
+//! The workspace's shape: the driver package builds from the crates it really uses,
+//! without libpcsclite and without any tool's dependency.
+
+use std::process::Command;
+
+use vpcd_testing::*;
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(repo_root());
+    cmd
+}
+
+#[test]
+fn the_driver_package_depends_on_no_tool_crate() {
+    let (ok, tree) = run(cargo().args([
+        "tree",
+        "--offline",
+        "-p",
+        "vpcd-driver",
+        "-e",
+        "normal,build",
+        "--prefix",
+        "none",
+    ]));
+    assert!(ok, "cargo tree:\n{tree}");
+    for name in [
+        "pcsc",
+        "pcsc-sys",
+        "qrcode",
+        "if-addrs",
+        "lexopt",
+        "signal-hook",
+    ] {
+        assert!(
+            !tree
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "vpcd-driver pulls in {name}:\n{tree}"
+        );
+    }
+    assert!(tree.contains("vpcd-protocol"), "{tree}");
+}
+
+/// Where libpcsclite's pkg-config file is missing (no libpcsclite-dev), pcsc-sys cannot
+/// build; the driver must not need it. `PKG_CONFIG=false` makes every pkg-config query
+/// fail, as on such a machine.
+#[test]
+fn the_driver_builds_where_pkg_config_finds_no_libpcsclite() {
+    let target = temp_dir("driver-alone");
+    let (ok, out) = run(cargo()
+        .args(["build", "--offline", "-p", "vpcd-driver", "--target-dir"])
+        .arg(target.path())
+        .env("PKG_CONFIG", "false")
+        .env("PKG_CONFIG_PATH", target.path()));
+    assert!(ok, "cargo build -p vpcd-driver:\n{out}");
+    assert!(
+        target.path().join("debug/libifdvpcd.so").exists(),
+        "no libifdvpcd.so:\n{out}"
+    );
+}
