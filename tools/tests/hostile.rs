@@ -557,25 +557,6 @@ fn partial_frame(len: u16, have: usize) -> Vec<u8> {
     f
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u16).to_be_bytes().to_vec();
-    f.extend_from_slice(payload);
-    f
-}
-
-/// Deterministic noise.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------
 // Replies to an APDU.
 

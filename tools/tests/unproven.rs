@@ -90,12 +90,6 @@ fn hex_colon(bytes: &[u8]) -> String {
         .join(":")
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut f = (payload.len() as u16).to_be_bytes().to_vec();
-    f.extend_from_slice(payload);
-    f
-}
-
 /// A peer on `port` that sends `bytes` as its answer to GET ATR, then stays
 /// connected and silent until the driver or the test closes it.
 struct BadPeer {
@@ -127,18 +121,6 @@ impl BadPeer {
         }
         false
     }
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 #[test]

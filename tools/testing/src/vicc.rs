@@ -129,10 +129,28 @@ fn read_frame(stream: &mut TcpStream) -> Option<Vec<u8>> {
     Some(payload)
 }
 
+/// `payload` as one vpcd frame: its 2-byte length, then the bytes.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `len` bytes of deterministic noise (xorshift from `seed`), for peers that send junk.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 pub fn write_frame(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<()> {
-    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
-    frame.extend_from_slice(payload);
-    stream.write_all(&frame)
+    stream.write_all(&frame(payload))
 }
 
 fn run_vicc(

@@ -125,17 +125,9 @@ pub fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-/// Hex with spaces, the way pcsc_scan and opensc-tool print bytes.
-pub fn to_hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 3);
-    for (i, b) in bytes.iter().enumerate() {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(&format!("{b:02X}"));
-    }
-    s
-}
+/// Hex with spaces, the way pcsc_scan and opensc-tool print bytes (and the driver
+/// logs them).
+pub use vpcd_protocol::hex as to_hex;
 
 #[cfg(test)]
 mod tests {
