@@ -16,6 +16,8 @@
 //! - [`config`]: a `reader.conf.d` entry's DEVICENAME / CHANNELID and our options.
 //! - [`hex()`]: bytes as `3B 8A 80 01`, for log lines.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod part10;
 pub mod pinpad;

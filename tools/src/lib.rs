@@ -16,4 +16,6 @@
 //!   (private pcscd, scripted viccs); a dev-dependency only, so it never enters the
 //!   tools' build.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;

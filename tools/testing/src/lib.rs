@@ -37,8 +37,12 @@
 //! libpcsclite reads `PCSCLITE_CSOCK_NAME` once per process, so each test runs in a
 //! process of its own: run the suite with `cargo nextest run` (scripts/test does).
 
+#![deny(unsafe_code)]
+
 pub mod client;
 pub mod paths;
+// Starting pcscd (pre_exec) and signalling it: the only unsafe of the harness.
+#[allow(unsafe_code)]
 pub mod pcscd;
 pub mod process;
 pub mod vicc;

@@ -814,6 +814,7 @@ fn process_start(pid: u32) -> Option<SystemTime> {
         .lines()
         .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
     // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
     Some(

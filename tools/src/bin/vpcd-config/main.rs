@@ -23,6 +23,8 @@
 //! - `qr`: the QR code of a `vpcd://` URL;
 //! - `output`: the slots of the readers, printed as text or JSON.
 
+#![deny(unsafe_code)]
+
 mod addresses;
 mod check;
 mod output;

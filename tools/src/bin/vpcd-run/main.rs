@@ -17,12 +17,16 @@
 //! failure precisely; one process with a dozen calls does that without depending on
 //! util-linux's option set or parsing its messages.
 
+#![deny(unsafe_code)]
+
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 mod inner;
+// The system calls std does not wrap (namespaces, signals, lo up): the only unsafe.
+#[allow(unsafe_code)]
 mod sys;
 #[allow(dead_code)] // the parts vpcd-wait uses
 #[path = "../vpcd-wait/wait.rs"]
