@@ -112,13 +112,7 @@ impl Env {
             cmd.env("VPCD_LOG", "debug");
         } else {
             // Append mode: the card's messages go to the same file.
-            let log = std::fs::File::options()
-                .create(true)
-                .append(true)
-                .open(&self.log)
-                .map_err(|e| e.to_string())?;
-            let err = log.try_clone().map_err(|e| e.to_string())?;
-            cmd.stdout(log).stderr(err);
+            log_to(&mut cmd, &self.log)?;
         }
         sys::unblock_signals_in_child(&mut cmd);
         let child = cmd
@@ -150,12 +144,7 @@ impl Env {
         }
         if !self.o.debug {
             // Its messages (connected, removed, ...) join pcscd's log.
-            let log = std::fs::File::options()
-                .append(true)
-                .open(&self.log)
-                .map_err(|e| e.to_string())?;
-            let err = log.try_clone().map_err(|e| e.to_string())?;
-            cmd.stdout(log).stderr(err);
+            log_to(&mut cmd, &self.log)?;
         }
         sys::unblock_signals_in_child(&mut cmd);
         let child = cmd
@@ -356,4 +345,16 @@ pub fn main(o: Options) -> ExitCode {
     env.shut_down();
     env.keep_log();
     code
+}
+
+/// Sends `cmd`'s stdout and stderr to the end of the environment's log file.
+fn log_to(cmd: &mut Command, log: &std::path::Path) -> Result<(), String> {
+    let out = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    cmd.stdout(out).stderr(err);
+    Ok(())
 }
