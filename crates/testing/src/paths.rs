@@ -46,6 +46,20 @@ pub fn driver_path() -> PathBuf {
         .expect("libifdvpcd.so not built")
 }
 
+/// A program of the tools package (`vpcd-vicc`, `vpcd-run`, ...), built beside the
+/// test binary. The driver's system tests live in another package than the tools, so
+/// cargo gives them no `CARGO_BIN_EXE_*`; a workspace build (`cargo build`,
+/// `cargo nextest run` at the root) puts the tools in target/<profile>/.
+pub fn tool(name: &str) -> PathBuf {
+    let path = build_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build` at the repository's root (it builds the tools too)",
+        path.display()
+    );
+    path
+}
+
 /// A fresh directory `vpcd-TAG-...` under the system's temporary one, removed on drop.
 pub fn temp_dir(tag: &str) -> TempDir {
     tempfile::Builder::new()

@@ -103,9 +103,19 @@ pub trait VirtualCard {
 
     /// The keypad, for a vicc that is a PIN pad's (`--pinpad`): [`server::serve`] then
     /// says HELLO and answers the reader's PIN requests with it.
-    fn keypad(&mut self) -> Option<&mut crate::keypad::Keypad> {
+    fn keypad(&mut self) -> Option<&mut dyn PinEntry> {
         None
     }
+}
+
+/// Where a PIN pad's digits come from (`crate::keypad` implements it): the card knows
+/// only this, so the keypad may build on the card and not the other way round.
+pub trait PinEntry {
+    /// The PIN(s) a reader's request asks for, or why there are none.
+    fn enter(
+        &mut self,
+        params: &vpcd_protocol::pinpad::PinParams,
+    ) -> vpcd_protocol::pinpad::PinAnswer;
 }
 
 impl VirtualCard for Card {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use pcsc::{Attribute, Card};
 use vpcd_testing::{echo_reply, extended_apdu, Behaviour, Vicc};
 
-use crate::report::us;
+use crate::units::us;
 
 #[derive(Clone, Copy, Default)]
 pub struct Stats {

@@ -126,12 +126,7 @@ fn opensc_explorer_browses_the_built_in_card() {
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let _card = Process::spawn(
-        Command::new(env!("CARGO_BIN_EXE_vpcd-vicc")).args([
-            "-H",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ]),
+        Command::new(tool("vpcd-vicc")).args(["-H", "127.0.0.1", "-P", &port.to_string()]),
         pcscd.dir().join("vicc.log"),
     );
     wait_card(&pcscd.context(), &reader, true, Duration::from_secs(5));

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use vpcd_protocol::pinpad::{PinAnswer, PinOperation, PinParams, Status};
 use vpcd_protocol::vpcd::Control;
 
-use crate::card::VirtualCard;
+use crate::card::{PinEntry, VirtualCard};
 
 /// A card (the built-in one, or a relay) with a keypad: `vpcd-vicc --pinpad`.
 pub struct WithKeypad<C> {
@@ -39,7 +39,7 @@ impl<C: VirtualCard> VirtualCard for WithKeypad<C> {
         self.card.respond(apdu, out)
     }
 
-    fn keypad(&mut self) -> Option<&mut Keypad> {
+    fn keypad(&mut self) -> Option<&mut dyn PinEntry> {
         Some(&mut self.keypad)
     }
 }
@@ -83,6 +83,12 @@ pub enum Keypad {
 enum Got {
     Pin(String),
     No(Status),
+}
+
+impl PinEntry for Keypad {
+    fn enter(&mut self, params: &PinParams) -> PinAnswer {
+        Keypad::enter(self, params)
+    }
 }
 
 impl Keypad {

@@ -89,9 +89,9 @@ fn the_hardened_service_sandbox_is_live() {
         return;
     }
     let (ok, out) = run(&mut std::process::Command::new(
-        repo_root().join("tools/tests/sandbox/check"),
+        repo_root().join("tests/sandbox/check"),
     ));
-    assert!(ok, "tools/tests/sandbox/check:\n{out}");
+    assert!(ok, "tests/sandbox/check:\n{out}");
     assert!(out.contains("setpriority killed by SIGSYS"), "{out}");
 }
 

@@ -36,7 +36,7 @@ fn setup(options: &str, vicc_args: &[&str]) -> Setup {
     let dir = temp_dir("pinpad");
     let log = dir.path().join("vicc.log");
     let vicc = Process::spawn(
-        Command::new(env!("CARGO_BIN_EXE_vpcd-vicc"))
+        Command::new(tool("vpcd-vicc"))
             .args(["-H", "127.0.0.1", "-P", &port.to_string()])
             .args(vicc_args)
             .env_remove("VPCD_PIN"),

@@ -4,19 +4,19 @@
 //! system's daemon or /etc), scripted vicc peers, and the PC/SC client calls the tests
 //! and `benches/relay/` share.
 //!
-//! Why a package of its own: the system tests (`tools/tests/`) and the bench
-//! (`tools/benches/relay/`) both `use vpcd_testing::...` as an ordinary crate, with no
-//! `#[path]` includes and no `#![allow(dead_code)]`, and it is only a dev-dependency of
-//! `vpcd-tools`: nothing of it (nor `tempfile`) enters the build of the installed tools,
-//! as a `vpcd_tools::testing` module would. It lives under `tools/` because only that
-//! package uses it (cargo makes it a workspace member as a path dependency).
+//! Why a package of its own: the driver's system tests (`tests/` at the root), the
+//! tools' tests (`crates/tools/tests/`) and the bench (`crates/tools/benches/relay/`)
+//! all `use vpcd_testing::...` as an ordinary crate, with no `#[path]` includes, and it
+//! is only a dev-dependency: nothing of it (nor `tempfile`) enters the build of the
+//! driver or of the installed tools.
 //!
 //! ## Module map
 //! - [`pcscd`]: [`Pcscd`], a private pcscd, and its builder ([`Pcscd::builder`]: debug
 //!   log, reader.conf entries and extra config, a wrapper such as valgrind, which pcscd);
 //!   [`Entry`], one reader.conf entry. The one workaround for pcscd 1.9.9's missed
 //!   SIGINT is in [`Pcscd::stop`].
-//! - [`paths`]: where the repository, the build and the built driver are; temporary
+//! - [`paths`]: where the repository, the build, the built driver and the tools
+//!   ([`tool`]) are; temporary
 //!   directories; [`free_ports`], ports no concurrent test uses.
 //! - [`client`]: the PC/SC client side (the `pcsc` crate): readers, card events,
 //!   connect, transmit.

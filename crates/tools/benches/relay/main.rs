@@ -25,6 +25,8 @@
 //! - `procfs.rs`: memory, CPU time, threads and idle wakeups from /proc; CPU pinning.
 //! - `power.rs`: the control messages an idle card's vicc receives.
 //! - `report.rs`: [`report::Results`] printed as the Markdown table and the targets.
+//! - `units.rs`: how a duration is printed (µs, ms, s), shared by the report and the
+//!   measurements, so that neither reaches into the other.
 
 mod power;
 mod presence;
@@ -33,6 +35,7 @@ mod report;
 mod rtt;
 mod setup;
 mod throughput;
+mod units;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -12,6 +12,7 @@ use crate::power::Controls;
 use crate::procfs::{loadavg, nproc, CpuWindow, Mem};
 use crate::rtt::{Samples, SizeRtt, Stats};
 use crate::throughput::Tp;
+use crate::units::us;
 use crate::{C_DRIVER, PRESENCE_CYCLES, SIZES};
 
 /// Everything one run measured.
@@ -539,17 +540,6 @@ impl Report {
         for l in &self.lines {
             let _ = writeln!(out, "{l}");
         }
-    }
-}
-
-pub fn us(d: Duration) -> String {
-    let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 {
-        format!("{us:.1} µs")
-    } else if us < 1e6 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{:.2} s", us / 1e6)
     }
 }
 

@@ -1,0 +1,22 @@
+//! # vpcd-tools: the programs around the vpcd driver
+//!
+//! ## Module map
+//! - `src/bin/vpcd-vicc/`: a virtual card for the driver: the built-in ISO 7816-4 card
+//!   (`card/`), `--reversed`, `--relay` (a real card through PC/SC).
+//! - `src/bin/vpcd-config/`: shows how a phone or vicc reaches the configured readers
+//!   (text, JSON, a `vpcd://` QR code for the Android app); `--check` diagnoses a setup.
+//! - `src/bin/vpcd-run/`, `src/bin/vpcd-wait/`: a command run in an environment of its
+//!   own (private pcscd, the driver, a card), and waiting for a reader or card.
+//! - `src/cli.rs` ([`cli`], this library's only module): the command-line conventions
+//!   both tools share (lexopt; same spellings, `--help`, `--version`, exit status 2).
+//! - `tests/`: the tools' own tests (vpcd-vicc, vpcd-config and `--check`, vpcd-run and
+//!   vpcd-wait); the driver's system tests are in the repository's `tests/`.
+//! - `benches/relay/`: ours against Debian's C vpcd in one pcscd (`scripts/bench`);
+//!   its `main.rs` has the module map.
+//! - `../testing/`: the package `vpcd-testing`, the harness the tests and the bench
+//!   share (private pcscd, scripted viccs); a dev-dependency only, so it never enters
+//!   the tools' build.
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
