@@ -53,6 +53,9 @@ struct State {
     stop: bool,
     /// The current connection (a clone, to close it from the handle).
     connection: Option<TcpStream>,
+    /// The handle closed the current connection: its end is a removal, even if an
+    /// insertion comes before the thread sees the end.
+    closed: bool,
     /// Connections made so far, to wait for the next one.
     connections: u64,
     /// The card misbehaved or the reader went away: the first such problem.
@@ -114,6 +117,7 @@ impl Served {
         let mut s = self.shared.lock();
         s.inserted = false;
         if let Some(c) = s.connection.take() {
+            s.closed = true;
             let _ = c.shutdown(Shutdown::Both);
         }
         self.shared.changed.notify_all();
@@ -163,6 +167,7 @@ impl Served {
             s.stop = true;
             s.inserted = false;
             if let Some(c) = s.connection.take() {
+                s.closed = true;
                 let _ = c.shutdown(Shutdown::Both);
             }
             self.shared.changed.notify_all();
@@ -212,7 +217,7 @@ fn run(addr: SocketAddr, mut card: Box<dyn Card>, shared: &Shared) {
         let outcome = serve(&mut stream, card.as_mut());
         let mut s = shared.lock();
         s.connection = None;
-        let ours = !s.inserted || s.stop;
+        let ours = std::mem::take(&mut s.closed) || !s.inserted || s.stop;
         drop(s);
         match outcome {
             // We closed it (removal): the reader reads that as the card going.

@@ -267,7 +267,13 @@ impl Slot {
         match &self.occupant {
             Some(Occupant::Served(s)) => s.remove(),
             Some(Occupant::Process(p)) => {
-                p.control("remove")?;
+                p.control("remove").map_err(|e| {
+                    Error::new(format!(
+                        "{}: {e}; the vicc's output:\n{}",
+                        self.reader(),
+                        p.output()
+                    ))
+                })?;
             }
             None => return Err(Error::new("no card in this slot to remove")),
         }
@@ -280,7 +286,13 @@ impl Slot {
         match &self.occupant {
             Some(Occupant::Served(s)) => s.insert().map_err(Error::new)?,
             Some(Occupant::Process(p)) => {
-                p.control("insert")?;
+                p.control("insert").map_err(|e| {
+                    Error::new(format!(
+                        "{}: {e}; the vicc's output:\n{}",
+                        self.reader(),
+                        p.output()
+                    ))
+                })?;
             }
             None => return Err(Error::new("no card in this slot to insert")),
         }

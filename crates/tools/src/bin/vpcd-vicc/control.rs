@@ -44,6 +44,9 @@ struct State {
     inserted: bool,
     /// A reset was asked for: the current connection ends, a new one follows at once.
     reset: bool,
+    /// A removal closed the current connection: its end is ours, not vpcd's, even
+    /// if an insertion comes before the serving thread sees the end.
+    removed: bool,
     /// The connection to the slot, if any (a clone, to shut it down from here).
     connection: Option<TcpStream>,
     /// Connections made so far, to wait for the next one.
@@ -53,6 +56,7 @@ struct State {
 static STATE: Mutex<State> = Mutex::new(State {
     inserted: true,
     reset: false,
+    removed: false,
     connection: None,
     connections: 0,
 });
@@ -77,6 +81,7 @@ pub fn command(cmd: &str) -> Result<&'static str, String> {
         "remove" => {
             s.inserted = false;
             if let Some(c) = s.connection.take() {
+                s.removed = true;
                 let _ = c.shutdown(Shutdown::Both);
             }
             CHANGED.notify_all();
@@ -150,7 +155,8 @@ where
         let (removed, reset) = {
             let mut s = state();
             s.connection = None;
-            (!s.inserted, std::mem::take(&mut s.reset))
+            let removed = std::mem::take(&mut s.removed);
+            (removed || !s.inserted, std::mem::take(&mut s.reset))
         };
         if !removed && !reset {
             return result;
