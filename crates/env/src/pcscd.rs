@@ -1,0 +1,149 @@
+//! Finding pcscd and what its build supports, from `pcscd --version` ("Enabled
+//! features: ...") and, for polkit builds, `pcscd --help`.
+//!
+//! The feature words differ between pcsc-lite's two build systems: 1.9.x (autotools)
+//! says `libsystemd`, 2.x (meson) says `systemd`; both say `ipcdir=DIR` and `polkit`
+//! when built with it. `--disable-polkit` exists from 2.0.0 on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use crate::Error;
+
+/// Where pcscd is looked for after `PATH`.
+const SBIN: [&str; 3] = ["/usr/sbin", "/usr/local/sbin", "/sbin"];
+
+/// `pcscd` from `PATH`, else from the sbin directories.
+pub fn find() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN.iter().map(PathBuf::from))
+        .map(|d| d.join("pcscd"))
+        .find(|p| p.is_file())
+}
+
+/// What a pcscd binary supports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Features {
+    /// "pcsc-lite version X" as it says.
+    pub version: String,
+    /// Built with libsystemd: takes a listening socket (LISTEN_FDS).
+    pub socket_activation: bool,
+    /// Built with polkit: every client is checked over D-Bus unless disabled.
+    pub polkit: bool,
+    /// Has `--disable-polkit` (2.0.0 and later).
+    pub disable_polkit: bool,
+    /// Its IPC directory (`/run/pcscd`), which must exist for it to start.
+    pub ipc_dir: PathBuf,
+}
+
+impl Features {
+    /// Parses `pcscd --version` and `--help` output.
+    pub fn parse(version_output: &str, help_output: &str) -> Features {
+        let version = version_output
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .trim_end_matches('.')
+            .to_string();
+        let words: Vec<&str> = version_output
+            .lines()
+            .find_map(|l| l.strip_prefix("Enabled features:"))
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ipc_dir = words
+            .iter()
+            .find_map(|w| w.strip_prefix("ipcdir="))
+            .unwrap_or("/run/pcscd");
+        Features {
+            version,
+            socket_activation: words.iter().any(|w| *w == "libsystemd" || *w == "systemd"),
+            polkit: words.contains(&"polkit"),
+            disable_polkit: help_output.contains("--disable-polkit"),
+            ipc_dir: ipc_dir.into(),
+        }
+    }
+
+    /// Asks `pcscd` (once per binary and process).
+    pub fn of(pcscd: &Path) -> Result<Features, Error> {
+        static CACHE: Mutex<Option<HashMap<PathBuf, Features>>> = Mutex::new(None);
+        if let Some(f) = CACHE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .get(pcscd)
+        {
+            return Ok(f.clone());
+        }
+        let run = |arg: &str| {
+            Command::new(pcscd)
+                .arg(arg)
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::NoPcscd,
+                    _ => Error::Io(format!("cannot run {}", pcscd.display()), e),
+                })
+        };
+        let version = run("--version")?;
+        if !version.contains("pcsc-lite") {
+            return Err(Error::Config(format!(
+                "{} does not say it is pcscd (its --version: {:?})",
+                pcscd.display(),
+                version.lines().next().unwrap_or("")
+            )));
+        }
+        let help = if version.contains(" polkit") {
+            run("--help")?
+        } else {
+            String::new()
+        };
+        let f = Features::parse(&version, &help);
+        CACHE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(HashMap::new)
+            .insert(pcscd.into(), f.clone());
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_1_9_9() {
+        let v = "pcsc-lite version 1.9.9.\nCopyright (C) 1999-2002 by David Corcoran.\n\
+                 Enabled features: Linux x86_64-pc-linux-gnu libsystemd serial usb libudev \
+                 usbdropdir=/usr/lib/pcsc/drivers ipcdir=/run/pcscd filter \
+                 configdir=/etc/reader.conf.d\n";
+        let f = Features::parse(v, "");
+        assert_eq!(f.version, "pcsc-lite version 1.9.9");
+        assert!(f.socket_activation && !f.polkit && !f.disable_polkit);
+        assert_eq!(f.ipc_dir, Path::new("/run/pcscd"));
+    }
+
+    #[test]
+    fn meson_builds() {
+        let with = "pcsc-lite version 2.5.1.\nEnabled features: USB serial filter_names \
+                    libudev polkit systemd Linux x86_64 ipcdir=/var/run/pcscd \
+                    usbdropdir=/usr/lib/pcsc/drivers serialconfdir=/etc/reader.conf.d\n";
+        let f = Features::parse(with, "  --disable-polkit\tdisable polkit support\n");
+        assert!(f.socket_activation && f.polkit && f.disable_polkit);
+        assert_eq!(f.ipc_dir, Path::new("/var/run/pcscd"));
+        let without = "pcsc-lite version 2.3.3.\nEnabled features: serial Linux x86_64 \
+                       ipcdir=/run/pcscd\n";
+        let f = Features::parse(without, "");
+        assert!(!f.socket_activation && !f.polkit);
+        // "systemd" must be a word of its own, not part of another.
+        let f = Features::parse("x\nEnabled features: nosystemd-thing\n", "");
+        assert!(!f.socket_activation);
+    }
+}

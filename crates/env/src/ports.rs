@@ -1,0 +1,157 @@
+//! Free consecutive loopback ports, and who listens on them.
+//!
+//! A port is taken for an environment in two steps: a claim among environments (an
+//! abstract Unix socket `vpcd-env-port-N` per port, bound for as long as the
+//! environment lives and freed by the kernel when its process ends, so no file is
+//! left behind and two environments never pick the same port), then a check that
+//! nothing else holds it on 127.0.0.1. Another program may still take a port between
+//! the check and the driver's bind; [`listening`] lets the caller see that and start
+//! again on other ports.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+
+use crate::{sys, Error};
+
+/// Consecutive ports claimed for one environment, held until dropped.
+#[derive(Debug)]
+pub struct Claim {
+    base: u16,
+    _locks: Vec<UnixListener>,
+}
+
+impl Claim {
+    /// The first port (slot 0).
+    pub fn base(&self) -> u16 {
+        self.base
+    }
+}
+
+/// How many bases the kernel is asked for before giving up on its ephemeral range.
+const EPHEMERAL_TRIES: usize = 256;
+
+/// Claims `count` consecutive ports free on 127.0.0.1: from `range` (inclusive), or,
+/// with `None`, starting at ports the kernel hands out.
+pub fn claim(count: u8, range: Option<(u16, u16)>) -> Result<Claim, Error> {
+    let n = u16::from(count.max(1));
+    let exhausted = || Error::PortsExhausted { count, range };
+    match range {
+        Some((lo, hi)) => {
+            if hi < lo || hi - lo + 1 < n {
+                return Err(exhausted());
+            }
+            let bases = u32::from(hi - n + 1 - lo) + 1;
+            let start = (sys::random_u64() % u64::from(bases)) as u32;
+            (0..bases)
+                .map(|i| lo + ((start + i) % bases) as u16)
+                .find_map(|base| try_claim(base, n))
+                .ok_or_else(exhausted)
+        }
+        None => (0..EPHEMERAL_TRIES)
+            .find_map(|_| {
+                let probe = TcpListener::bind(("127.0.0.1", 0)).ok()?;
+                let base = probe.local_addr().ok()?.port();
+                drop(probe);
+                try_claim(base, n)
+            })
+            .ok_or_else(exhausted),
+    }
+}
+
+fn try_claim(base: u16, n: u16) -> Option<Claim> {
+    if u32::from(base) + u32::from(n) - 1 > 65535 || base == 0 {
+        return None;
+    }
+    let mut locks = vec![];
+    for port in base..base + n {
+        let name = format!("vpcd-env-port-{port}");
+        let addr = UnixAddr::from_abstract_name(name.as_bytes()).ok()?;
+        locks.push(UnixListener::bind_addr(&addr).ok()?);
+    }
+    // Free now: bindable on loopback (as the driver binds: SO_REUSEADDR, which std
+    // sets too, so TIME_WAIT leftovers do not count).
+    let free = (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+    free.then_some(Claim {
+        base,
+        _locks: locks,
+    })
+}
+
+/// For each of `ports` that something listens on (TCP, IPv4 or IPv6, any address):
+/// the listening sockets' inodes, from /proc/net/tcp and tcp6. Entries without an
+/// inode (closing) do not count.
+pub fn listening(ports: &[u16]) -> HashMap<u16, Vec<u64>> {
+    let mut found: HashMap<u16, Vec<u64>> = HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for (port, inode) in parse_table(&text) {
+            if ports.contains(&port) {
+                found.entry(port).or_default().push(inode);
+            }
+        }
+    }
+    found
+}
+
+/// (local port, inode) of every socket in LISTEN state (`st` 0A) in a
+/// /proc/net/tcp-style table.
+pub fn parse_table(text: &str) -> Vec<(u16, u64)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+            if f.len() < 10 || f[3] != "0A" {
+                return None;
+            }
+            let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            let inode: u64 = f[9].parse().ok()?;
+            (inode != 0).then_some((port, inode))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listening_sockets_only() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 0100007F:8C7B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
+           1: 0100007F:8C7B 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4243 1 0000000000000000 20 4 30 10 -1\n\
+           2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 0 1\n";
+        assert_eq!(parse_table(t), vec![(35963, 4242)]);
+        assert_eq!(parse_table(""), vec![]);
+        assert_eq!(parse_table("header\ngarbage line\n"), vec![]);
+    }
+
+    #[test]
+    fn claims_exclude_each_other_and_held_ports() {
+        let a = claim(3, None).unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let held = listener.local_addr().unwrap().port();
+        // A range that only holds a's ports and a held one: nothing left.
+        let range = Some((a.base(), a.base() + 2));
+        assert!(matches!(
+            claim(1, range),
+            Err(Error::PortsExhausted { count: 1, .. })
+        ));
+        assert!(claim(1, Some((held, held))).is_err());
+        let b = claim(3, None).unwrap();
+        assert!(b.base() + 2 < a.base() || a.base() + 2 < b.base());
+        assert!(listening(&[held])[&held].len() == 1);
+        drop(a);
+        assert!(claim(3, range).is_ok());
+        let msg = claim(2, Some((held, held))).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("no 2 consecutive free TCP ports on 127.0.0.1 in "),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+    }
+}
