@@ -97,6 +97,9 @@ pub enum Output {
     Null,
     /// Appended to this file (opened by the caller, e.g. in append mode).
     File(File),
+    /// `pcscd.log` in the environment's directory ([`Environment::log_path`]),
+    /// removed with it at stop.
+    DirLog,
 }
 
 /// What to start. Fields are public; [`Config::new`] fills in the defaults.
@@ -163,6 +166,8 @@ pub enum Error {
         count: u8,
         range: Option<(u16, u16)>,
     },
+    /// Another program took a port between the check and pcscd's bind, at every try.
+    PortTaken { port: u16 },
     /// Bad configuration (slots out of range, driver missing, ...).
     Config(String),
     /// A system call or file operation failed.
@@ -214,6 +219,11 @@ impl fmt::Display for Error {
                      them or give a port range"
                 ),
             },
+            Error::PortTaken { port } => write!(
+                f,
+                "another program took port {port} as pcscd started, {ATTEMPTS} times in a \
+                 row: give a port range that nothing else uses"
+            ),
             Error::Config(e) => f.write_str(e),
             Error::Io(what, e) => write!(f, "{what}: {e}"),
             Error::PcscdExited { status } => write!(f, "pcscd exited early: {status}"),
@@ -301,7 +311,7 @@ impl Environment {
     }
 
     fn attempt(config: &Config, pcscd: &Path, features: &Features) -> Result<Environment, Retry> {
-        let root = sys::is_root();
+        let root = sys::is_privileged_root();
         let created_ipc_dir = ensure_ipc_dir(&features.ipc_dir, root).map_err(Retry::Fatal)?;
         let dir = make_dir(config.parent_dir.as_deref(), root).map_err(Retry::Fatal)?;
         // From here on, `env` owns what was made: an early return stops and removes it.
@@ -362,10 +372,21 @@ impl Environment {
         }
         env.extend(config.env.iter().cloned());
         let user = if root { Some(sys::nobody()) } else { None };
+        let log = match config.output {
+            Output::DirLog => Some(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.log_path())
+                    .map_err(io_err("cannot create pcscd.log"))?,
+            ),
+            _ => None,
+        };
         let output = match &config.output {
             Output::Inherit => sys::Output::Inherit,
             Output::Null => sys::Output::Null,
             Output::File(f) => sys::Output::Fd(f),
+            Output::DirLog => sys::Output::Fd(log.as_ref().expect("opened above")),
         };
         self.pid = sys::spawn_activated(&sys::Spawn {
             program: pcscd,
@@ -381,15 +402,22 @@ impl Environment {
         Ok(())
     }
 
-    /// Until pcscd's own sockets listen on every slot's port.
+    /// Until pcscd's own sockets listen on every slot's port: sockets among its
+    /// open files, or, where its /proc/PID/fd is not ours to read, sockets of its
+    /// user (the ports are claimed: no other environment's pcscd has them).
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), Retry> {
         let start = Instant::now();
         let ports: Vec<u16> = self.ports().collect();
+        let uid = if sys::is_privileged_root() {
+            sys::nobody().0
+        } else {
+            sys::euid()
+        };
         loop {
             if let Some(status) = sys::exited(self.pid) {
                 let e = Error::PcscdExited { status };
                 let ipc_gone = !self.features.ipc_dir.is_dir();
-                return Err(if ipc_gone && sys::is_root() {
+                return Err(if ipc_gone && sys::is_privileged_root() {
                     Retry::Again(e)
                 } else if ipc_gone {
                     Retry::Fatal(Error::NoIpcDir {
@@ -399,20 +427,21 @@ impl Environment {
                     Retry::Fatal(e)
                 });
             }
-            let mine = sys::socket_inodes(self.pid);
+            let fds = sys::socket_inodes(self.pid);
+            let ours = |l: &ports::Listener| match &fds {
+                Some(inodes) => inodes.contains(&l.inode),
+                None => l.uid == uid,
+            };
             let listening = ports::listening(&ports);
             let mut missing = vec![];
             for &port in &ports {
                 let owners = listening.get(&port).map(Vec::as_slice).unwrap_or(&[]);
-                if owners.iter().any(|i| mine.contains(i)) {
+                if owners.iter().any(ours) {
                     continue;
                 }
                 if !owners.is_empty() {
                     // Someone else's socket has the port: pcscd's driver cannot bind it.
-                    return Err(Retry::Again(Error::PortsExhausted {
-                        count: self.slots,
-                        range: None,
-                    }));
+                    return Err(Retry::Again(Error::PortTaken { port }));
                 }
                 missing.push(port);
             }
@@ -444,6 +473,11 @@ impl Environment {
     /// The environment's private directory (pcscd.comm, reader.conf); removed at stop.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where pcscd's output goes with [`Output::DirLog`].
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("pcscd.log")
     }
 
     /// Slot `slot`'s port on 127.0.0.1, where a vicc connects.

@@ -79,11 +79,18 @@ fn try_claim(base: u16, n: u16) -> Option<Claim> {
     })
 }
 
+/// A listening socket: its inode and its owner's uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    pub inode: u64,
+    pub uid: u32,
+}
+
 /// For each of `ports` that something listens on (TCP, IPv4 or IPv6, any address):
-/// the listening sockets' inodes, from /proc/net/tcp and tcp6. Entries without an
-/// inode (closing) do not count.
-pub fn listening(ports: &[u16]) -> HashMap<u16, Vec<u64>> {
-    let mut found: HashMap<u16, Vec<u64>> = HashMap::new();
+/// the listening sockets, from /proc/net/tcp and tcp6. Entries without an inode
+/// (closing) do not count.
+pub fn listening(ports: &[u16]) -> HashMap<u16, Vec<Listener>> {
+    let mut found: HashMap<u16, Vec<Listener>> = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
             continue;
@@ -97,9 +104,9 @@ pub fn listening(ports: &[u16]) -> HashMap<u16, Vec<u64>> {
     found
 }
 
-/// (local port, inode) of every socket in LISTEN state (`st` 0A) in a
+/// (local port, socket) of every socket in LISTEN state (`st` 0A) in a
 /// /proc/net/tcp-style table.
-pub fn parse_table(text: &str) -> Vec<(u16, u64)> {
+pub fn parse_table(text: &str) -> Vec<(u16, Listener)> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
@@ -109,8 +116,9 @@ pub fn parse_table(text: &str) -> Vec<(u16, u64)> {
                 return None;
             }
             let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            let uid: u32 = f[7].parse().ok()?;
             let inode: u64 = f[9].parse().ok()?;
-            (inode != 0).then_some((port, inode))
+            (inode != 0).then_some((port, Listener { inode, uid }))
         })
         .collect()
 }
@@ -125,7 +133,16 @@ mod tests {
            0: 0100007F:8C7B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0\n\
            1: 0100007F:8C7B 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4243 1 0000000000000000 20 4 30 10 -1\n\
            2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 0 1\n";
-        assert_eq!(parse_table(t), vec![(35963, 4242)]);
+        assert_eq!(
+            parse_table(t),
+            vec![(
+                35963,
+                Listener {
+                    inode: 4242,
+                    uid: 0
+                }
+            )]
+        );
         assert_eq!(parse_table(""), vec![]);
         assert_eq!(parse_table("header\ngarbage line\n"), vec![]);
     }

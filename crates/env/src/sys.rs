@@ -20,9 +20,27 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-pub fn is_root() -> bool {
+/// Root of the initial user namespace, or of one that maps `nobody` too: able to
+/// switch pcscd to `nobody` and to create pcscd's IPC directory. Root of a user
+/// namespace that maps only itself (an ordinary user's, as an unprivileged
+/// `unshare -r` makes) counts as the ordinary user it is.
+pub fn is_privileged_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    let nobody = u64::from(nobody().0);
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|map| {
+            map.lines().any(|l| {
+                let f: Vec<u64> = l
+                    .split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect();
+                f.len() == 3 && f[0] <= nobody && nobody < f[0] + f[2]
+            })
+        })
+        .unwrap_or(true)
 }
 
 /// The user `nobody` (uid, gid) from /etc/passwd, else 65534.
@@ -240,8 +258,17 @@ pub fn spawn_activated(s: &Spawn) -> io::Result<i32> {
     Ok(pid)
 }
 
+/// Signals `pid` only while it is still our child: once reaped (perhaps by a
+/// caller's waitpid(-1)), its number may belong to another process.
 pub fn kill(pid: i32, sig: libc::c_int) {
-    if pid > 0 {
+    let ours = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let (_, rest) = s.rsplit_once(')')?;
+            rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+        })
+        == Some(std::process::id());
+    if pid > 0 && ours {
         // SAFETY: kill takes plain integers; a process already gone is fine here.
         unsafe { libc::kill(pid, sig) };
     }
@@ -290,16 +317,24 @@ pub fn terminate(pid: i32, grace: Duration) {
     }
 }
 
-/// The inodes of `pid`'s sockets (from /proc/PID/fd: `socket:[N]`).
-pub fn socket_inodes(pid: i32) -> Vec<u64> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return vec![];
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let target = std::fs::read_link(e.path()).ok()?;
-            let t = target.to_str()?;
-            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect()
+/// The inodes of `pid`'s sockets (from /proc/PID/fd: `socket:[N]`); None where
+/// that is not ours to read (another user's process, and no CAP_SYS_PTRACE, as in
+/// a container).
+pub fn socket_inodes(pid: i32) -> Option<Vec<u64>> {
+    let mut inodes = vec![];
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        // The listing may be allowed where the links are not: then we know nothing.
+        let target = std::fs::read_link(entry.path()).ok()?;
+        let inode: Option<u64> = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok());
+        inodes.extend(inode);
+    }
+    Some(inodes)
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
