@@ -44,8 +44,8 @@
 //!   file there. Socket-activated, it creates no socket. So an environment started by
 //!   root runs pcscd as the user `nobody`, which cannot write the pid file (pcscd logs
 //!   that and goes on): a system pcscd's pid file is never overwritten nor removed; if
-//!   `/run/pcscd` is missing, root creates it and removes it again when empty at the
-//!   end. An ordinary user's pcscd cannot write there anyway; a missing `/run/pcscd` is
+//!   `/run/pcscd` is missing, root creates it and removes it again at the end, if
+//!   empty and no other environment of the machine runs (their port claims show). An ordinary user's pcscd cannot write there anyway; a missing `/run/pcscd` is
 //!   then [`Error::NoIpcDir`] (it must be created once by root, e.g. in the image).
 //!   pcsc-lite 2.x built with polkit gets `--disable-polkit` (no D-Bus in containers;
 //!   the socket's directory is the access control), and `PCSCLITE_HP_DROPDIR` names an
@@ -312,16 +312,11 @@ impl Environment {
 
     fn attempt(config: &Config, pcscd: &Path, features: &Features) -> Result<Environment, Retry> {
         let root = sys::is_privileged_root();
-        let created_ipc_dir = ensure_ipc_dir(&features.ipc_dir, root).map_err(Retry::Fatal)?;
-        let dir = make_dir(config.parent_dir.as_deref(), root).map_err(Retry::Fatal)?;
-        // From here on, `env` owns what was made: an early return stops and removes it.
-        let claim = match ports::claim(config.slots, config.ports) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(Retry::Fatal(e));
-            }
-        };
+        // Claims first: an environment past the IPC directory check is visible to
+        // one deciding whether to remove that directory (see stop).
+        let claim = ports::claim(config.slots, config.ports)?;
+        let created_ipc_dir = ensure_ipc_dir(&features.ipc_dir, root)?;
+        let dir = make_dir(config.parent_dir.as_deref(), root)?;
         let mut env = Environment {
             socket: dir.join("pcscd.comm"),
             dir,
@@ -521,7 +516,8 @@ impl Environment {
     }
 
     /// Ends pcscd (SIGTERM, SIGKILL after 3 s) and removes the directory (and
-    /// `/run/pcscd` if this environment created it and it is empty).
+    /// `/run/pcscd` if this environment created it, it is empty and no other
+    /// environment runs).
     pub fn stop(mut self) {
         self.stop_now();
     }
@@ -535,8 +531,13 @@ impl Environment {
             sys::terminate(self.pid, GRACE);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Only while no other environment runs or starts: an ordinary user's pcscd
+        // cannot make it again.
         if let Some(dir) = &self.created_ipc_dir {
-            let _ = std::fs::remove_dir(dir);
+            let own: Vec<u16> = self.ports().collect();
+            if !ports::other_environments(&own) {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }

@@ -79,6 +79,18 @@ fn try_claim(base: u16, n: u16) -> Option<Claim> {
     })
 }
 
+/// Whether any environment of this machine (network namespace) other than the one
+/// holding `own` is alive: their port claims, from /proc/net/unix.
+pub fn other_environments(own: &[u16]) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/net/unix") else {
+        return true; // unknown: assume there are
+    };
+    text.lines()
+        .filter_map(|l| l.split_whitespace().last()?.strip_prefix("@vpcd-env-port-"))
+        .filter_map(|p| p.parse::<u16>().ok())
+        .any(|p| !own.contains(&p))
+}
+
 /// A listening socket: its inode and its owner's uid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listener {

@@ -48,6 +48,9 @@ pub const PRIVATE_DIR: &str = "/run/pcscd/vpcd-run";
 pub const FRIENDLY_NAME: &str = "Virtual PCD";
 pub const PORT: u16 = 35963;
 
+const INSTALL_PCSCD: &str =
+    "install pcscd (Debian/Ubuntu: apt-get install pcscd; Fedora: dnf install pcsc-lite)";
+
 /// Exit status for vpcd-run's own failures (as env(1) and timeout(1) do).
 pub const EXIT_SETUP: u8 = 125;
 
@@ -359,9 +362,8 @@ fn installed_driver() -> Option<PathBuf> {
 /// Finds pcscd, the driver and the card program before anything starts.
 fn resolve(o: &mut Options) -> Result<(), String> {
     o.pcscd = Some(match o.pcscd.take() {
-        Some(p) => absolute(p, "--pcscd")?,
-        None => find_in_path("pcscd", &["/usr/sbin", "/usr/local/sbin", "/sbin"])
-            .ok_or("pcscd not found (install it, e.g. apt-get install pcscd, or give --pcscd)")?,
+        Some(p) => absolute(p, "--pcscd").map_err(|e| format!("{e}: {INSTALL_PCSCD}"))?,
+        None => vpcd_env::pcscd::find().ok_or_else(|| vpcd_env::Error::NoPcscd.to_string())?,
     });
     o.driver = Some(match o.driver.take() {
         Some(p) => absolute(p, "--driver")?,
