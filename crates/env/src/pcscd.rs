@@ -1,5 +1,8 @@
-//! Finding pcscd and what its build supports, from `pcscd --version` ("Enabled
-//! features: ...") and, for polkit builds, `pcscd --help`.
+//! Finding pcscd and what its build supports: from the strings of its binary where
+//! it is an ELF file that has them (no process started: this is on every
+//! environment's start), else from `pcscd --version` ("Enabled features: ...") and
+//! `pcscd --help`. The tests check both ways agree on the real
+//! binaries.
 //!
 //! The feature words differ between pcsc-lite's two build systems: 1.9.x (autotools)
 //! says `libsystemd`, 2.x (meson) says `systemd`; both say `ipcdir=DIR` and `polkit`
@@ -68,9 +71,36 @@ impl Features {
         }
     }
 
-    /// Asks `pcscd` (once per binary and process).
+    /// Reads the features from pcscd's binary: the log line only a libsystemd build
+    /// has ("Started by systemd"), polkit's symbol, the `--disable-polkit` option,
+    /// the compiled-in pid file's directory. None if it does not look like pcscd.
+    pub fn from_binary(bytes: &[u8]) -> Option<Features> {
+        if !bytes.starts_with(b"\x7fELF") {
+            return None;
+        }
+        let has = |needle: &[u8]| find_bytes(bytes, needle).is_some();
+        // The pid file's path: the NUL-terminated string ending in /pcscd.pid.
+        let end = find_bytes(bytes, b"/pcscd.pid\0")?;
+        let start = bytes[..end]
+            .iter()
+            .rposition(|b| *b == 0)
+            .map_or(0, |i| i + 1);
+        let ipc_dir = std::str::from_utf8(&bytes[start..end]).ok()?;
+        if !ipc_dir.starts_with('/') || !has(b"pcscd.comm") {
+            return None;
+        }
+        Some(Features {
+            version: version_in(bytes),
+            socket_activation: has(b"Started by systemd"),
+            polkit: has(b"polkit_authority_get_sync"),
+            disable_polkit: has(b"disable-polkit"),
+            ipc_dir: ipc_dir.into(),
+        })
+    }
+
+    /// What `pcscd` supports (once per binary and process): from its binary, else
+    /// by asking it.
     pub fn of(pcscd: &Path) -> Result<Features, Error> {
-        static CACHE: Mutex<Option<HashMap<PathBuf, Features>>> = Mutex::new(None);
         if let Some(f) = CACHE
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -79,6 +109,17 @@ impl Features {
         {
             return Ok(f.clone());
         }
+        if let Some(f) = std::fs::read(pcscd)
+            .ok()
+            .and_then(|b| Features::from_binary(&b))
+        {
+            return Ok(remember(pcscd, f));
+        }
+        Self::ask(pcscd).map(|f| remember(pcscd, f))
+    }
+
+    /// Runs `pcscd --version` and `pcscd --help`.
+    pub fn ask(pcscd: &Path) -> Result<Features, Error> {
         let run = |arg: &str| {
             Command::new(pcscd)
                 .arg(arg)
@@ -99,24 +140,80 @@ impl Features {
                 version.lines().next().unwrap_or("")
             )));
         }
-        let help = if version.contains(" polkit") {
-            run("--help")?
-        } else {
-            String::new()
-        };
-        let f = Features::parse(&version, &help);
-        CACHE
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(HashMap::new)
-            .insert(pcscd.into(), f.clone());
-        Ok(f)
+        let help = run("--help")?;
+        Ok(Features::parse(&version, &help))
     }
+}
+
+static CACHE: Mutex<Option<HashMap<PathBuf, Features>>> = Mutex::new(None);
+
+fn remember(pcscd: &Path, f: Features) -> Features {
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(pcscd.into(), f.clone());
+    f
+}
+
+fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// "pcsc-lite version X" (2.x has it whole), else 1.x's version string stored just
+/// before "pcsc-lite" ("1.9.9\0pcsc-lite\0%s version %s.").
+fn version_in(bytes: &[u8]) -> String {
+    let token = |at: usize| -> Option<String> {
+        let len = bytes[at..].iter().position(|b| *b == 0)?;
+        let t = std::str::from_utf8(&bytes[at..at + len]).ok()?;
+        Some(t.to_string())
+    };
+    if let Some(at) = find_bytes(bytes, b"pcsc-lite version ") {
+        if let Some(t) = token(at) {
+            return t;
+        }
+    }
+    if let Some(at) = find_bytes(bytes, b"\0pcsc-lite\0") {
+        let start = bytes[..at]
+            .iter()
+            .rposition(|b| *b == 0)
+            .map_or(0, |i| i + 1);
+        if let Ok(v) = std::str::from_utf8(&bytes[start..at]) {
+            if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.') {
+                return format!("pcsc-lite version {v}");
+            }
+        }
+    }
+    "pcsc-lite".into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reading the binary says what asking pcscd says, for every pcscd at hand:
+    /// Debian's and scripts/pcsc-lite's builds (with and without libsystemd).
+    #[test]
+    fn the_binary_agrees_with_pcscd_itself() {
+        let mut seen = 0;
+        for p in [
+            "/usr/sbin/pcscd",
+            "/var/cache/vpcd-pcsc-lite/2.3.3/build/pcscd",
+            "/var/cache/vpcd-pcsc-lite/2.5.1/build/pcscd",
+            "/var/cache/vpcd-pcsc-lite/2.3.3-systemd/build/pcscd",
+            "/var/cache/vpcd-pcsc-lite/2.5.1-systemd/build/pcscd",
+        ] {
+            let Ok(bytes) = std::fs::read(p) else {
+                continue;
+            };
+            let from_binary = Features::from_binary(&bytes).expect(p);
+            let asked = Features::ask(Path::new(p)).unwrap();
+            assert_eq!(from_binary, asked, "{p}");
+            seen += 1;
+        }
+        assert!(seen > 0, "no pcscd here");
+        assert_eq!(Features::from_binary(b"#!/bin/sh\necho pcsc-lite\n"), None);
+    }
 
     #[test]
     fn debian_1_9_9() {

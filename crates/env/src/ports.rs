@@ -103,17 +103,52 @@ pub struct Listener {
 /// (closing) do not count.
 pub fn listening(ports: &[u16]) -> HashMap<u16, Vec<Listener>> {
     let mut found: HashMap<u16, Vec<Listener>> = HashMap::new();
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        for (port, inode) in parse_table(&text) {
-            if ports.contains(&port) {
-                found.entry(port).or_default().push(inode);
-            }
+    let diag = [libc::AF_INET as u8, libc::AF_INET6 as u8]
+        .iter()
+        .map(|f| sys::diag_listeners(*f).map(|m| parse_diag(&m)))
+        .collect::<Result<Vec<_>, _>>();
+    let all: Vec<(u16, Listener)> = match diag {
+        Ok(lists) => lists.into_iter().flatten().collect(),
+        // No sock_diag (an old kernel, a filter): the /proc tables.
+        Err(_) => ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|t| std::fs::read_to_string(t).ok())
+            .flat_map(|text| parse_table(&text))
+            .collect(),
+    };
+    for (port, l) in all {
+        if ports.contains(&port) {
+            found.entry(port).or_default().push(l);
         }
     }
     found
+}
+
+/// (local port, socket) of each inet_diag_msg in a sock_diag reply.
+pub fn parse_diag(reply: &[u8]) -> Vec<(u16, Listener)> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    let mut out = vec![];
+    let mut at = 0;
+    while at + 16 <= reply.len() {
+        let len = u32::from_ne_bytes(reply[at..at + 4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(reply[at + 4..at + 6].try_into().unwrap());
+        if len < 16 || at + len > reply.len() {
+            break;
+        }
+        // inet_diag_msg: family, state, timer, retrans, sockid (sport big-endian
+        // first, 48 bytes), expires, rqueue, wqueue, uid, inode.
+        let m = &reply[at + 16..at + len];
+        if kind == SOCK_DIAG_BY_FAMILY && m.len() >= 72 {
+            let port = u16::from_be_bytes([m[4], m[5]]);
+            let uid = u32::from_ne_bytes(m[64..68].try_into().unwrap());
+            let inode = u64::from(u32::from_ne_bytes(m[68..72].try_into().unwrap()));
+            if inode != 0 {
+                out.push((port, Listener { inode, uid }));
+            }
+        }
+        at += (len + 3) & !3;
+    }
+    out
 }
 
 /// (local port, socket) of every socket in LISTEN state (`st` 0A) in a
@@ -173,7 +208,15 @@ mod tests {
         assert!(claim(1, Some((held, held))).is_err());
         let b = claim(3, None).unwrap();
         assert!(b.base() + 2 < a.base() || a.base() + 2 < b.base());
-        assert!(listening(&[held])[&held].len() == 1);
+        assert_eq!(listening(&[held])[&held].len(), 1);
+        // The same as the /proc table says.
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let from_proc: Vec<Listener> = parse_table(&text)
+            .into_iter()
+            .filter(|(p, _)| *p == held)
+            .map(|(_, l)| l)
+            .collect();
+        assert_eq!(listening(&[held])[&held], from_proc);
         drop(a);
         assert!(claim(3, range).is_ok());
         let msg = claim(2, Some((held, held))).unwrap_err().to_string();
