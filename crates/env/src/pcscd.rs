@@ -78,24 +78,53 @@ impl Features {
         if !bytes.starts_with(b"\x7fELF") {
             return None;
         }
-        let has = |needle: &[u8]| find_bytes(bytes, needle).is_some();
-        // The pid file's path: the NUL-terminated string ending in /pcscd.pid.
-        let end = find_bytes(bytes, b"/pcscd.pid\0")?;
-        let start = bytes[..end]
-            .iter()
-            .rposition(|b| *b == 0)
-            .map_or(0, |i| i + 1);
-        let ipc_dir = std::str::from_utf8(&bytes[start..end]).ok()?;
-        if !ipc_dir.starts_with('/') || !has(b"pcscd.comm") {
+        // One pass over its NUL-separated strings (a byte-wise search per needle
+        // costs tens of milliseconds in a debug build).
+        let mut f = Features {
+            version: String::new(),
+            socket_activation: false,
+            polkit: false,
+            disable_polkit: false,
+            ipc_dir: PathBuf::new(),
+        };
+        let mut comm = false;
+        let mut previous: &[u8] = b"";
+        for s in bytes.split(|b| *b == 0) {
+            if s.ends_with(b"Started by systemd") {
+                f.socket_activation = true;
+            } else if s == b"polkit_authority_get_sync" {
+                f.polkit = true;
+            } else if s == b"disable-polkit" || s.windows(16).any(|w| w == b"--disable-polkit") {
+                f.disable_polkit = true;
+            } else if s.starts_with(b"/") && s.ends_with(b"/pcscd.pid") {
+                let dir = &s[..s.len() - b"/pcscd.pid".len()];
+                f.ipc_dir = PathBuf::from(std::str::from_utf8(dir).ok()?);
+            } else if s.ends_with(b"/pcscd.comm") {
+                comm = true;
+            } else if s.starts_with(b"pcsc-lite version ") {
+                f.version = String::from_utf8_lossy(s)
+                    .trim()
+                    .trim_end_matches('.')
+                    .to_string();
+            } else if s == b"pcsc-lite"
+                && f.version.is_empty()
+                && !previous.is_empty()
+                && previous.iter().all(|c| c.is_ascii_digit() || *c == b'.')
+            {
+                // 1.x: "1.9.9\0pcsc-lite\0%s version %s."
+                f.version = format!("pcsc-lite version {}", String::from_utf8_lossy(previous));
+            }
+            if !s.is_empty() {
+                previous = s;
+            }
+        }
+        if !comm || f.ipc_dir.as_os_str().is_empty() {
             return None;
         }
-        Some(Features {
-            version: version_in(bytes),
-            socket_activation: has(b"Started by systemd"),
-            polkit: has(b"polkit_authority_get_sync"),
-            disable_polkit: has(b"disable-polkit"),
-            ipc_dir: ipc_dir.into(),
-        })
+        if f.version.is_empty() {
+            f.version = "pcsc-lite".into();
+        }
+        Some(f)
     }
 
     /// What `pcscd` supports (once per binary and process): from its binary, else
@@ -154,37 +183,6 @@ fn remember(pcscd: &Path, f: Features) -> Features {
         .get_or_insert_with(HashMap::new)
         .insert(pcscd.into(), f.clone());
     f
-}
-
-fn find_bytes(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// "pcsc-lite version X" (2.x has it whole), else 1.x's version string stored just
-/// before "pcsc-lite" ("1.9.9\0pcsc-lite\0%s version %s.").
-fn version_in(bytes: &[u8]) -> String {
-    let token = |at: usize| -> Option<String> {
-        let len = bytes[at..].iter().position(|b| *b == 0)?;
-        let t = std::str::from_utf8(&bytes[at..at + len]).ok()?;
-        Some(t.to_string())
-    };
-    if let Some(at) = find_bytes(bytes, b"pcsc-lite version ") {
-        if let Some(t) = token(at) {
-            return t;
-        }
-    }
-    if let Some(at) = find_bytes(bytes, b"\0pcsc-lite\0") {
-        let start = bytes[..at]
-            .iter()
-            .rposition(|b| *b == 0)
-            .map_or(0, |i| i + 1);
-        if let Ok(v) = std::str::from_utf8(&bytes[start..at]) {
-            if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.') {
-                return format!("pcsc-lite version {v}");
-            }
-        }
-    }
-    "pcsc-lite".into()
 }
 
 #[cfg(test)]
