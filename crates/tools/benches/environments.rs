@@ -1,14 +1,18 @@
 //! How fast a vpcd-run environment is usable, against the usual recipe.
 //!
 //!   cargo bench -p vpcd-tools --bench environments --profile dev
+//!   cargo bench -p vpcd-tools --bench environments --profile dev -- --modes-only
 //!
 //! "Usable" means a PC/SC client inside the environment has connected to the card in
 //! `Virtual PCD 00 00` and had an APDU answered: this benchmark binary runs itself
 //! there as the probe (`--probe`), which prints a line once it has; the time is from
 //! spawning vpcd-run to that line.
 //!
-//! 1. vpcd-run with the built-in card, 20 times in a row;
-//! 2. eight vpcd-run at once, 3 rounds;
+//! 1. vpcd-run with the built-in card, 20 times in a row, in each mode: namespaces,
+//!    none (`--isolation none`: socket-activated pcscd, free ports), and none inside
+//!    `scripts/container-sim` (Docker's default capabilities and seccomp: the mode
+//!    chosen by itself, as in an unprivileged container; root only);
+//! 2. eight vpcd-run at once, 3 rounds, in each mode;
 //! 3. the C vpcd (Debian's vsmartcard-vpcd) in the same kind of private pcscd, with
 //!    vpcd-vicc started when pcscd is up, polled every 10 ms: the best a script can do
 //!    with the C driver without sleeping;
@@ -66,9 +70,18 @@ fn probe(poll: bool) -> i32 {
 /// Spawns vpcd-run with `args` (then `--` and the command), returns a handle to read
 /// the probe's line from.
 fn spawn_env(args: &[&str], command: &[&str]) -> (std::process::Child, Instant) {
+    let vpcd_run = bin("vpcd-run");
+    let mut all = vec![vpcd_run.to_str().unwrap()];
+    all.extend_from_slice(args);
+    spawn_cmd(&all, command)
+}
+
+/// Spawns `args[0]` with the rest of `args` (vpcd-run, perhaps behind a wrapper),
+/// then `--` and the command.
+fn spawn_cmd(args: &[&str], command: &[&str]) -> (std::process::Child, Instant) {
     let start = Instant::now();
-    let child = Command::new(bin("vpcd-run"))
-        .args(args)
+    let child = Command::new(args[0])
+        .args(&args[1..])
         .arg("--")
         .args(command)
         .env(
@@ -134,31 +147,63 @@ fn main() {
     let (c, s) = spawn_env(&["--driver", driver], &[me, "--probe"]);
     finish(c, s);
 
-    let mut usable = vec![];
-    let mut total = vec![];
-    for _ in 0..20 {
-        let (c, s) = spawn_env(&["--driver", driver], &[me, "--probe"]);
-        let (u, t) = finish(c, s);
-        usable.push(u);
-        total.push(t);
+    let sim = vpcd_testing::repo_root().join("scripts/container-sim");
+    let sim = sim.to_str().unwrap();
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let vpcd_run = bin("vpcd-run");
+    let vpcd_run = vpcd_run.to_str().unwrap();
+    let mut modes: Vec<(&str, Vec<&str>)> = vec![
+        ("namespaces", vec![vpcd_run, "--isolation", "namespaces"]),
+        ("none", vec![vpcd_run, "--isolation", "none"]),
+    ];
+    if root {
+        modes.push(("none, container-sim (auto)", vec![sim, vpcd_run]));
     }
-    stats("vpcd-run: start to card usable", &mut usable);
-    stats("vpcd-run: whole run (start, APDU, teardown)", &mut total);
-
-    let mut parallel = vec![];
-    let mut rounds = vec![];
-    for _ in 0..3 {
-        let round = Instant::now();
-        let envs: Vec<_> = (0..8)
-            .map(|_| spawn_env(&["--driver", driver], &[me, "--probe"]))
-            .collect();
-        for (c, s) in envs {
-            parallel.push(finish(c, s).0);
+    for (mode, prefix) in &modes {
+        let args: Vec<&str> = prefix.iter().copied().chain(["--driver", driver]).collect();
+        let (c, s) = spawn_cmd(&args, &[me, "--probe"]);
+        finish(c, s);
+        let mut usable = vec![];
+        let mut total = vec![];
+        for _ in 0..20 {
+            let (c, s) = spawn_cmd(&args, &[me, "--probe"]);
+            let (u, t) = finish(c, s);
+            usable.push(u);
+            total.push(t);
         }
-        rounds.push(round.elapsed());
+        stats(
+            &format!("vpcd-run [{mode}]: start to card usable"),
+            &mut usable,
+        );
+        stats(
+            &format!("vpcd-run [{mode}]: whole run (start, APDU, teardown)"),
+            &mut total,
+        );
+        let mut parallel = vec![];
+        let mut rounds = vec![];
+        for _ in 0..3 {
+            let round = Instant::now();
+            let envs: Vec<_> = (0..8).map(|_| spawn_cmd(&args, &[me, "--probe"])).collect();
+            for (c, s) in envs {
+                parallel.push(finish(c, s).0);
+            }
+            rounds.push(round.elapsed());
+        }
+        stats(
+            &format!("8 vpcd-run [{mode}] at once: start to card usable"),
+            &mut parallel,
+        );
+        stats(
+            &format!("8 vpcd-run [{mode}] at once: all 8 runs ended"),
+            &mut rounds,
+        );
     }
-    stats("8 vpcd-run at once: start to card usable", &mut parallel);
-    stats("8 vpcd-run at once: all 8 runs ended", &mut rounds);
+    if std::env::args().any(|a| a == "--modes-only") {
+        return;
+    }
 
     if !Path::new(C_DRIVER).exists() {
         println!("(no C vpcd at {C_DRIVER}: install vsmartcard-vpcd for the comparison)");
