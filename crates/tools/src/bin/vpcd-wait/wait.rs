@@ -25,6 +25,11 @@ pub struct Spec {
     pub timeout: Duration,
 }
 
+/// pcsc-lite before 2.5 refuses SCardGetStatusChange on more than 16 reader states
+/// (PCSCLITE_MAX_READERS_CONTEXTS): with 16 readers or more the PnP pseudo-reader
+/// is left out (such a pcscd takes no more readers anyway).
+const MAX_STATES: usize = 16;
+
 /// How often to retry while pcscd is not there yet (the only polling: before pcscd
 /// listens there is nothing to wait on).
 const NO_SERVICE_RETRY: Duration = Duration::from_millis(5);
@@ -97,16 +102,21 @@ pub fn wait_for(
             Err(_) => std::thread::sleep(NO_SERVICE_RETRY),
         }
     };
-    let mut states = vec![ReaderState::new(PNP_NOTIFICATION(), State::UNAWARE)];
+    let mut states: Vec<ReaderState> = vec![];
+    let mut rebuild = true;
     loop {
         let names = match ctx.list_readers_owned() {
             Ok(names) => names,
             Err(Error::NoReadersAvailable) => vec![],
             Err(e) => return Err(format!("cannot list readers: {e}")),
         };
-        let known = states[1..].iter().map(|s| s.name());
-        if known.ne(names.iter().map(|n| n.as_c_str())) {
-            states.truncate(1);
+        let known = states.iter().filter(|s| !is_pnp(s)).map(|s| s.name());
+        if rebuild || known.ne(names.iter().map(|n| n.as_c_str())) {
+            rebuild = false;
+            states.clear();
+            if names.len() < MAX_STATES {
+                states.push(ReaderState::new(PNP_NOTIFICATION(), State::UNAWARE));
+            }
             states.extend(
                 names
                     .into_iter()
@@ -125,7 +135,7 @@ pub fn wait_for(
             }
             // A reader went away between listing and waiting: list again.
             Err(Error::UnknownReader) => {
-                states.truncate(1);
+                rebuild = true;
                 continue;
             }
             Err(e) => return Err(format!("waiting for a card: {e}")),
@@ -139,9 +149,14 @@ pub fn wait_for(
     }
 }
 
+fn is_pnp(state: &ReaderState) -> bool {
+    state.name() == PNP_NOTIFICATION()
+}
+
 fn snapshot(states: &[ReaderState]) -> Vec<(String, State)> {
-    states[1..]
+    states
         .iter()
+        .filter(|s| !is_pnp(s))
         .map(|s| (s.name().to_string_lossy().into_owned(), s.event_state()))
         .collect()
 }
