@@ -127,13 +127,18 @@ fn config() -> Result<Config, Error> {
 
 /// `sh` waiting for the end of a pipe whose only writer is this process; then it ends
 /// pcscd (its parent-death signal does too; this covers a pcscd that outlived it) and
-/// removes the directory.
+/// removes the directory. It has a process group of its own and ignores the signals
+/// that end a run (Ctrl-C reaches the terminal's whole foreground group, `timeout`
+/// signals its command's group): it must outlive the test process to clean up.
 fn watchdog(dir: &Path, pcscd: i32) -> Result<ChildStdin, Error> {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new("/bin/sh")
         .args([
             "-c",
-            "read -r _; kill -TERM \"$1\" 2>/dev/null; rm -rf -- \"$0\"",
+            "trap '' INT TERM HUP QUIT; read -r _; kill -TERM \"$1\" 2>/dev/null; \
+             rm -rf -- \"$0\"",
         ])
+        .process_group(0)
         .arg(dir)
         .arg(pcscd.to_string())
         .stdin(Stdio::piped())

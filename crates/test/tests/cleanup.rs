@@ -49,8 +49,11 @@ fn processes_of(dir: &Path) -> Vec<(u32, String)> {
 
 /// Starts the holder, returns it and its environment's directory once it holds.
 fn start_holder(role: &str) -> (std::process::Child, PathBuf) {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["holder", "--exact", "--nocapture", "--test-threads=1"])
+        // A group of its own, as a terminal gives a command it runs.
+        .process_group(0)
         .env(ROLE, role)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -94,6 +97,11 @@ fn check(role: &str) {
     assert!(dir.join("pcscd.comm").exists());
     if role == "kill" {
         child.kill().unwrap(); // SIGKILL: no destructor, no atexit
+    } else if role == "ctrl-c" {
+        // Ctrl-C: SIGINT to the whole foreground process group.
+        let group = format!("-{}", child.id());
+        let status = Command::new("kill").args(["-INT", "--", &group]).status();
+        assert!(status.unwrap().success());
     } else {
         writeln!(child.stdin.take().unwrap(), "go").unwrap();
     }
@@ -105,6 +113,11 @@ fn check(role: &str) {
 #[test]
 fn a_killed_test_process_leaves_nothing() {
     check("kill");
+}
+
+#[test]
+fn ctrl_c_leaves_nothing() {
+    check("ctrl-c");
 }
 
 #[test]
