@@ -74,6 +74,7 @@ impl Env {
 
 fn start() -> Result<Env, Error> {
     let config = config()?;
+    let driver = config.driver.clone();
     let (ready_tx, ready_rx) = mpsc::channel();
     let (keeper, jobs) = mpsc::channel::<Job>();
     std::thread::Builder::new()
@@ -89,7 +90,19 @@ fn start() -> Result<Env, Error> {
     let environment = ready_rx
         .recv()
         .map_err(|_| Error::new("the environment's thread ended"))?
-        .map_err(|e| Error::new(format!("cannot start the private pcscd: {e}")))?;
+        .map_err(|e| {
+            let hint = match e {
+                // The C vpcd (Debian's vsmartcard-vpcd) has the same file name but
+                // knows neither /slots= nor /listen=: it never opens these ports.
+                vpcd_env::Error::Timeout { .. } => format!(
+                    "; is {} the vpcd-rs driver? Build it (cargo build, or cargo build \
+                     --release for benches) or set {VAR_DRIVER}",
+                    driver.display()
+                ),
+                _ => String::new(),
+            };
+            Error::new(format!("cannot start the private pcscd: {e}{hint}"))
+        })?;
     let watchdog = watchdog(environment.dir(), environment.pcscd_pid())?;
     // Before any context of this process (libpcsclite reads it once); child
     // processes of the tests inherit it.
