@@ -62,6 +62,9 @@ fn work(ctx: &vpcd_test::pcsc::Context, reader: &std::ffi::CStr) {
     }
 }
 
+/// One way of running the 64 tests, on N runner threads.
+type Variant = fn(usize) -> Run;
+
 struct Run {
     total: Duration,
     /// Each test's own time: from holding the lock (or lease) to giving it back.
@@ -205,7 +208,7 @@ fn table(threads: &[usize], card_ms: usize) {
         "", "N", "total s", "ms/test", "own median ms", "own p95 ms", "elapsed max ms"
     );
     for &n in threads {
-        let variants: [(&str, fn(usize) -> Run); 4] = [
+        let variants: [(&str, Variant); 4] = [
             ("serialized: lock + 100 ms sleep", serialized),
             ("serialized: lock, event-driven", serialized_events),
             ("leased slots, event-driven", leased),

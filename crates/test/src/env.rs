@@ -173,7 +173,7 @@ fn check_client(env: &Environment) -> Result<(), Error> {
     })?;
     let want = env.reader_name(0);
     let readers = crate::client::list_readers(&ctx);
-    if !readers.iter().any(|r| *r == want) {
+    if !readers.contains(&want) {
         return Err(Error::new(format!(
             "the private pcscd's reader \"{want}\" is not among the readers this process \
              sees ({readers:?}): libpcsclite reads PCSCLITE_CSOCK_NAME once per process, \
