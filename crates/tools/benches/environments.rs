@@ -162,43 +162,53 @@ fn main() {
     if root {
         modes.push(("none, container-sim (auto)", vec![sim, vpcd_run]));
     }
-    for (mode, prefix) in &modes {
-        let args: Vec<&str> = prefix.iter().copied().chain(["--driver", driver]).collect();
-        let (c, s) = spawn_cmd(&args, &[me, "--probe"]);
+    // Modes interleaved, run by run and round by round, so that a machine's changing
+    // load weighs on each alike.
+    let args: Vec<Vec<&str>> = modes
+        .iter()
+        .map(|(_, prefix)| prefix.iter().copied().chain(["--driver", driver]).collect())
+        .collect();
+    for a in &args {
+        let (c, s) = spawn_cmd(a, &[me, "--probe"]);
         finish(c, s);
-        let mut usable = vec![];
-        let mut total = vec![];
-        for _ in 0..20 {
-            let (c, s) = spawn_cmd(&args, &[me, "--probe"]);
+    }
+    let n = modes.len();
+    let (mut usable, mut total) = (vec![vec![]; n], vec![vec![]; n]);
+    for _ in 0..20 {
+        for (m, a) in args.iter().enumerate() {
+            let (c, s) = spawn_cmd(a, &[me, "--probe"]);
             let (u, t) = finish(c, s);
-            usable.push(u);
-            total.push(t);
+            usable[m].push(u);
+            total[m].push(t);
         }
+    }
+    let (mut parallel, mut rounds) = (vec![vec![]; n], vec![vec![]; n]);
+    for _ in 0..3 {
+        for (m, a) in args.iter().enumerate() {
+            let round = Instant::now();
+            let envs: Vec<_> = (0..8).map(|_| spawn_cmd(a, &[me, "--probe"])).collect();
+            for (c, s) in envs {
+                parallel[m].push(finish(c, s).0);
+            }
+            rounds[m].push(round.elapsed());
+        }
+    }
+    for (m, (mode, _)) in modes.iter().enumerate() {
         stats(
             &format!("vpcd-run [{mode}]: start to card usable"),
-            &mut usable,
+            &mut usable[m],
         );
         stats(
             &format!("vpcd-run [{mode}]: whole run (start, APDU, teardown)"),
-            &mut total,
+            &mut total[m],
         );
-        let mut parallel = vec![];
-        let mut rounds = vec![];
-        for _ in 0..3 {
-            let round = Instant::now();
-            let envs: Vec<_> = (0..8).map(|_| spawn_cmd(&args, &[me, "--probe"])).collect();
-            for (c, s) in envs {
-                parallel.push(finish(c, s).0);
-            }
-            rounds.push(round.elapsed());
-        }
         stats(
             &format!("8 vpcd-run [{mode}] at once: start to card usable"),
-            &mut parallel,
+            &mut parallel[m],
         );
         stats(
             &format!("8 vpcd-run [{mode}] at once: all 8 runs ended"),
-            &mut rounds,
+            &mut rounds[m],
         );
     }
     if std::env::args().any(|a| a == "--modes-only") {
