@@ -251,7 +251,10 @@ pub fn children() -> Vec<i32> {
         let mut pids = vec![];
         for task in tasks.flatten() {
             let list = std::fs::read_to_string(task.path().join("children")).ok()?;
-            pids.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
         }
         Some(pids)
     });
