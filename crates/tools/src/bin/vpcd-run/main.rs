@@ -70,8 +70,9 @@ pcscd, /run and ports are left alone. On exit, Ctrl-C or SIGTERM everything the
 environment started ends and its files vanish.
 
 COMMAND sees:
-  PCSCLITE_CSOCK_NAME  {socket} (the default path, private to the environment;
-                       without namespaces: the private directory's socket)
+  PCSCLITE_CSOCK_NAME  {socket} (the default path, private to the
+                       environment; without namespaces: the socket in a
+                       private temporary directory)
   VPCD_READER          \"{name} 00 00\"
   VPCD_PORT            {port} (slot N: {port}+N, on 127.0.0.1 and ::1; without
                        namespaces: a free port, on 127.0.0.1)
@@ -93,7 +94,7 @@ Options:
                        (default: free ports the kernel hands out)
   -s, --slots N        slots of the reader, 1 to 16 (default {slots})
   -n, --no-card        no built-in card: the command brings its own vicc (e.g.
-                       jCardSim, the Python vicc) on port {port}
+                       jCardSim, the Python vicc) on $VPCD_PORT
       --fs DIR         the built-in card's files from DIR (vpcd-vicc --fs)
       --atr HEX        the built-in card's ATR (vpcd-vicc --atr)
       --pcscd PATH     the pcscd to run (default: pcscd from PATH, or /usr/sbin)
