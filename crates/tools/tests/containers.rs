@@ -908,3 +908,103 @@ fn containerfile_entrypoint_runs_in_the_container_simulation() {
         );
     }
 }
+
+/// Ubuntu 23.10+'s AppArmor rule as a program sees it (`container-sim
+/// --userns-only`): an ordinary user gets a user namespace, but no mount, network or
+/// PID namespace in it. vpcd-run then stays in the user namespace it made and runs
+/// without the others: the card is usable, the socket is the private one.
+#[test]
+fn user_namespace_without_the_others_falls_back() {
+    if !is_root() {
+        eprintln!("skipped: the simulation needs root");
+        return;
+    }
+    let (uid, gid) = test_user();
+    ensure_run_pcscd();
+    let mut cmd = Command::new(repo_root().join("scripts/container-sim"));
+    cmd.args(["--userns-only", "--user", &format!("{uid}:{gid}")])
+        .arg(bin("vpcd-run"))
+        .arg("--driver")
+        .arg(driver_path())
+        .arg("--pcscd")
+        .arg(pcscd())
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo $PCSCLITE_CSOCK_NAME; opensc-tool -r \"$VPCD_READER\" -a",
+        ])
+        .env("PATH", path_with_tools())
+        .env("HOME", "/")
+        .current_dir("/")
+        .stdin(Stdio::null());
+    let r = run(&mut cmd);
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("/tmp/vpcd-env-"), "{}", r.stdout);
+    assert!(r.stdout.contains("3b:8a:80"), "{}", r.stdout);
+    // The same user in Docker's simulation makes no user namespace at all.
+    let r = run(&mut vpcd_run(Some((uid, gid)), true, &["-d", "--", "true"]));
+    assert!(r.status.success(), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("no namespaces (cannot create a user namespace"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The environments.rs recipes without namespaces: an external vicc on $VPCD_PORT
+/// (the Python vicc) with vpcd-wait, and the built-in card removed and inserted live
+/// through $VPCD_CARD_CONTROL and by signal.
+#[test]
+fn recipes_of_the_namespace_mode_work_without() {
+    let shim = temp_dir("pyshim");
+    std::os::unix::fs::symlink(
+        "/usr/lib/python3/dist-packages/Cryptodome",
+        shim.path().join("Crypto"),
+    )
+    .unwrap();
+    let script = format!(
+        "PYTHONPATH={}:/usr/lib/python3/site-packages/virtualsmartcard \
+           /usr/bin/python3 /usr/bin/vicc -t iso7816 -H 127.0.0.1 -P \"$VPCD_PORT\" >/dev/null 2>&1 & \
+         vpcd-wait -t 20 \"$VPCD_READER\" && opensc-tool -r \"$VPCD_READER\" -a \
+           -s '00 A4 00 0C 02 3F 00'",
+        shim.path().display()
+    );
+    let r = run(&mut vpcd_run(
+        None,
+        false,
+        &["--no-namespaces", "--no-card", "--", "sh", "-c", &script],
+    ));
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("Received (SW1=0x90, SW2=0x00)"),
+        "{}",
+        r.stdout
+    );
+
+    let script = "set -eu
+        ctl() { vpcd-vicc ctl \"$VPCD_CARD_CONTROL\" \"$@\"; }
+        ctl remove
+        vpcd-wait -t 2 --absent \"$VPCD_READER\"
+        ctl insert
+        vpcd-wait -t 2 \"$VPCD_READER\"
+        kill -USR1 \"$VPCD_CARD_PID\"
+        vpcd-wait -t 2 --absent \"$VPCD_READER\"
+        kill -USR2 \"$VPCD_CARD_PID\"
+        vpcd-wait -t 2 \"$VPCD_READER\"
+        opensc-tool -r \"$VPCD_READER\" -a
+        echo done";
+    let r = run(&mut vpcd_run(
+        None,
+        false,
+        &["--no-namespaces", "-q", "--", "sh", "-c", script],
+    ));
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .ends_with("3b:8a:80:01:80:73:90:01:40:54:76:70:63:64:7c\ndone\n"),
+        "{}",
+        r.stdout
+    );
+}

@@ -593,6 +593,28 @@ mod tests {
     }
 
     #[test]
+    fn isolation_and_ports() {
+        assert_eq!(run(&[]).isolation, Isolation::Auto);
+        assert_eq!(run(&["--no-namespaces"]).isolation, Isolation::None);
+        assert_eq!(
+            run(&["--isolation", "namespaces"]).isolation,
+            Isolation::Namespaces
+        );
+        assert_eq!(run(&["--isolation=none"]).isolation, Isolation::None);
+        assert!(parse(&["--isolation", "container"]).is_err());
+        assert_eq!(run(&["--ports", "40000-40015"]).ports, Some((40000, 40015)));
+        for bad in ["40000", "2-1", "0-5", "a-b", "1-70000"] {
+            assert!(parse(&["--ports", bad]).is_err(), "{bad}");
+        }
+        let mut o = run(&["--no-namespaces", "--ports", "5-9", "--", "x"]);
+        o.pcscd = Some("/p".into());
+        match parse_args(o.to_inner_args()) {
+            Ok(Parsed::Inner(back)) => assert_eq!(back, o),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn inner_args_round_trip() {
         let mut o = run(&[
             "-s", "3", "--atr", "3B 00", "-q", "--", "sh", "-c", "exit 3",
