@@ -344,6 +344,10 @@ impl Environment {
             "cannot make the socket {}",
             self.socket.display()
         )))?;
+        // Only this user (root: only root) may connect, whatever the umask: the
+        // directory's name is no secret (0711 for root, and /tmp lists it).
+        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err("cannot set the socket's mode"))?;
         let mut args: Vec<OsString> = vec![
             "--foreground".into(),
             "--config".into(),
