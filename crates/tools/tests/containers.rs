@@ -1008,3 +1008,30 @@ fn recipes_of_the_namespace_mode_work_without() {
         r.stdout
     );
 }
+
+/// Where a real engine works (VPCD_CONTAINER_ENGINE=podman or docker: it builds the
+/// image, which downloads its base images), the image and its promises in real
+/// unprivileged containers: scripts/container-test.
+#[test]
+fn real_container_where_an_engine_works() {
+    let Some(engine) = std::env::var_os("VPCD_CONTAINER_ENGINE") else {
+        eprintln!("skipped: set VPCD_CONTAINER_ENGINE=podman or docker to build and run the image");
+        return;
+    };
+    let dir = temp_dir("engine");
+    let child = spawn_logged(
+        Command::new(repo_root().join("scripts/container-test")).arg(engine),
+        dir.path(),
+        "test",
+    );
+    // Building the image (a Rust build in the first stage) takes minutes.
+    let r = finish(
+        child,
+        dir.path(),
+        "test",
+        Instant::now(),
+        Duration::from_secs(3600),
+    );
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("container test ok"), "{}", r.stdout);
+}
