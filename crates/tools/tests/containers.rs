@@ -1035,3 +1035,50 @@ fn real_container_where_an_engine_works() {
     assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("container test ok"), "{}", r.stdout);
 }
+
+/// pcscd's /run/pcscd, in a mount and network namespace of the test's own (a fresh
+/// /run without it, no other environment around): an ordinary user is told in one
+/// line to have root make it; root makes it for the run and removes it after.
+#[test]
+fn run_pcscd_made_by_root_and_removed_after() {
+    if !is_root() {
+        eprintln!("skipped: needs root for the private /run");
+        return;
+    }
+    let (uid, gid) = test_user();
+    let run_args = |who: &str| {
+        format!(
+            "{who} {run} --no-namespaces --driver {drv} --pcscd {pcscd} -- \
+               sh -c 'ls -d /run/pcscd; opensc-tool -r \"$VPCD_READER\" -a'",
+            run = bin("vpcd-run").display(),
+            drv = driver_path().display(),
+            pcscd = pcscd().display(),
+        )
+    };
+    let script = format!(
+        "ip link set lo up
+         mount -t tmpfs tmpfs /run
+         {user}; echo \"user=$?\"
+         {root}; echo \"root=$?\"
+         ls -A /run; echo end",
+        user = run_args(&format!(
+            "setpriv --reuid={uid} --regid={gid} --clear-groups --"
+        )),
+        root = run_args(""),
+    );
+    let r = run(Command::new("unshare")
+        .args(["-m", "-n", "--propagation", "private", "sh", "-c", &script])
+        .env("PATH", path_with_tools()));
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("user=125\n"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("pcscd needs its directory /run/pcscd")
+            && r.stderr.contains("mkdir -m 0755 /run/pcscd"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("/run/pcscd\n3b:8a:80"), "{}", r.stdout);
+    assert!(r.stdout.contains("root=0\n"), "{}", r.stdout);
+    // Nothing left in /run: the directory root made is gone again.
+    assert!(r.stdout.ends_with("root=0\nend\n"), "{}", r.stdout);
+}
