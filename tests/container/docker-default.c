@@ -17,11 +17,16 @@
  *                  swapon, personality changes aside) with EPERM
  *   user           --user UID:GID switches to it after the filter, with no
  *                  supplementary groups, as `docker run --user` does
+ *   --userns-only  instead of the container: Ubuntu 23.10+'s AppArmor restriction
+ *                  of unprivileged user namespaces as a program sees it: a user
+ *                  namespace is made, but the namespaces that need capabilities in
+ *                  it (mount, network, PID, ...) are refused with EPERM, by unshare
+ *                  or clone; the capability set is left as it is
  *
  * Not reproduced: the container's own namespaces, cgroups, the AppArmor profile,
  * the read-only /proc/sys; no_new_privs stays off, as in Docker by default.
  *
- * Usage (as root): docker-default [--user UID:GID] PROGRAM [ARG...]
+ * Usage (as root): docker-default [--userns-only] [--user UID:GID] PROGRAM [ARG...]
  * Build: gcc -O2 -Wall -o docker-default docker-default.c -lseccomp (libseccomp-dev);
  * scripts/container-sim builds and runs it.
  */
@@ -83,7 +88,7 @@ static void drop_capabilities(void)
 		die("capset", errno);
 }
 
-static void seccomp_filter(void)
+static void seccomp_filter(int userns_only)
 {
 	static const unsigned long new_flags[] = {
 		CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID,
@@ -102,14 +107,22 @@ static void seccomp_filter(void)
 	/* Loaded while CAP_SYS_ADMIN is still effective: no no_new_privs needed. */
 	r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0);
 	for (size_t i = 0; !r && i < sizeof refused / sizeof refused[0]; i++) {
+		if (userns_only)
+			break; /* only namespaces are refused: unshare by its flags, below */
 		int nr = seccomp_syscall_resolve_name(refused[i]);
 		if (nr != __NR_SCMP_ERROR)
 			r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0);
 	}
 	/* clone's flags are its first argument on x86-64 and arm64 alike. */
-	for (size_t i = 0; !r && i < sizeof new_flags / sizeof new_flags[0]; i++)
+	for (size_t i = 0; !r && i < sizeof new_flags / sizeof new_flags[0]; i++) {
+		if (userns_only && new_flags[i] == CLONE_NEWUSER)
+			continue;
 		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
 			SCMP_A0(SCMP_CMP_MASKED_EQ, new_flags[i], new_flags[i]));
+		if (!r && userns_only)
+			r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(unshare), 1,
+				SCMP_A0(SCMP_CMP_MASKED_EQ, new_flags[i], new_flags[i]));
+	}
 	if (!r)
 		r = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
 	if (!r)
@@ -121,8 +134,12 @@ static void seccomp_filter(void)
 
 int main(int argc, char **argv)
 {
-	int i = 1;
+	int i = 1, userns_only = 0;
 	long uid = -1, gid = -1;
+	if (i < argc && !strcmp(argv[i], "--userns-only")) {
+		userns_only = 1;
+		i++;
+	}
 	if (i + 1 < argc && !strcmp(argv[i], "--user")) {
 		if (sscanf(argv[i + 1], "%ld:%ld", &uid, &gid) != 2) {
 			fprintf(stderr, "docker-default: --user UID:GID\n");
@@ -131,11 +148,13 @@ int main(int argc, char **argv)
 		i += 2;
 	}
 	if (i >= argc) {
-		fprintf(stderr, "usage: %s [--user UID:GID] PROGRAM [ARG...]\n", argv[0]);
+		fprintf(stderr, "usage: %s [--userns-only] [--user UID:GID] PROGRAM [ARG...]\n",
+			argv[0]);
 		return 2;
 	}
-	seccomp_filter();
-	drop_capabilities();
+	seccomp_filter(userns_only);
+	if (!userns_only)
+		drop_capabilities();
 	if (uid >= 0) {
 		if (setgroups(0, NULL) < 0)
 			die("setgroups", errno);

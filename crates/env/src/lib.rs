@@ -31,28 +31,37 @@
 //!   systemd's socket-activation protocol (`LISTEN_FDS=1`, `LISTEN_PID`, fd 3). The
 //!   environment binds `pcscd.comm` in its own directory and hands it over; clients
 //!   find it through `PCSCLITE_CSOCK_NAME`. pcsc-lite 1.9.9 (Debian 12), 2.3.3 and
-//!   2.5.1 all do this the same way ([`pcscd::Features`] reads `pcscd --version` to
-//!   know whether this pcscd can).
+//!   2.5.1 all do this the same way ([`pcscd::Features`] reads pcscd's binary, or
+//!   asks `pcscd --version`, to know whether this pcscd can).
 //! - Its reader.conf is in the directory too (`pcscd -c`), with one vpcd reader whose
 //!   base port was free at start: [`ports`] claims N consecutive ports among the
 //!   environments of this machine (abstract Unix sockets, freed by the kernel with the
 //!   process) and checks them free; once pcscd runs, readiness means that pcscd's own
-//!   sockets listen on every port (from `/proc`). A port taken meanwhile by another
-//!   program is detected and the start retried on others.
+//!   sockets listen on every port (the kernel's listening table through sock_diag;
+//!   pcscd's sockets from /proc/PID/fd, or by their owner where that is not readable,
+//!   as in a container without CAP_SYS_PTRACE). pcscd has created its readers by then.
+//!   A port taken meanwhile by another program is detected and the start retried on
+//!   others.
 //! - What else pcscd writes: it needs its IPC directory (`/run/pcscd`) to exist (it
 //!   creates it when it can, and fails when it cannot), and writes and removes its pid
 //!   file there. Socket-activated, it creates no socket. So an environment started by
 //!   root runs pcscd as the user `nobody`, which cannot write the pid file (pcscd logs
 //!   that and goes on): a system pcscd's pid file is never overwritten nor removed; if
 //!   `/run/pcscd` is missing, root creates it and removes it again at the end, if
-//!   empty and no other environment of the machine runs (their port claims show). An ordinary user's pcscd cannot write there anyway; a missing `/run/pcscd` is
-//!   then [`Error::NoIpcDir`] (it must be created once by root, e.g. in the image).
+//!   empty and no other environment of the machine runs (their port claims show). An
+//!   ordinary user's pcscd cannot write there anyway; a missing `/run/pcscd` is then
+//!   [`Error::NoIpcDir`] (it must be created once by root, e.g. in the image). Root of
+//!   a user namespace that maps only itself counts as that ordinary user.
 //!   pcsc-lite 2.x built with polkit gets `--disable-polkit` (no D-Bus in containers;
 //!   the socket's directory is the access control), and `PCSCLITE_HP_DROPDIR` names an
 //!   empty directory so that pcscd 2.x claims no USB reader of the machine.
 //! - It ends by pid: SIGTERM, SIGKILL after a grace period, the directory removed. pcscd
 //!   also gets SIGTERM if the thread that started the environment dies
-//!   (`PR_SET_PDEATHSIG`; [`Config::die_with_parent`]).
+//!   (`PR_SET_PDEATHSIG`; [`Config::die_with_parent`]). pcscd is signalled only while
+//!   it is still this process's child, so that a caller reaping with waitpid(-1) may
+//!   reap it too.
+//!
+//! Logs: [`Output::DirLog`] keeps pcscd's output in [`Environment::log_path`] until stop.
 //!
 //! What it does not isolate: the network namespace. Other local processes can reach
 //! the slots' ports (the driver's allow-list keeps everything but loopback out) and
@@ -344,6 +353,10 @@ impl Environment {
             "cannot make the socket {}",
             self.socket.display()
         )))?;
+        // Only this user (root: only root) may connect, whatever the umask: the
+        // directory's name is no secret (0711 for root, and /tmp lists it).
+        std::fs::set_permissions(&self.socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(io_err("cannot set the socket's mode"))?;
         let mut args: Vec<OsString> = vec![
             "--foreground".into(),
             "--config".into(),

@@ -219,6 +219,8 @@ mod tests {
         assert_eq!(listening(&[held])[&held], from_proc);
         drop(a);
         assert!(claim(3, range).is_ok());
+        // The claims show in /proc/net/unix: seen by one that owns none of them.
+        assert!(other_environments(&[]));
         let msg = claim(2, Some((held, held))).unwrap_err().to_string();
         assert!(
             msg.starts_with("no 2 consecutive free TCP ports on 127.0.0.1 in "),

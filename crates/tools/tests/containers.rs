@@ -586,3 +586,499 @@ fn missing_pieces_are_one_line_each() {
         );
     }
 }
+
+/// The recipes' image layout on this machine: `vpcd-run` (with the driver under
+/// test), `vpcd-parallel` and `vpcd-example-suite` first in PATH, as the image has
+/// them in /usr/local/bin.
+fn image_path() -> (tempfile::TempDir, String) {
+    let dir = open_dir("image-bin");
+    let wrapper = dir.path().join("vpcd-run");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} --driver {} --pcscd {} \"$@\"\n",
+            bin("vpcd-run").display(),
+            driver_path().display(),
+            pcscd().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["vpcd-parallel", "vpcd-example-suite"] {
+        std::os::unix::fs::symlink(
+            repo_root().join("packaging/container").join(name),
+            dir.path().join(name),
+        )
+        .unwrap();
+    }
+    let path = format!("{}:{}", dir.path().display(), path_with_tools());
+    (dir, path)
+}
+
+/// A YAML file as JSON (PyYAML, Debian's python3-yaml).
+fn yaml(name: &str) -> serde_json::Value {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)",
+        ])
+        .arg(repo_root().join("packaging/container").join(name))
+        .output()
+        .expect("python3 with yaml (python3-yaml)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Runs shell `lines` (a CI job's script) in the container simulation, one job per
+/// entry of `jobs` (its extra variables), all at once; returns each job's output.
+fn run_jobs(
+    user: Option<(u32, u32)>,
+    lines: &[String],
+    jobs: Vec<Vec<(String, String)>>,
+) -> Vec<String> {
+    let (_bin, path) = image_path();
+    let dir = open_dir("jobs");
+    let start = Instant::now();
+    let children: Vec<(usize, Child)> = jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, vars)| {
+            let mut cmd = in_container(user, Path::new("sh"));
+            cmd.arg("-ec")
+                .arg(lines.join("\n"))
+                .envs(vars)
+                .env("PATH", &path)
+                .env("HOME", "/")
+                .current_dir(repo_root())
+                .stdin(Stdio::null());
+            (i, spawn_logged(&mut cmd, dir.path(), &format!("job{i}")))
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|(i, child)| {
+            let r = finish(child, dir.path(), &format!("job{i}"), start, LIMIT);
+            assert!(r.status.success(), "job {i}: {}\n{}", r.stdout, r.stderr);
+            r.stdout
+        })
+        .collect()
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The GitLab CI recipe: its jobs' scripts as the runner would run them (4 parallel
+/// jobs with CI_NODE_INDEX, and the 8-in-one job), each job an unprivileged container.
+#[test]
+fn gitlab_recipe_runs_in_the_container_simulation() {
+    if !is_root() {
+        eprintln!("skipped: the container simulation needs root");
+        return;
+    }
+    let ci = yaml("gitlab-ci.yml");
+    let job = &ci["smartcard-suite"];
+    assert_eq!(job["image"]["entrypoint"], serde_json::json!([""]));
+    assert_eq!(job["image"]["name"], "$VPCD_IMAGE");
+    let n = job["parallel"].as_u64().unwrap();
+    let suite = job["variables"]["SUITE"].as_str().unwrap().to_string();
+    let jobs = (1..=n)
+        .map(|i| {
+            vec![
+                ("CI_NODE_INDEX".into(), i.to_string()),
+                ("CI_NODE_TOTAL".into(), n.to_string()),
+                ("SUITE".into(), suite.clone()),
+            ]
+        })
+        .collect();
+    let outs = run_jobs(None, &strings(&job["script"]), jobs);
+    for (i, out) in outs.iter().enumerate() {
+        assert!(out.contains(&format!("shard {}/{n}: ok", i + 1)), "{out}");
+    }
+    let job = &ci["smartcard-suite-8-in-one"];
+    let suite = job["variables"]["SUITE"].as_str().unwrap().to_string();
+    let out = &run_jobs(
+        None,
+        &strings(&job["script"]),
+        vec![vec![("SUITE".into(), suite)]],
+    )[0];
+    for i in 1..=8 {
+        assert!(out.contains(&format!("[{i}] shard {i}/8: ok")), "{out}");
+    }
+}
+
+/// The GitHub Actions recipe: each matrix shard's `run` steps, and the 8-in-one job.
+#[test]
+fn github_recipe_runs_in_the_container_simulation() {
+    if !is_root() {
+        eprintln!("skipped: the container simulation needs root");
+        return;
+    }
+    let wf = yaml("github-actions.yml");
+    let job = &wf["jobs"]["shards"];
+    assert!(job["container"]["image"].as_str().unwrap().contains("vpcd"));
+    let shards: Vec<u64> = job["strategy"]["matrix"]["shard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let runs = |job: &serde_json::Value, shard: u64| -> Vec<String> {
+        job["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s["run"].as_str())
+            .map(|r| r.replace("${{ matrix.shard }}", &shard.to_string()))
+            .collect()
+    };
+    let dir = open_dir("gh");
+    let start = Instant::now();
+    let (_bin, path) = image_path();
+    let children: Vec<_> = shards
+        .iter()
+        .map(|&s| {
+            let mut cmd = in_container(None, Path::new("sh"));
+            cmd.arg("-ec")
+                .arg(runs(job, s).join("\n"))
+                .env("PATH", &path)
+                .current_dir(repo_root())
+                .stdin(Stdio::null());
+            (s, spawn_logged(&mut cmd, dir.path(), &format!("shard{s}")))
+        })
+        .collect();
+    for (s, child) in children {
+        let r = finish(child, dir.path(), &format!("shard{s}"), start, LIMIT);
+        assert!(r.status.success(), "shard {s}: {}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout
+                .contains(&format!("shard {s}/{}: ok", shards.len())),
+            "{}",
+            r.stdout
+        );
+    }
+    let out = &run_jobs(None, &runs(&wf["jobs"]["eight-in-one"], 0), vec![vec![]])[0];
+    assert_eq!(out.matches(": ok").count(), 8, "{out}");
+}
+
+/// The Kubernetes Job (documentation: no cluster here): its pods' restrictions are
+/// the unprivileged ones, and its command, run as its user in the container
+/// simulation with each completion index, passes.
+#[test]
+fn kubernetes_job_runs_in_the_container_simulation() {
+    if !is_root() {
+        eprintln!("skipped: the container simulation needs root");
+        return;
+    }
+    let job = yaml("k8s-job.yaml");
+    assert_eq!(job["kind"], "Job");
+    let spec = &job["spec"];
+    assert_eq!(spec["completionMode"], "Indexed");
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    let uid = pod["securityContext"]["runAsUser"].as_u64().unwrap() as u32;
+    let gid = pod["securityContext"]["runAsGroup"].as_u64().unwrap() as u32;
+    let argv: Vec<String> = strings(&c["command"])
+        .into_iter()
+        .chain(strings(&c["args"]))
+        .collect();
+    // The pod's command as one shell line (the job runner below runs shell lines).
+    let quoted: Vec<String> = argv
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    ensure_run_pcscd();
+    let n = spec["completions"].as_u64().unwrap();
+    assert_eq!(spec["parallelism"].as_u64(), Some(n));
+    let jobs = (0..n)
+        .map(|i| vec![("JOB_COMPLETION_INDEX".into(), i.to_string())])
+        .collect();
+    let outs = run_jobs(Some((uid, gid)), &[quoted.join(" ")], jobs);
+    for (i, out) in outs.iter().enumerate() {
+        assert!(out.contains(&format!("shard {}/{n}: ok", i + 1)), "{out}");
+    }
+}
+
+/// The Containerfile: what it copies exists (the build's outputs, the scripts), the
+/// packages it installs exist in Debian 12, it makes /run/pcscd for non-root users,
+/// and its ENTRYPOINT + CMD pass in the container simulation, as root and as a user.
+#[test]
+fn containerfile_entrypoint_runs_in_the_container_simulation() {
+    let text =
+        std::fs::read_to_string(repo_root().join("packaging/container/Containerfile")).unwrap();
+    // Instructions, with continuation lines joined.
+    let joined = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("\\\n", " ");
+    let instr: Vec<(&str, &str)> = joined
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .collect();
+    let json = |key: &str| -> Vec<String> {
+        let (_, v) = instr.iter().rev().find(|(k, _)| *k == key).unwrap();
+        serde_json::from_str(v).unwrap()
+    };
+    assert_eq!(json("ENTRYPOINT"), ["vpcd-run"]);
+    let cmd = json("CMD");
+    let mut packages = vec![];
+    for (k, v) in &instr {
+        match *k {
+            "COPY" if v.starts_with("--from=build") => {
+                let parts: Vec<&str> = v.split_whitespace().skip(1).collect();
+                for src in &parts[..parts.len() - 1] {
+                    let name = Path::new(src).file_name().unwrap();
+                    let built = if name == "libifdvpcd.so" {
+                        driver_path()
+                    } else {
+                        bin(name.to_str().unwrap())
+                    };
+                    assert!(built.is_file(), "{src}: no {}", built.display());
+                }
+            }
+            "COPY" if !v.starts_with(". ") => {
+                let parts: Vec<&str> = v.split_whitespace().collect();
+                for src in &parts[..parts.len() - 1] {
+                    assert!(repo_root().join(src).is_file(), "COPY {src}");
+                }
+            }
+            "RUN" if v.contains("apt-get install") => {
+                let after = v.split("--no-install-recommends").nth(1).unwrap();
+                packages.extend(
+                    after
+                        .split("&&")
+                        .next()
+                        .unwrap()
+                        .split_whitespace()
+                        .map(str::to_string),
+                );
+            }
+            _ => {}
+        }
+    }
+    assert!(packages.contains(&"pcscd".to_string()), "{packages:?}");
+    // One apt-cache call for all (each call reads the whole package lists).
+    let ok = Command::new("apt-cache")
+        .arg("show")
+        .args(&packages)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success());
+    // Without apt (another distribution) there is nothing to ask.
+    if let Ok(ok) = ok {
+        assert!(ok, "not all Debian packages: {packages:?}");
+    }
+    assert!(joined.contains("mkdir -p /run/pcscd"));
+    if !is_root() {
+        eprintln!("skipped running the entrypoint: the container simulation needs root");
+        return;
+    }
+    ensure_run_pcscd();
+    let line: Vec<String> = json("ENTRYPOINT")
+        .into_iter()
+        .chain(cmd)
+        .map(|a| format!("'{a}'"))
+        .collect();
+    for user in [None, Some(test_user())] {
+        let out = &run_jobs(user, &[line.join(" ")], vec![vec![]])[0];
+        assert!(
+            out.contains("Virtual PCD 00 00") && out.contains("Virtual PCD 00 01"),
+            "{out}"
+        );
+    }
+}
+
+/// Ubuntu 23.10+'s AppArmor rule as a program sees it (`container-sim
+/// --userns-only`): an ordinary user gets a user namespace, but no mount, network or
+/// PID namespace in it. vpcd-run then stays in the user namespace it made and runs
+/// without the others: the card is usable, the socket is the private one.
+#[test]
+fn user_namespace_without_the_others_falls_back() {
+    if !is_root() {
+        eprintln!("skipped: the simulation needs root");
+        return;
+    }
+    let (uid, gid) = test_user();
+    ensure_run_pcscd();
+    let mut cmd = Command::new(repo_root().join("scripts/container-sim"));
+    cmd.args(["--userns-only", "--user", &format!("{uid}:{gid}")])
+        .arg(bin("vpcd-run"))
+        .arg("--driver")
+        .arg(driver_path())
+        .arg("--pcscd")
+        .arg(pcscd())
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo $PCSCLITE_CSOCK_NAME; opensc-tool -r \"$VPCD_READER\" -a",
+        ])
+        .env("PATH", path_with_tools())
+        .env("HOME", "/")
+        .current_dir("/")
+        .stdin(Stdio::null());
+    let r = run(&mut cmd);
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("/tmp/vpcd-env-"), "{}", r.stdout);
+    assert!(r.stdout.contains("3b:8a:80"), "{}", r.stdout);
+    // The same user in Docker's simulation makes no user namespace at all.
+    let r = run(&mut vpcd_run(Some((uid, gid)), true, &["-d", "--", "true"]));
+    assert!(r.status.success(), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("no namespaces (cannot create a user namespace"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// The environments.rs recipes without namespaces: an external vicc on $VPCD_PORT
+/// (the Python vicc) with vpcd-wait, and the built-in card removed and inserted live
+/// through $VPCD_CARD_CONTROL and by signal.
+#[test]
+fn recipes_of_the_namespace_mode_work_without() {
+    let shim = temp_dir("pyshim");
+    std::os::unix::fs::symlink(
+        "/usr/lib/python3/dist-packages/Cryptodome",
+        shim.path().join("Crypto"),
+    )
+    .unwrap();
+    let script = format!(
+        "PYTHONPATH={}:/usr/lib/python3/site-packages/virtualsmartcard \
+           /usr/bin/python3 /usr/bin/vicc -t iso7816 -H 127.0.0.1 -P \"$VPCD_PORT\" >/dev/null 2>&1 & \
+         vpcd-wait -t 20 \"$VPCD_READER\" && opensc-tool -r \"$VPCD_READER\" -a \
+           -s '00 A4 00 0C 02 3F 00'",
+        shim.path().display()
+    );
+    let r = run(&mut vpcd_run(
+        None,
+        false,
+        &["--no-namespaces", "--no-card", "--", "sh", "-c", &script],
+    ));
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("Received (SW1=0x90, SW2=0x00)"),
+        "{}",
+        r.stdout
+    );
+
+    let script = "set -eu
+        ctl() { vpcd-vicc ctl \"$VPCD_CARD_CONTROL\" \"$@\"; }
+        ctl remove
+        vpcd-wait -t 2 --absent \"$VPCD_READER\"
+        ctl insert
+        vpcd-wait -t 2 \"$VPCD_READER\"
+        kill -USR1 \"$VPCD_CARD_PID\"
+        vpcd-wait -t 2 --absent \"$VPCD_READER\"
+        kill -USR2 \"$VPCD_CARD_PID\"
+        vpcd-wait -t 2 \"$VPCD_READER\"
+        opensc-tool -r \"$VPCD_READER\" -a
+        echo done";
+    let r = run(&mut vpcd_run(
+        None,
+        false,
+        &["--no-namespaces", "-q", "--", "sh", "-c", script],
+    ));
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .ends_with("3b:8a:80:01:80:73:90:01:40:54:76:70:63:64:7c\ndone\n"),
+        "{}",
+        r.stdout
+    );
+}
+
+/// Where a real engine works (VPCD_CONTAINER_ENGINE=podman or docker: it builds the
+/// image, which downloads its base images), the image and its promises in real
+/// unprivileged containers: scripts/container-test.
+#[test]
+fn real_container_where_an_engine_works() {
+    let Some(engine) = std::env::var_os("VPCD_CONTAINER_ENGINE") else {
+        eprintln!("skipped: set VPCD_CONTAINER_ENGINE=podman or docker to build and run the image");
+        return;
+    };
+    let dir = temp_dir("engine");
+    let child = spawn_logged(
+        Command::new(repo_root().join("scripts/container-test")).arg(engine),
+        dir.path(),
+        "test",
+    );
+    // Building the image (a Rust build in the first stage) takes minutes.
+    let r = finish(
+        child,
+        dir.path(),
+        "test",
+        Instant::now(),
+        Duration::from_secs(3600),
+    );
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("container test ok"), "{}", r.stdout);
+}
+
+/// pcscd's /run/pcscd, in a mount and network namespace of the test's own (a fresh
+/// /run without it, no other environment around): an ordinary user is told in one
+/// line to have root make it; root makes it for the run and removes it after.
+#[test]
+fn run_pcscd_made_by_root_and_removed_after() {
+    if !is_root() {
+        eprintln!("skipped: needs root for the private /run");
+        return;
+    }
+    let (uid, gid) = test_user();
+    let run_args = |who: &str| {
+        format!(
+            "{who} {run} --no-namespaces --driver {drv} --pcscd {pcscd} -- \
+               sh -c 'ls -d /run/pcscd; opensc-tool -r \"$VPCD_READER\" -a'",
+            run = bin("vpcd-run").display(),
+            drv = driver_path().display(),
+            pcscd = pcscd().display(),
+        )
+    };
+    let script = format!(
+        "ip link set lo up
+         mount -t tmpfs tmpfs /run
+         {user}; echo \"user=$?\"
+         {root}; echo \"root=$?\"
+         ls -A /run; echo end",
+        user = run_args(&format!(
+            "setpriv --reuid={uid} --regid={gid} --clear-groups --"
+        )),
+        root = run_args(""),
+    );
+    let r = run(Command::new("unshare")
+        .args(["-m", "-n", "--propagation", "private", "sh", "-c", &script])
+        .env("PATH", path_with_tools()));
+    assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("user=125\n"), "{}", r.stdout);
+    assert!(
+        r.stderr.contains("pcscd needs its directory /run/pcscd")
+            && r.stderr.contains("mkdir -m 0755 /run/pcscd"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("/run/pcscd\n3b:8a:80"), "{}", r.stdout);
+    assert!(r.stdout.contains("root=0\n"), "{}", r.stdout);
+    // Nothing left in /run: the directory root made is gone again.
+    assert!(r.stdout.ends_with("root=0\nend\n"), "{}", r.stdout);
+}

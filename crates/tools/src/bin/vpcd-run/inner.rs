@@ -394,7 +394,7 @@ pub fn main(o: Options) -> ExitCode {
         if let Err(e) = sys::become_subreaper() {
             eprintln!("vpcd-run: warning: cannot adopt the command's orphans: {e}");
         }
-    } else {
+    } else if sys::getpid() == 1 {
         // This process's own PC/SC client (the readiness waits) uses the private pcscd.
         std::env::set_var("PCSCLITE_CSOCK_NAME", SOCKET);
         // A /proc of this PID namespace, so that ps and kill inside show its

@@ -70,8 +70,9 @@ pcscd, /run and ports are left alone. On exit, Ctrl-C or SIGTERM everything the
 environment started ends and its files vanish.
 
 COMMAND sees:
-  PCSCLITE_CSOCK_NAME  {socket} (the default path, private to the environment;
-                       without namespaces: the private directory's socket)
+  PCSCLITE_CSOCK_NAME  {socket} (the default path, private to the
+                       environment; without namespaces: the socket in a
+                       private temporary directory)
   VPCD_READER          \"{name} 00 00\"
   VPCD_PORT            {port} (slot N: {port}+N, on 127.0.0.1 and ::1; without
                        namespaces: a free port, on 127.0.0.1)
@@ -93,7 +94,7 @@ Options:
                        (default: free ports the kernel hands out)
   -s, --slots N        slots of the reader, 1 to 16 (default {slots})
   -n, --no-card        no built-in card: the command brings its own vicc (e.g.
-                       jCardSim, the Python vicc) on port {port}
+                       jCardSim, the Python vicc) on $VPCD_PORT
       --fs DIR         the built-in card's files from DIR (vpcd-vicc --fs)
       --atr HEX        the built-in card's ATR (vpcd-vicc --atr)
       --pcscd PATH     the pcscd to run (default: pcscd from PATH, or /usr/sbin)
@@ -589,6 +590,28 @@ mod tests {
         assert_eq!(parse(&["--help"]), Ok(Parsed::Help));
         assert_eq!(parse(&["-V"]), Ok(Parsed::Version));
         assert!(help().contains("VPCD_CARD_CONTROL"));
+    }
+
+    #[test]
+    fn isolation_and_ports() {
+        assert_eq!(run(&[]).isolation, Isolation::Auto);
+        assert_eq!(run(&["--no-namespaces"]).isolation, Isolation::None);
+        assert_eq!(
+            run(&["--isolation", "namespaces"]).isolation,
+            Isolation::Namespaces
+        );
+        assert_eq!(run(&["--isolation=none"]).isolation, Isolation::None);
+        assert!(parse(&["--isolation", "container"]).is_err());
+        assert_eq!(run(&["--ports", "40000-40015"]).ports, Some((40000, 40015)));
+        for bad in ["40000", "2-1", "0-5", "a-b", "1-70000"] {
+            assert!(parse(&["--ports", bad]).is_err(), "{bad}");
+        }
+        let mut o = run(&["--no-namespaces", "--ports", "5-9", "--", "x"]);
+        o.pcscd = Some("/p".into());
+        match parse_args(o.to_inner_args()) {
+            Ok(Parsed::Inner(back)) => assert_eq!(back, o),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
