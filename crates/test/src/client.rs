@@ -33,6 +33,12 @@ pub fn wait_card(
             // reader-state size while it waits (SCARD_E_UNSUPPORTED_FEATURE); the next
             // call is in step again.
             Err(pcsc::Error::UnsupportedFeature) if start.elapsed() < timeout => continue,
+            // pcsc-lite 2.x: a context can lag behind a reader pcscd has just added;
+            // it catches up, with nothing to wait on meanwhile.
+            Err(pcsc::Error::UnknownReader) if start.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
             Err(e) => return Err(format!("SCardGetStatusChange: {e}")),
         }
         let state = states[0].event_state();

@@ -163,24 +163,54 @@ fn watchdog(dir: &Path, pcscd: i32) -> Result<ChildStdin, Error> {
 }
 
 /// The first context must reach our pcscd: libpcsclite keeps the socket it read
-/// first, so a context established before the environment went elsewhere.
+/// first, so a context established before the environment went elsewhere. And every
+/// slot's reader must be listed before the first lease: pcscd opens a slot's port
+/// before it adds its reader, and a context of pcsc-lite 2.x knows only the readers
+/// listed when it was made.
 fn check_client(env: &Environment) -> Result<(), Error> {
+    const READERS_WAIT: Duration = Duration::from_secs(10);
     let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(|e| {
         Error::new(format!(
             "no PC/SC context with the private pcscd at {}: {e}",
             env.socket().display()
         ))
     })?;
-    let want = env.reader_name(0);
-    let readers = crate::client::list_readers(&ctx);
-    if !readers.contains(&want) {
-        return Err(Error::new(format!(
-            "the private pcscd's reader \"{want}\" is not among the readers this process \
-             sees ({readers:?}): libpcsclite reads PCSCLITE_CSOCK_NAME once per process, \
-             so lease the first slot before any other PC/SC call of the process"
-        )));
+    let want: Vec<String> = (0..env.slots()).map(|s| env.reader_name(s)).collect();
+    let start = std::time::Instant::now();
+    let mut pnp = [pcsc::ReaderState::new(
+        pcsc::PNP_NOTIFICATION(),
+        pcsc::State::UNAWARE,
+    )];
+    loop {
+        let readers = crate::client::list_readers(&ctx);
+        if !readers.contains(&want[0]) && !readers.is_empty() {
+            return Err(Error::new(format!(
+                "the private pcscd's reader \"{}\" is not among the readers this process \
+                 sees ({readers:?}): libpcsclite reads PCSCLITE_CSOCK_NAME once per \
+                 process, so lease the first slot before any other PC/SC call of the \
+                 process",
+                want[0]
+            )));
+        }
+        if want.iter().all(|w| readers.contains(w)) {
+            return Ok(());
+        }
+        let left = READERS_WAIT.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(Error::new(format!(
+                "pcscd lists {} of its {} readers after {READERS_WAIT:?}",
+                readers.len(),
+                want.len()
+            )));
+        }
+        // Woken when pcscd adds a reader.
+        if ctx
+            .get_status_change(left.min(Duration::from_millis(100)), &mut pnp)
+            .is_ok()
+        {
+            pnp[0].sync_current_state();
+        }
     }
-    Ok(())
 }
 
 /// The driver: `VPCD_DRIVER`, else the one built beside the test (a workspace build
