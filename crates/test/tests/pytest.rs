@@ -69,7 +69,7 @@ fn four_workers_four_environments() {
     .unwrap();
     let log = text(&out);
     assert!(out.status.success(), "{log}");
-    assert!(log.contains("21 passed"), "{log}");
+    assert!(log.contains("22 passed"), "{log}");
     // Which worker (pid) ran which test on which pcscd (socket).
     let lines: Vec<String> = std::fs::read_dir(&record)
         .unwrap()

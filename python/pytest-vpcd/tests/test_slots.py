@@ -4,6 +4,7 @@ opensc-tool. Run them in parallel: ``pytest -n 4``."""
 
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -35,6 +36,36 @@ def test_a_card_each(vpcd_card, n):
         payload, 0x90, 0x00)
     data, sw1, sw2 = vpcd_card.transmit([0x00, 0x84, 0x00, 0x00, 0x08])
     assert len(data) == 8 and (sw1, sw2) == (0x90, 0x00)
+
+
+def test_sixteen_cards_at_once(vpcd_lease):
+    """Sixteen slots of one worker, each with its own card, worked at the same time
+    from sixteen threads: each holds its card while all the others hold theirs."""
+    slots = [vpcd_lease() for _ in range(16)]
+    assert len({s.reader for s in slots}) == 16
+    together = threading.Barrier(16, timeout=60)
+    errors = []
+
+    def work(slot, n):
+        try:
+            slot.insert_builtin()
+            together.wait()
+            conn = slot.connect()
+            payload = [(n + i) & 0xFF for i in range(100)]
+            assert conn.transmit([0x80, 0xEE, 0x00, 0x00, 100] + payload + [0]) == (
+                payload, 0x90, 0x00)
+            assert conn.transmit(DF)[1:] == (0x90, 0x00)
+            together.wait()
+        except Exception as e:  # reported below, with the others released
+            errors.append((slot.reader, e))
+            together.abort()
+
+    threads = [threading.Thread(target=work, args=(s, n)) for n, s in enumerate(slots)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
 
 
 def test_removal_and_insertion(vpcd_card):
