@@ -222,3 +222,38 @@ fn a_killed_pytest_leaves_nothing() {
     }
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+#[test]
+fn an_environment_that_cannot_start_says_why() {
+    let work = temp_dir("pytest-fail");
+    std::fs::write(
+        work.join("test_one.py"),
+        "def test_one(vpcd_slot):\n    pass\n",
+    )
+    .unwrap();
+    let fake = work.join("vpcd-run");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'vpcd-run: pcscd not found (in PATH, /usr/sbin)' >&2\nexit 125\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (vpcd_run, words) in [
+        (fake.to_str().unwrap(), "pcscd not found"),
+        ("/nonexistent/vpcd-run", "cannot run /nonexistent/vpcd-run"),
+    ] {
+        let out = pytest(
+            &plugin_dir().join("src"),
+            &["-p", "pytest_vpcd.plugin", "-q", "--vpcd-run", vpcd_run],
+        )
+        .arg(work.join("test_one.py"))
+        .output()
+        .unwrap();
+        let log = text(&out);
+        assert!(!out.status.success(), "{log}");
+        assert!(log.contains("1 error"), "{log}");
+        assert!(log.contains("VpcdError") && log.contains(words), "{log}");
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+}

@@ -76,13 +76,16 @@ class Environment:
         self._freed = threading.Condition(self._lock)
         args = [self.vpcd_run, "--no-namespaces", "--no-card", "--slots", str(slots)]
         args += ["--debug"] if debug else ["--quiet"]
-        self._process = subprocess.Popen(
-            args + ["--", "/bin/sh", "-c", _REPORT],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None if debug else subprocess.PIPE,
-            text=True,
-        )
+        try:
+            self._process = subprocess.Popen(
+                args + ["--", "/bin/sh", "-c", _REPORT],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=None if debug else subprocess.PIPE,
+                text=True,
+            )
+        except OSError as e:
+            raise VpcdError(f"cannot run {self.vpcd_run}: {e}") from None
         line = self._process.stdout.readline()
         if not line.startswith(_READY + "\t"):
             self._process.stdin.close()
