@@ -99,6 +99,10 @@ fn start() -> Result<Env, Error> {
                      --release for benches) or set {VAR_DRIVER}",
                     driver.display()
                 ),
+                vpcd_env::Error::NoPcscd => match std::env::var_os(VAR_PCSCD) {
+                    Some(p) => format!(" ({VAR_PCSCD}={})", Path::new(&p).display()),
+                    None => format!(" ({VAR_PCSCD} names it)"),
+                },
                 _ => String::new(),
             };
             Error::new(format!("cannot start the private pcscd: {e}{hint}"))
@@ -171,7 +175,9 @@ fn check_client(env: &Environment) -> Result<(), Error> {
     const READERS_WAIT: Duration = Duration::from_secs(10);
     let ctx = pcsc::Context::establish(pcsc::Scope::User).map_err(|e| {
         Error::new(format!(
-            "no PC/SC context with the private pcscd at {}: {e}",
+            "no PC/SC context with the private pcscd at {}: {e} (libpcsclite reads \
+             PCSCLITE_CSOCK_NAME once per process: a PC/SC call made before the first \
+             lease keeps it on another pcscd's socket)",
             env.socket().display()
         ))
     })?;
