@@ -124,7 +124,8 @@ fn child_processes_are_clients_of_the_same_pcscd() {
 fn the_python_vicc_in_a_slot() {
     // vsmartcard's vicc connects to the slot's address; the lease ends it.
     let mut slot = Slot::lease();
-    let dir = std::env::temp_dir().join(format!("vpcd-test-pyshim-{}", std::process::id()));
+    // In the environment's directory, which goes with the environment.
+    let dir = slot.socket().parent().unwrap().join("pyshim");
     std::fs::create_dir_all(&dir).unwrap();
     let alias = dir.join("Crypto");
     if !alias.exists() {
@@ -150,7 +151,6 @@ fn the_python_vicc_in_a_slot() {
     assert_eq!((r.len(), &r[8..]), (10, &[0x90, 0x00][..]), "{r:02X?}");
     drop(card);
     slot.eject().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A card that fails the way test code does.
