@@ -1,14 +1,19 @@
 //! How fast a vpcd-run environment is usable, against the usual recipe.
 //!
 //!   cargo bench -p vpcd-tools --bench environments --profile dev
+//!   cargo bench -p vpcd-tools --bench environments --profile dev -- --modes-only
 //!
 //! "Usable" means a PC/SC client inside the environment has connected to the card in
 //! `Virtual PCD 00 00` and had an APDU answered: this benchmark binary runs itself
 //! there as the probe (`--probe`), which prints a line once it has; the time is from
 //! spawning vpcd-run to that line.
 //!
-//! 1. vpcd-run with the built-in card, 20 times in a row;
-//! 2. eight vpcd-run at once, 3 rounds;
+//! 1. vpcd-run with the built-in card, 20 times in a row, in each mode: namespaces,
+//!    none (`--isolation none`: socket-activated pcscd, free ports), and (root only)
+//!    the default mode inside `scripts/container-sim` (Docker's default capabilities
+//!    and seccomp: it falls back to none, as in an unprivileged container), measured
+//!    by this binary run inside the simulation;
+//! 2. eight vpcd-run at once, 3 rounds, in each mode;
 //! 3. the C vpcd (Debian's vsmartcard-vpcd) in the same kind of private pcscd, with
 //!    vpcd-vicc started when pcscd is up, polled every 10 ms: the best a script can do
 //!    with the C driver without sleeping;
@@ -66,9 +71,18 @@ fn probe(poll: bool) -> i32 {
 /// Spawns vpcd-run with `args` (then `--` and the command), returns a handle to read
 /// the probe's line from.
 fn spawn_env(args: &[&str], command: &[&str]) -> (std::process::Child, Instant) {
+    let vpcd_run = bin("vpcd-run");
+    let mut all = vec![vpcd_run.to_str().unwrap()];
+    all.extend_from_slice(args);
+    spawn_cmd(&all, command)
+}
+
+/// Spawns `args[0]` with the rest of `args` (vpcd-run, perhaps behind a wrapper),
+/// then `--` and the command.
+fn spawn_cmd(args: &[&str], command: &[&str]) -> (std::process::Child, Instant) {
     let start = Instant::now();
-    let child = Command::new(bin("vpcd-run"))
-        .args(args)
+    let child = Command::new(args[0])
+        .args(&args[1..])
         .arg("--")
         .args(command)
         .env(
@@ -127,38 +141,50 @@ fn main() {
     let me = me.to_str().unwrap();
     let driver = vpcd_testing::driver_path();
     let driver = driver.to_str().unwrap();
+    let vpcd_run = bin("vpcd-run");
+    let vpcd_run = vpcd_run.to_str().unwrap();
+    // This binary again, inside the container simulation: vpcd-run as a suite in an
+    // unprivileged container starts it (the simulation's own start, a filter
+    // compiled per process, stays out of the figures).
+    if args.iter().any(|a| a == "--inside-container-sim") {
+        modes(
+            me,
+            driver,
+            &[("auto: none, inside container-sim", vec![vpcd_run])],
+        );
+        return;
+    }
     println!("| measurement | runs | median ms | min ms | max ms |");
     println!("|---|---:|---:|---:|---:|");
 
     // Warm the page cache once.
     let (c, s) = spawn_env(&["--driver", driver], &[me, "--probe"]);
     finish(c, s);
-
-    let mut usable = vec![];
-    let mut total = vec![];
-    for _ in 0..20 {
-        let (c, s) = spawn_env(&["--driver", driver], &[me, "--probe"]);
-        let (u, t) = finish(c, s);
-        usable.push(u);
-        total.push(t);
+    modes(
+        me,
+        driver,
+        &[
+            ("namespaces", vec![vpcd_run, "--isolation", "namespaces"]),
+            ("none", vec![vpcd_run, "--isolation", "none"]),
+        ],
+    );
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if root {
+        let sim = vpcd_testing::repo_root().join("scripts/container-sim");
+        let status = Command::new(sim)
+            .args([me, "--inside-container-sim"])
+            .status()
+            .expect("scripts/container-sim");
+        assert!(status.success(), "the container simulation's run failed");
+    } else {
+        println!("(not root: no run inside scripts/container-sim)");
     }
-    stats("vpcd-run: start to card usable", &mut usable);
-    stats("vpcd-run: whole run (start, APDU, teardown)", &mut total);
-
-    let mut parallel = vec![];
-    let mut rounds = vec![];
-    for _ in 0..3 {
-        let round = Instant::now();
-        let envs: Vec<_> = (0..8)
-            .map(|_| spawn_env(&["--driver", driver], &[me, "--probe"]))
-            .collect();
-        for (c, s) in envs {
-            parallel.push(finish(c, s).0);
-        }
-        rounds.push(round.elapsed());
+    if std::env::args().any(|a| a == "--modes-only") {
+        return;
     }
-    stats("8 vpcd-run at once: start to card usable", &mut parallel);
-    stats("8 vpcd-run at once: all 8 runs ended", &mut rounds);
 
     if !Path::new(C_DRIVER).exists() {
         println!("(no C vpcd at {C_DRIVER}: install vsmartcard-vpcd for the comparison)");
@@ -178,4 +204,57 @@ fn main() {
         recipe.push(finish(c, s).0);
     }
     stats("usual recipe: C vpcd, vicc, sleep 5", &mut recipe);
+}
+
+/// Each mode (a label, vpcd-run and its options) 20 times in a row and 8 at once, 3
+/// rounds; the modes interleaved, run by run and round by round, so that a machine's
+/// changing load weighs on each alike.
+fn modes(me: &str, driver: &str, modes: &[(&str, Vec<&str>)]) {
+    let args: Vec<Vec<&str>> = modes
+        .iter()
+        .map(|(_, prefix)| prefix.iter().copied().chain(["--driver", driver]).collect())
+        .collect();
+    for a in &args {
+        let (c, s) = spawn_cmd(a, &[me, "--probe"]);
+        finish(c, s);
+    }
+    let n = modes.len();
+    let (mut usable, mut total) = (vec![vec![]; n], vec![vec![]; n]);
+    for _ in 0..20 {
+        for (m, a) in args.iter().enumerate() {
+            let (c, s) = spawn_cmd(a, &[me, "--probe"]);
+            let (u, t) = finish(c, s);
+            usable[m].push(u);
+            total[m].push(t);
+        }
+    }
+    let (mut parallel, mut rounds) = (vec![vec![]; n], vec![vec![]; n]);
+    for _ in 0..3 {
+        for (m, a) in args.iter().enumerate() {
+            let round = Instant::now();
+            let envs: Vec<_> = (0..8).map(|_| spawn_cmd(a, &[me, "--probe"])).collect();
+            for (c, s) in envs {
+                parallel[m].push(finish(c, s).0);
+            }
+            rounds[m].push(round.elapsed());
+        }
+    }
+    for (m, (mode, _)) in modes.iter().enumerate() {
+        stats(
+            &format!("vpcd-run [{mode}]: start to card usable"),
+            &mut usable[m],
+        );
+        stats(
+            &format!("vpcd-run [{mode}]: whole run (start, APDU, teardown)"),
+            &mut total[m],
+        );
+        stats(
+            &format!("8 vpcd-run [{mode}] at once: start to card usable"),
+            &mut parallel[m],
+        );
+        stats(
+            &format!("8 vpcd-run [{mode}] at once: all 8 runs ended"),
+            &mut rounds[m],
+        );
+    }
 }

@@ -6,11 +6,16 @@
 //! - `src/bin/vpcd-config/`: shows how a phone or vicc reaches the configured readers
 //!   (text, JSON, a `vpcd://` QR code for the Android app); `--check` diagnoses a setup.
 //! - `src/bin/vpcd-run/`, `src/bin/vpcd-wait/`: a command run in an environment of its
-//!   own (private pcscd, the driver, a card), and waiting for a reader or card.
+//!   own (private pcscd, the driver, a card), and waiting for a reader or card. Without
+//!   namespaces (containers, CI runners) vpcd-run's pcscd comes from `../env/`, the
+//!   package `vpcd-env` (socket activation in a private directory, free ports).
 //! - `src/cli.rs` ([`cli`], this library's only module): the command-line conventions
 //!   both tools share (lexopt; same spellings, `--help`, `--version`, exit status 2).
 //! - `tests/`: the tools' own tests (vpcd-vicc, vpcd-config and `--check`, vpcd-run and
-//!   vpcd-wait); the driver's system tests are in the repository's `tests/`.
+//!   vpcd-wait; `containers.rs`: vpcd-run without namespaces in the container
+//!   simulation `scripts/container-sim`, and the recipes of `packaging/container/`);
+//!   the driver's system tests are in the repository's `tests/`.
+//! - `benches/environments.rs`: vpcd-run's readiness, with and without namespaces.
 //! - `benches/relay/`: ours against Debian's C vpcd in one pcscd (`scripts/bench`);
 //!   its `main.rs` has the module map.
 //! - `../testing/`: the package `vpcd-testing`, the harness the tests and the bench

@@ -3,6 +3,13 @@
 //! every process (orphans included), forwards signals, and at the end stops
 //! everything: SIGTERM to all, SIGKILL after a grace period (and the kernel kills
 //! whatever is left once pid 1 exits).
+//!
+//! Without namespaces the same process is a child subreaper instead (orphans of the
+//! command become its children): pcscd comes from `vpcd-env` (socket-activated in a
+//! private directory, free ports), and the end signals its children, and the
+//! orphans that then come to it, until none is left. What escapes: a process that
+//! left the tree before its parent ended is still reparented here; only one that is
+//! another subreaper's descendant is not.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -11,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::wait::{self, Spec, Target};
-use crate::{sys, Options, EXIT_SETUP, FRIENDLY_NAME, PORT, PRIVATE_DIR, SOCKET};
+use crate::{sys, Isolation, Options, EXIT_SETUP, FRIENDLY_NAME, PORT, PRIVATE_DIR, SOCKET};
 
 const SIGNALS: [i32; 6] = [
     sys::SIGINT,
@@ -39,10 +46,14 @@ pub fn exit_code(status: ExitStatus) -> ExitCode {
 enum Stop {
     Signal(i32),
     Failed(String),
+    /// Something the environment needs is missing; nothing ran, no log to show.
+    Missing(String),
 }
 
 struct Env {
     o: Options,
+    /// Without namespaces: the private pcscd, its directory and ports.
+    isolated: Option<vpcd_env::Environment>,
     log: PathBuf,
     pcscd: i32,
     pcscd_status: Option<ExitStatus>,
@@ -99,6 +110,52 @@ impl Env {
         }
     }
 
+    /// The environment's socket, slot 0's port, and the card's control socket.
+    fn socket(&self) -> PathBuf {
+        self.isolated
+            .as_ref()
+            .map_or_else(|| SOCKET.into(), |e| e.socket().to_path_buf())
+    }
+
+    fn port(&self) -> u16 {
+        self.isolated.as_ref().map_or(PORT, |e| e.port(0))
+    }
+
+    fn control_path(&self) -> PathBuf {
+        self.isolated.as_ref().map_or_else(
+            || Path::new(PRIVATE_DIR).join("card.ctl"),
+            |e| e.dir().join("card.ctl"),
+        )
+    }
+
+    /// Without namespaces: vpcd-env's pcscd, ready (holding its ports) on return.
+    fn start_isolated(&mut self) -> Result<(), Stop> {
+        let mut config = vpcd_env::Config::new(self.o.driver.clone().unwrap_or_default());
+        config.pcscd = self.o.pcscd.clone();
+        config.slots = self.o.slots;
+        config.ports = self.o.ports;
+        config.debug = self.o.debug;
+        config.timeout = self.o.timeout;
+        config.output = if self.o.debug {
+            vpcd_env::Output::Inherit
+        } else {
+            vpcd_env::Output::DirLog
+        };
+        let env = vpcd_env::Environment::start(&config).map_err(|e| match e {
+            vpcd_env::Error::PcscdExited { .. } | vpcd_env::Error::Timeout { .. } => {
+                Stop::Failed(e.to_string())
+            }
+            // Nothing ran: one line says what is missing.
+            other => Stop::Missing(other.to_string()),
+        })?;
+        self.pcscd = env.pcscd_pid();
+        self.log = env.log_path();
+        // This process's own PC/SC client (the readiness waits) uses it.
+        std::env::set_var("PCSCLITE_CSOCK_NAME", env.socket());
+        self.isolated = Some(env);
+        Ok(())
+    }
+
     fn start_pcscd(&mut self) -> Result<(), String> {
         let pcscd = self.o.pcscd.clone().unwrap_or_else(|| "pcscd".into());
         let mut cmd = Command::new(&pcscd);
@@ -130,10 +187,10 @@ impl Env {
             "-H",
             "127.0.0.1",
             "-P",
-            &PORT.to_string(),
+            &self.port().to_string(),
             "--control",
         ])
-        .arg(control_path())
+        .arg(self.control_path())
         .stdin(Stdio::null())
         .process_group(0);
         if let Some(fs) = &self.o.fs {
@@ -147,6 +204,10 @@ impl Env {
             log_to(&mut cmd, &self.log)?;
         }
         sys::unblock_signals_in_child(&mut cmd);
+        if self.isolated.is_some() {
+            // No PID namespace to end it with us if we are killed.
+            sys::parent_death_signal_in_child(&mut cmd, sys::SIGTERM);
+        }
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", vicc.display()))?;
@@ -158,7 +219,11 @@ impl Env {
     fn set_up(&mut self) -> Result<(), Stop> {
         let start = Instant::now();
         let timeout = self.o.timeout;
-        self.start_pcscd().map_err(Stop::Failed)?;
+        if self.o.isolation == Isolation::None {
+            self.start_isolated()?;
+        } else {
+            self.start_pcscd().map_err(Stop::Failed)?;
+        }
         let slots = usize::from(self.o.slots);
         self.await_thread(move || wait::wait_readers(slots, timeout))?;
         if self.o.card {
@@ -177,11 +242,11 @@ impl Env {
         let (program, args) = self.o.command.split_first().ok_or("no command")?;
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .env("PCSCLITE_CSOCK_NAME", SOCKET)
+            .env("PCSCLITE_CSOCK_NAME", self.socket())
             .env("VPCD_READER", reader_name(0))
-            .env("VPCD_PORT", PORT.to_string());
+            .env("VPCD_PORT", self.port().to_string());
         if let Some(card) = self.card {
-            cmd.env("VPCD_CARD_CONTROL", control_path())
+            cmd.env("VPCD_CARD_CONTROL", self.control_path())
                 .env("VPCD_CARD_PID", card.to_string());
         } else {
             cmd.env_remove("VPCD_CARD_CONTROL")
@@ -226,7 +291,12 @@ impl Env {
 
     /// Ends every other process of the namespace and reaps them.
     fn shut_down(&mut self) {
-        sys::kill(-1, sys::SIGTERM);
+        // kill(-1) is "every other process of the PID namespace" only inside one;
+        // outside it is every process this user may signal.
+        if self.o.isolation != Isolation::Namespaces || sys::getpid() != 1 {
+            return self.shut_down_descendants();
+        }
+        sys::kill_namespace(sys::SIGTERM);
         let deadline = Instant::now() + GRACE;
         let mut killed = false;
         loop {
@@ -236,10 +306,37 @@ impl Env {
                 Ok(None) => {}
             }
             if !killed && Instant::now() >= deadline {
-                sys::kill(-1, sys::SIGKILL);
+                sys::kill_namespace(sys::SIGKILL);
                 killed = true;
             }
             sys::wait_signal(&[sys::SIGCHLD], Some(Duration::from_millis(50)));
+        }
+    }
+
+    /// Without a PID namespace: SIGTERM to each child (orphans of the command become
+    /// children here, this being a subreaper), SIGKILL after the grace period, until
+    /// no child is left. Never kill(-1): outside a namespace that is every process.
+    fn shut_down_descendants(&mut self) {
+        let deadline = Instant::now() + GRACE;
+        let mut signalled: Vec<(i32, i32)> = vec![];
+        loop {
+            match sys::reap(-1) {
+                Ok(Some(_)) => continue,
+                Err(_) => return, // no children left
+                Ok(None) => {}
+            }
+            let sig = if Instant::now() >= deadline {
+                sys::SIGKILL
+            } else {
+                sys::SIGTERM
+            };
+            for pid in sys::children() {
+                if !signalled.contains(&(pid, sig)) {
+                    sys::kill(pid, sig);
+                    signalled.push((pid, sig));
+                }
+            }
+            sys::wait_signal(&[sys::SIGCHLD], Some(Duration::from_millis(20)));
         }
     }
 
@@ -283,10 +380,6 @@ pub fn reader_name(slot: u8) -> String {
     format!("{FRIENDLY_NAME} 00 {slot:02X}")
 }
 
-fn control_path() -> PathBuf {
-    Path::new(PRIVATE_DIR).join("card.ctl")
-}
-
 pub fn main(o: Options) -> ExitCode {
     if let Err(e) = sys::block_signals(&SIGNALS) {
         eprintln!("vpcd-run: cannot block signals: {e}");
@@ -296,19 +389,27 @@ pub fn main(o: Options) -> ExitCode {
     if let Err(e) = sys::signal_on_parent_death(sys::SIGTERM) {
         eprintln!("vpcd-run: warning: cannot follow the outer vpcd-run: {e}");
     }
-    // This process's own PC/SC client (the readiness waits) uses the private pcscd.
-    std::env::set_var("PCSCLITE_CSOCK_NAME", SOCKET);
-    // A /proc of this PID namespace, so that ps and kill inside show its processes.
-    // Not essential (some containers forbid it).
-    let _ = sys::mount(
-        "proc",
-        "/proc",
-        "proc",
-        sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC,
-        "",
-    );
+    if o.isolation == Isolation::None {
+        // Orphans of the command come to us, to be ended with the rest.
+        if let Err(e) = sys::become_subreaper() {
+            eprintln!("vpcd-run: warning: cannot adopt the command's orphans: {e}");
+        }
+    } else if sys::getpid() == 1 {
+        // This process's own PC/SC client (the readiness waits) uses the private pcscd.
+        std::env::set_var("PCSCLITE_CSOCK_NAME", SOCKET);
+        // A /proc of this PID namespace, so that ps and kill inside show its
+        // processes. Not essential (some containers forbid it).
+        let _ = sys::mount(
+            "proc",
+            "/proc",
+            "proc",
+            sys::MS_NOSUID | sys::MS_NODEV | sys::MS_NOEXEC,
+            "",
+        );
+    }
     let mut env = Env {
         log: Path::new(PRIVATE_DIR).join("pcscd.log"),
+        isolated: None,
         o,
         pcscd: -1,
         pcscd_status: None,
@@ -341,9 +442,18 @@ pub fn main(o: Options) -> ExitCode {
             env.show_log("environment setup failed", 200);
             ExitCode::from(EXIT_SETUP)
         }
+        Err(Stop::Missing(e)) => {
+            env.shut_down();
+            eprintln!("vpcd-run: {e}");
+            ExitCode::from(EXIT_SETUP)
+        }
     };
     env.shut_down();
     env.keep_log();
+    // Without namespaces: pcscd (already ended) reaped, its directory removed.
+    if let Some(isolated) = env.isolated.take() {
+        isolated.stop();
+    }
     code
 }
 

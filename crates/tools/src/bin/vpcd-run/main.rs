@@ -12,6 +12,13 @@
 //! vanish with their last process: nothing of the host's pcscd, /run or ports is
 //! touched, and nothing outlives the run.
 //!
+//! Where namespaces are refused (a container under Docker's default seccomp profile,
+//! a kernel or AppArmor policy without unprivileged user namespaces), `--isolation
+//! auto` (the default) falls back to the namespace-free mode: the `vpcd-env`
+//! library's pcscd, socket-activated in a private temporary directory, on free
+//! loopback ports; the inner vpcd-run is then a child subreaper instead of pid 1 of
+//! a PID namespace, and ends its descendants one by one (see `inner`).
+//!
 //! Why system calls (the `libc` crate, in `sys`) rather than `unshare(1)`: vpcd-run
 //! must bring `lo` up, be pid 1 (reaping, forwarding signals) and report each
 //! failure precisely; one process with a dozen calls does that without depending on
@@ -41,6 +48,9 @@ pub const PRIVATE_DIR: &str = "/run/pcscd/vpcd-run";
 pub const FRIENDLY_NAME: &str = "Virtual PCD";
 pub const PORT: u16 = 35963;
 
+const INSTALL_PCSCD: &str =
+    "install pcscd (Debian/Ubuntu: apt-get install pcscd; Fedora: dnf install pcsc-lite)";
+
 /// Exit status for vpcd-run's own failures (as env(1) and timeout(1) do).
 pub const EXIT_SETUP: u8 = 125;
 
@@ -60,17 +70,31 @@ pcscd, /run and ports are left alone. On exit, Ctrl-C or SIGTERM everything the
 environment started ends and its files vanish.
 
 COMMAND sees:
-  PCSCLITE_CSOCK_NAME  {socket} (the default path, private to the environment)
+  PCSCLITE_CSOCK_NAME  {socket} (the default path, private to the
+                       environment; without namespaces: the socket in a
+                       private temporary directory)
   VPCD_READER          \"{name} 00 00\"
-  VPCD_PORT            {port} (slot N: {port}+N, on 127.0.0.1 and ::1)
+  VPCD_PORT            {port} (slot N: {port}+N, on 127.0.0.1 and ::1; without
+                       namespaces: a free port, on 127.0.0.1)
   VPCD_CARD_CONTROL    the built-in card's control socket:
                        vpcd-vicc ctl \"$VPCD_CARD_CONTROL\" remove|insert|reset
   VPCD_CARD_PID        the built-in card's pid (kill -USR1: remove, -USR2: insert)
 
+Without namespaces (a container's default seccomp profile refuses them, or the
+kernel refuses unprivileged user namespaces), vpcd-run falls back to a pcscd
+started by socket activation in a private temporary directory, on free loopback
+ports: COMMAND then sees that socket in PCSCLITE_CSOCK_NAME and the real port in
+VPCD_PORT; readers keep their names. See docs/CONTAINERS.md.
+
 Options:
+      --isolation MODE namespaces, none (no namespace, no privilege) or auto
+                       (default: namespaces where allowed, else none)
+      --no-namespaces  --isolation none
+      --ports LOW-HIGH with --isolation none: the slots' ports from this range
+                       (default: free ports the kernel hands out)
   -s, --slots N        slots of the reader, 1 to 16 (default {slots})
   -n, --no-card        no built-in card: the command brings its own vicc (e.g.
-                       jCardSim, the Python vicc) on port {port}
+                       jCardSim, the Python vicc) on $VPCD_PORT
       --fs DIR         the built-in card's files from DIR (vpcd-vicc --fs)
       --atr HEX        the built-in card's ATR (vpcd-vicc --atr)
       --pcscd PATH     the pcscd to run (default: pcscd from PATH, or /usr/sbin)
@@ -84,8 +108,10 @@ Options:
   -h, --help           this help
   -V, --version        version
 
-Needs root, or unprivileged user namespaces (then COMMAND runs as root of its
-own user namespace, which is you outside it).
+With namespaces: needs root, or unprivileged user namespaces (then COMMAND runs
+as root of its own user namespace, which is you outside it). Without: a pcscd
+built with libsystemd (Debian's, Ubuntu's, Fedora's) and its directory /run/pcscd
+(root creates it when missing; an ordinary user needs it made once).
 
 Examples:
   vpcd-run opensc-tool -r '{name} 00 00' -a
@@ -104,9 +130,43 @@ could not be set up (pcscd's log is shown).
     )
 }
 
+/// How the environment is kept apart from the machine and from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Private mount, network and PID namespaces: fixed socket path and port.
+    Namespaces,
+    /// None: a socket-activated pcscd in a private directory, free ports.
+    None,
+    /// Namespaces where the kernel allows them, else none.
+    Auto,
+}
+
+impl Isolation {
+    fn parse(s: &str) -> Result<Isolation, String> {
+        match s {
+            "namespaces" => Ok(Isolation::Namespaces),
+            "none" => Ok(Isolation::None),
+            "auto" => Ok(Isolation::Auto),
+            _ => Err(format!(
+                "--isolation {s}: expected namespaces, none or auto"
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Isolation::Namespaces => "namespaces",
+            Isolation::None => "none",
+            Isolation::Auto => "auto",
+        }
+    }
+}
+
 /// The options; `pcscd`, `driver` and `vicc` are absolute once resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    pub isolation: Isolation,
+    pub ports: Option<(u16, u16)>,
     pub slots: u8,
     pub card: bool,
     pub fs: Option<PathBuf>,
@@ -124,6 +184,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
+            isolation: Isolation::Auto,
+            ports: None,
             slots: 2,
             card: true,
             fs: None,
@@ -164,6 +226,19 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Parsed, Strin
                 o.slots = n;
             }
             Short('n') | Long("no-card") => o.card = false,
+            Long("isolation") => {
+                o.isolation = Isolation::parse(&p.value().map_err(e)?.string().map_err(e)?)?
+            }
+            Long("no-namespaces") => o.isolation = Isolation::None,
+            Long("ports") => {
+                let v = p.value().map_err(e)?.string().map_err(e)?;
+                let range = v
+                    .split_once('-')
+                    .and_then(|(lo, hi)| Some((lo.parse::<u16>().ok()?, hi.parse::<u16>().ok()?)))
+                    .filter(|(lo, hi)| *lo > 0 && lo <= hi)
+                    .ok_or_else(|| format!("bad --ports \"{v}\": expected LOW-HIGH"))?;
+                o.ports = Some(range);
+            }
             Long("fs") => o.fs = Some(p.value().map_err(e)?.into()),
             Long("atr") => o.atr = Some(p.value().map_err(e)?.string().map_err(e)?),
             Long("pcscd") => o.pcscd = Some(p.value().map_err(e)?.into()),
@@ -210,6 +285,10 @@ impl Options {
             a.push(k.into());
             a.push(v);
         };
+        push("--isolation", self.isolation.name().into());
+        if let Some((lo, hi)) = self.ports {
+            push("--ports", format!("{lo}-{hi}").into());
+        }
         push("--slots", self.slots.to_string().into());
         push("--timeout", self.timeout.as_secs_f64().to_string().into());
         for (k, v) in [
@@ -284,9 +363,8 @@ fn installed_driver() -> Option<PathBuf> {
 /// Finds pcscd, the driver and the card program before anything starts.
 fn resolve(o: &mut Options) -> Result<(), String> {
     o.pcscd = Some(match o.pcscd.take() {
-        Some(p) => absolute(p, "--pcscd")?,
-        None => find_in_path("pcscd", &["/usr/sbin", "/usr/local/sbin", "/sbin"])
-            .ok_or("pcscd not found (install it, e.g. apt-get install pcscd, or give --pcscd)")?,
+        Some(p) => absolute(p, "--pcscd").map_err(|e| format!("{e}: {INSTALL_PCSCD}"))?,
+        None => vpcd_env::pcscd::find().ok_or_else(|| vpcd_env::Error::NoPcscd.to_string())?,
     });
     o.driver = Some(match o.driver.take() {
         Some(p) => absolute(p, "--driver")?,
@@ -401,8 +479,31 @@ fn outer(mut o: Options) -> ExitCode {
         Ok(exe) => exe,
         Err(e) => return fail(format!("cannot find my own executable: {e}")),
     };
-    if let Err(e) = enter_namespaces().and_then(|()| set_up_namespaces(&o)) {
-        return fail(e);
+    match o.isolation {
+        Isolation::Namespaces => {
+            if let Err(e) = enter_namespaces().and_then(|()| set_up_namespaces(&o)) {
+                return fail(e);
+            }
+        }
+        Isolation::None => {}
+        // Refused at the first step in a container (seccomp answers EPERM, nothing
+        // changed); refused after the user namespace under Ubuntu's AppArmor rule
+        // (we stay in it, root of a namespace that maps only us: vpcd-env then
+        // treats us as the ordinary user we are). Either way: no namespaces.
+        Isolation::Auto => match enter_namespaces() {
+            Ok(()) => {
+                if let Err(e) = set_up_namespaces(&o) {
+                    return fail(e);
+                }
+                o.isolation = Isolation::Namespaces;
+            }
+            Err(e) => {
+                if o.debug {
+                    eprintln!("vpcd-run: no namespaces ({e}); running without");
+                }
+                o.isolation = Isolation::None;
+            }
+        },
     }
     let signals = [
         sys::SIGINT,
@@ -489,6 +590,28 @@ mod tests {
         assert_eq!(parse(&["--help"]), Ok(Parsed::Help));
         assert_eq!(parse(&["-V"]), Ok(Parsed::Version));
         assert!(help().contains("VPCD_CARD_CONTROL"));
+    }
+
+    #[test]
+    fn isolation_and_ports() {
+        assert_eq!(run(&[]).isolation, Isolation::Auto);
+        assert_eq!(run(&["--no-namespaces"]).isolation, Isolation::None);
+        assert_eq!(
+            run(&["--isolation", "namespaces"]).isolation,
+            Isolation::Namespaces
+        );
+        assert_eq!(run(&["--isolation=none"]).isolation, Isolation::None);
+        assert!(parse(&["--isolation", "container"]).is_err());
+        assert_eq!(run(&["--ports", "40000-40015"]).ports, Some((40000, 40015)));
+        for bad in ["40000", "2-1", "0-5", "a-b", "1-70000"] {
+            assert!(parse(&["--ports", bad]).is_err(), "{bad}");
+        }
+        let mut o = run(&["--no-namespaces", "--ports", "5-9", "--", "x"]);
+        o.pcscd = Some("/p".into());
+        match parse_args(o.to_inner_args()) {
+            Ok(Parsed::Inner(back)) => assert_eq!(back, o),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -156,11 +156,23 @@ pub fn wait_signal(signals: &[libc::c_int], timeout: Option<Duration>) -> Option
     })
 }
 
-/// Sends a signal; pid -1 means every process this one may signal (from pid 1 of a
-/// PID namespace: every other process of the namespace).
+/// Sends a signal to one process. Never to a group or to all (pid <= 0 does
+/// nothing): see [`kill_namespace`].
 pub fn kill(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill takes plain integers; a process already gone is not an error here.
-    unsafe { libc::kill(pid, sig) };
+    if pid > 0 {
+        // SAFETY: kill takes plain integers; a process already gone is not an error.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// From pid 1 of a PID namespace: the signal to every other process of the
+/// namespace (kill(-1)). Anywhere else it does nothing, since there kill(-1) would
+/// reach every process of the machine this user may signal.
+pub fn kill_namespace(sig: libc::c_int) {
+    if getpid() == 1 {
+        // SAFETY: as in kill; as pid 1, -1 means this namespace's other processes.
+        unsafe { libc::kill(-1, sig) };
+    }
 }
 
 pub fn getpid() -> i32 {
@@ -202,4 +214,67 @@ pub fn unblock_signals_in_child(cmd: &mut std::process::Command) {
 pub fn signal_on_parent_death(sig: libc::c_int) -> io::Result<()> {
     // SAFETY: PR_SET_PDEATHSIG takes a signal number; no memory is passed.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) }).map(drop)
+}
+
+/// Makes this process the reaper of its descendants' orphans
+/// (`PR_SET_CHILD_SUBREAPER`), as pid 1 of a PID namespace is.
+pub fn become_subreaper() -> io::Result<()> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes a flag; no memory is passed.
+    check(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) })
+        .map(drop)
+}
+
+/// `cmd`'s process gets `sig` when this thread dies (the environment's programs
+/// end with a vpcd-run that is killed, where no PID namespace ends them).
+pub fn parent_death_signal_in_child(cmd: &mut std::process::Command, sig: libc::c_int) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and only takes integers; runs between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                sig as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))
+            .map(drop)
+        })
+    };
+}
+
+/// This process's children: from /proc/self/task/*/children (each thread's), else
+/// from every process's parent in /proc (slower: a few hundred files).
+pub fn children() -> Vec<i32> {
+    let from_tasks = std::fs::read_dir("/proc/self/task").ok().and_then(|tasks| {
+        let mut pids = vec![];
+        for task in tasks.flatten() {
+            let list = std::fs::read_to_string(task.path().join("children")).ok()?;
+            pids.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+        Some(pids)
+    });
+    if let Some(pids) = from_tasks {
+        return pids;
+    }
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(me)
+        })
+        .collect()
 }

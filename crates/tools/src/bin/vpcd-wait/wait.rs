@@ -29,6 +29,9 @@ pub struct Spec {
 /// listens there is nothing to wait on).
 const NO_SERVICE_RETRY: Duration = Duration::from_millis(5);
 
+/// The longest single wait for a change (see `wait_for`).
+const WAKE_UP_SLICE: Duration = Duration::from_millis(250);
+
 fn has_card(state: State) -> bool {
     state.contains(State::PRESENT) && !state.intersects(State::MUTE | State::UNAVAILABLE)
 }
@@ -114,14 +117,23 @@ pub fn wait_for(
             );
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        match ctx.get_status_change(left, &mut states) {
+        // In slices: pcsc-lite 2.x's client may miss a wake-up (the state changed,
+        // the call still times out), which must not cost the whole timeout.
+        match ctx.get_status_change(left.min(WAKE_UP_SLICE), &mut states) {
             Ok(()) => {}
+            Err(Error::Timeout) if Instant::now() < deadline => {}
             Err(Error::Timeout) => {
+                for s in &mut states {
+                    s.sync_current_state();
+                }
+                if done(&snapshot(&states)) {
+                    return Ok(start.elapsed());
+                }
                 return Err(format!(
                     "timed out after {:.1} s: {}",
                     timeout.as_secs_f64(),
                     describe(&snapshot(&states))
-                ))
+                ));
             }
             // A reader went away between listing and waiting: list again.
             Err(Error::UnknownReader) => {
