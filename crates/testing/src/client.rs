@@ -16,24 +16,36 @@ pub fn list_readers(ctx: &Context) -> Vec<String> {
 }
 
 /// Waits until the card in `reader` is present (or absent); returns how long it took.
+///
+/// The wait runs on a context of its own, not on `ctx`, and a fresh one after any
+/// error: pcsc-lite 2.x's client library can fall out of step with pcscd on a context
+/// whose status waits time out while events arrive (it reads one message for another,
+/// "should never happen" in its source), and a later wait on that context then blocks
+/// for ever in its unregistering from events (seen under the 2.5.1 sandbox: a test
+/// stuck in `unregisterFromEvents` while pcscd had nothing more to send). A context
+/// per wait keeps such a slip from reaching the next call.
 pub fn wait_card(ctx: &Context, reader: &str, present: bool, timeout: Duration) -> Duration {
+    let _ = ctx;
     let start = Instant::now();
     let name = CString::new(reader).unwrap();
-    let mut states = [ReaderState::new(name, State::UNAWARE)];
+    let mut states = [ReaderState::new(name.clone(), State::UNAWARE)];
+    let mut own = establish_for_waiting(start, timeout);
     loop {
         let left = timeout.saturating_sub(start.elapsed());
-        match ctx.get_status_change(left, &mut states) {
+        match own.get_status_change(left, &mut states) {
             Ok(()) => {}
             Err(pcsc::Error::Timeout) => {}
             // pcsc-lite 2.x: a context established a moment ago may not know a
             // reader pcscd has just added; it will. And its client library can read
             // pcscd's wake-up message for a reader-state size while it polls
-            // (SCARD_E_UNSUPPORTED_FEATURE, "should never happen" in its source); the
-            // next call is in step again.
+            // (SCARD_E_UNSUPPORTED_FEATURE): that context is out of step, so the
+            // next call gets a new one.
             Err(pcsc::Error::UnknownReader | pcsc::Error::UnsupportedFeature)
                 if start.elapsed() < timeout =>
             {
                 std::thread::sleep(Duration::from_millis(10));
+                own = establish_for_waiting(start, timeout);
+                states = [ReaderState::new(name.clone(), State::UNAWARE)];
                 continue;
             }
             Err(e) => panic!("get_status_change({reader}): {e}"),
@@ -49,6 +61,16 @@ pub fn wait_card(ctx: &Context, reader: &str, present: bool, timeout: Duration) 
             );
         }
         states[0].sync_current_state();
+    }
+}
+
+fn establish_for_waiting(start: Instant, timeout: Duration) -> Context {
+    loop {
+        match Context::establish(pcsc::Scope::User) {
+            Ok(ctx) => return ctx,
+            Err(e) if start.elapsed() >= timeout => panic!("establish a context: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }
 
