@@ -549,8 +549,19 @@ pub fn parse_any(text: &str) {
     let _ = spki_of(text.as_bytes());
 }
 
+/// Test material: real certificates and keys made with `openssl req -x509` (ECDSA
+/// P-256), in testdata/.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// The certificate of testdata/reader-key.pem.
+    pub(crate) const CERT_B64: &str = "MIIBdjCCARugAwIBAgIUVvNosGgE+I+HTWdczG3wOZse4pAwCgYIKoZIzj0EAwIwDzENMAsGA1UEAwwEdnBjZDAgFw0yNjEyMDcwMDM5NDdaGA8yMTI2MTExMzAwMzk0N1owDzENMAsGA1UEAwwEdnBjZDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABJ9KX3m7DYuONx7DRlQWLxUeTMHnxPXzdAFNr92ps60hgjJQTgoWCX7iI+nXRYWUGC/zsgM7uPlLRGv9LmEuqpijUzBRMB0GA1UdDgQWBBQf9wHmYRszqRnKL3Mok3Gc50mq1DAfBgNVHSMEGDAWgBQf9wHmYRszqRnKL3Mok3Gc50mq1DAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0kAMEYCIQD5upbGDX7CLpZXHvIpHL9nsy+duQyuRE3tCNtX+/+rfAIhAI4wTiQBSlyTvcS1BUu1I45HZndRoBF27xEO9cE4xg9I";
+    pub(crate) const READER_KEY: &str = include_str!("../testdata/reader-key.pem");
+    pub(crate) const VICC_KEY: &str = include_str!("../testdata/vicc-key.pem");
+}
+
 #[cfg(test)]
 mod tests {
+    use super::tests_support::*;
     use super::*;
     use proptest::prelude::*;
 
@@ -593,8 +604,6 @@ mod tests {
         }
     }
 
-    /// A real certificate (openssl req -x509, ECDSA P-256): its SPKI starts with the EC key's OID.
-    pub(crate) const CERT_B64: &str = "MIIBdjCCARugAwIBAgIUVvNosGgE+I+HTWdczG3wOZse4pAwCgYIKoZIzj0EAwIwDzENMAsGA1UEAwwEdnBjZDAgFw0yNjEyMDcwMDM5NDdaGA8yMTI2MTExMzAwMzk0N1owDzENMAsGA1UEAwwEdnBjZDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABJ9KX3m7DYuONx7DRlQWLxUeTMHnxPXzdAFNr92ps60hgjJQTgoWCX7iI+nXRYWUGC/zsgM7uPlLRGv9LmEuqpijUzBRMB0GA1UdDgQWBBQf9wHmYRszqRnKL3Mok3Gc50mq1DAfBgNVHSMEGDAWgBQf9wHmYRszqRnKL3Mok3Gc50mq1DAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0kAMEYCIQD5upbGDX7CLpZXHvIpHL9nsy+duQyuRE3tCNtX+/+rfAIhAI4wTiQBSlyTvcS1BUu1I45HZndRoBF27xEO9cE4xg9I";
 
     #[test]
     fn the_spki_of_a_certificate() {
@@ -605,6 +614,10 @@ mod tests {
         assert!(spki_of(&cert[..cert.len() / 2]).is_err());
         assert!(spki_of(&[]).is_err());
         assert!(spki_of(&spki[..]).is_err(), "an SPKI is no certificate");
+        for pem in [READER_KEY, VICC_KEY] {
+            let k = KeyFile::parse(pem).unwrap();
+            assert_eq!(KeyFile::parse(&k.to_pem()).unwrap(), k);
+        }
     }
 
     #[test]
