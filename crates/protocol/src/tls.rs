@@ -613,7 +613,7 @@ mod tests {
         assert_eq!(&spki[..4], &[0x30, 0x59, 0x30, 0x13]);
         assert!(spki_of(&cert[..cert.len() / 2]).is_err());
         assert!(spki_of(&[]).is_err());
-        assert!(spki_of(&spki[..]).is_err(), "an SPKI is no certificate");
+        assert!(spki_of(spki).is_err(), "an SPKI is no certificate");
         for pem in [READER_KEY, VICC_KEY] {
             let k = KeyFile::parse(pem).unwrap();
             assert_eq!(KeyFile::parse(&k.to_pem()).unwrap(), k);
