@@ -7,8 +7,10 @@
 //!   (text, JSON, a `vpcd://` QR code for the Android app); `--check` diagnoses a setup.
 //! - `src/bin/vpcd-run/`, `src/bin/vpcd-wait/`: a command run in an environment of its
 //!   own (private pcscd, the driver, a card), and waiting for a reader or card.
-//! - `src/cli.rs` ([`cli`], this library's only module): the command-line conventions
-//!   both tools share (lexopt; same spellings, `--help`, `--version`, exit status 2).
+//! - `src/cli.rs` ([`cli`]): the command-line conventions both tools share (lexopt;
+//!   same spellings, `--help`, `--version`, exit status 2).
+//! - `src/keys.rs` ([`keys`]): key pairs and trust files of the secure link
+//!   (docs/TLS.md), generated and written by vpcd-config and vpcd-vicc only.
 //! - `tests/`: the tools' own tests (vpcd-vicc, vpcd-config and `--check`, vpcd-run and
 //!   vpcd-wait); the driver's system tests are in the repository's `tests/`.
 //! - `benches/relay/`: ours against Debian's C vpcd in one pcscd (`scripts/bench`);
@@ -20,3 +22,4 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod keys;

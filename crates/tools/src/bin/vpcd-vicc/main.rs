@@ -17,6 +17,7 @@ use crate::card::relay::{self, PowerOff, Relay};
 use crate::card::server::{self, DEFAULT_PORT};
 use crate::card::{Card, VirtualCard};
 use crate::keypad::{Keypad, WithKeypad};
+use vpcd_protocol::tls::{Fingerprint, VpcdsUri};
 use vpcd_protocol::vpcd as protocol;
 use vpcd_tools::cli;
 
@@ -24,6 +25,7 @@ mod card;
 mod control;
 mod hint;
 mod keypad;
+mod secure;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -66,6 +68,14 @@ Options:
                        PIN asked for takes the next, the last repeats (default:
                        $VPCD_PIN if set)
       --card-pin PIN   the built-in card's PIN (default: {pin})
+      --connect URI    a secure reader (tls=yes): vpcds://HOST:PORT?fp=KEY, as
+                       vpcd-config tls show prints it; sets -H and -P and pins
+                       the reader's key (docs/TLS.md)
+      --tls-peer KEY   speak TLS 1.3 and pin the reader's key (its SHA-256
+                       fingerprint, vpcd-config tls show); with -r too
+      --tls-key FILE   this card's key pair, made on first use (default:
+                       ~/.config/vpcd-vicc/key.pem); its fingerprint is printed
+                       for the reader's trust list
   -L, --list-readers   list the PC/SC readers of this machine and their cards
   -v, --verbose        trace APDUs to stderr (> command, < response)
   -h, --help           this help
@@ -137,6 +147,10 @@ struct Options {
     pin_entry: Option<String>,
     /// The built-in card's PIN (`--card-pin`).
     card_pin: Option<String>,
+    /// The pinned reader key of a secure link (`--connect`, `--tls-peer`).
+    tls_peer: Option<Fingerprint>,
+    /// This card's key pair (`--tls-key`).
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -170,6 +184,8 @@ where
         pinpad: false,
         pin_entry: None,
         card_pin: None,
+        tls_peer: None,
+        tls_key: None,
     };
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -199,6 +215,18 @@ where
                 o.pin_entry = Some(value)
             }
             Long("card-pin") => o.card_pin = Some(cli::value(&mut parser, &name)?),
+            Long("connect") => {
+                let uri = VpcdsUri::parse(&cli::value(&mut parser, &name)?)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                o.host = Some(uri.host);
+                o.port = uri.port;
+                o.tls_peer = Some(uri.fingerprint);
+            }
+            Long("tls-peer") => {
+                let value = cli::value(&mut parser, &name)?;
+                o.tls_peer = Some(Fingerprint::parse(&value).map_err(|e| format!("{name}: {e}"))?)
+            }
+            Long("tls-key") => o.tls_key = Some(PathBuf::from(cli::os_value(&mut parser)?)),
             Long("atr") => o.atr = Some(cli::value(&mut parser, &name)?),
             Long("fs") => o.fs = Some(PathBuf::from(cli::os_value(&mut parser)?)),
             Long("control") => o.control = Some(PathBuf::from(cli::os_value(&mut parser)?)),
@@ -237,6 +265,9 @@ where
     }
     if o.pin_entry.is_some() && !o.pinpad {
         return Err("--pin-entry only makes sense with --pinpad".into());
+    }
+    if o.tls_key.is_some() && o.tls_peer.is_none() {
+        return Err("--tls-key goes with --connect or --tls-peer".into());
     }
     if o.port == 0 && !o.reversed {
         return Err("port 0 only makes sense with --reversed".into());
@@ -309,24 +340,64 @@ fn run_card<C: VirtualCard>(o: &Options, card: C) -> ExitCode {
     }
 }
 
+/// The secure link, if `--connect` or `--tls-peer` asked for one.
+fn make_secure(o: &Options) -> Result<Option<secure::Secure>, String> {
+    let Some(pinned) = o.tls_peer else {
+        return Ok(None);
+    };
+    let path = o.tls_key.clone().unwrap_or_else(secure::default_key_path);
+    secure::Secure::new(&path, pinned).map(Some)
+}
+
 fn run_reversed<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
+    let secure = make_secure(o)?;
     let addr = o.listen.as_deref().or(o.host.as_deref());
     let listener = server::listen(addr, o.port).map_err(|e| format!("cannot listen: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot listen: {e}"))?;
     eprintln!("vpcd-vicc: waiting for vpcd on {local}");
-    server::serve_listener(&listener, card, o.verbose, None)
-        .map_err(|e| format!("cannot accept connections: {e}"))
+    match &secure {
+        Some(secure) => secure::serve_listener(secure, &listener, card, o.verbose),
+        None => server::serve_listener(&listener, card, o.verbose, None),
+    }
+    .map_err(|e| format!("cannot accept connections: {e}"))
 }
 
 fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
     let host = o.host.as_deref().unwrap_or("localhost");
+    let secure = make_secure(o)?;
     let mut backoff = FIRST_BACKOFF;
     let mut reported = false;
     loop {
         control::wait_inserted();
-        match server::connect(host, o.port) {
+        let connected = server::connect(host, o.port);
+        if let (Some(secure), Ok(tcp)) = (&secure, connected.as_ref()) {
+            // The secure link: the handshake, then the same frames inside TLS.
+            let result = tcp
+                .try_clone()
+                .and_then(|tcp| secure.connect(tcp))
+                .and_then(|mut stream| {
+                    eprintln!(
+                        "vpcd-vicc: connected to vpcd at {host}:{} over TLS 1.3, reader key pinned",
+                        o.port
+                    );
+                    card.connected();
+                    server::serve(&mut secure::EndAsEof(&mut stream), card, o.verbose)
+                });
+            match (result, o.run_loop) {
+                (Ok(()), false) => {
+                    eprintln!("vpcd-vicc: vpcd closed the connection");
+                    return Ok(());
+                }
+                (Err(e), false) => return Err(format!("connection to vpcd failed: {e}")),
+                (Ok(()), true) => eprintln!("vpcd-vicc: vpcd closed the connection"),
+                (Err(e), true) => eprintln!("vpcd-vicc: connection to vpcd failed: {e}"),
+            }
+            std::thread::sleep(FIRST_BACKOFF);
+            continue;
+        }
+        match connected {
             Ok(mut stream) => {
                 eprintln!("vpcd-vicc: connected to vpcd at {host}:{}", o.port);
                 reported = false;
