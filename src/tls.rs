@@ -151,7 +151,10 @@ pub(crate) struct Session {
 
 /// A handshake or record failure as an `InvalidData` error, in words for the log.
 fn tls_error(e: &rustls::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {}", link::describe(e)))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("TLS: {}", link::describe(e)),
+    )
 }
 
 impl Session {
@@ -202,7 +205,12 @@ impl Session {
     }
 
     /// A card's send: encrypts `bytes` and writes the records within `timeout`.
-    pub(crate) fn send(&self, stream: &TcpStream, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    pub(crate) fn send(
+        &self,
+        stream: &TcpStream,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
         let mut conn = self.conn.lock();
         conn.writer().write_all(bytes)?;
         let mut records = Vec::with_capacity(bytes.len() + 64);
@@ -240,7 +248,11 @@ impl Session {
     /// (close_notify or TCP), `Ok(n)` if it sent application data nobody asked for,
     /// `WouldBlock` if nothing (or only TLS housekeeping) is there, or an exchange holds
     /// the session right now.
-    pub(crate) fn peek(&self, stream: &TcpStream, raw_peek: io::Result<usize>) -> io::Result<usize> {
+    pub(crate) fn peek(
+        &self,
+        stream: &TcpStream,
+        raw_peek: io::Result<usize>,
+    ) -> io::Result<usize> {
         let Some(mut conn) = self.conn.try_lock() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };

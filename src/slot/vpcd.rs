@@ -794,7 +794,10 @@ impl SlotWatch {
         let peer = candidate.peer;
         let hello = candidate.hello;
         let secure = candidate.tls.as_ref().and_then(Session::peer_fingerprint);
-        match self.shared.insert(candidate.stream, peer, hello, candidate.tls) {
+        match self
+            .shared
+            .insert(candidate.stream, peer, hello, candidate.tls)
+        {
             Ok(()) => {
                 if let Source::Connector(c) = &mut self.source {
                     c.connected(&self.shared.label);

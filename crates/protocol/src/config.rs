@@ -610,7 +610,10 @@ mod tests {
     #[test]
     fn the_tls_option() {
         assert!(!ReaderConfig::parse("/dev/null:35963").unwrap().tls);
-        for entry in ["/dev/null:35963/tls=yes", "pc.example:35963/tls=on/timeout=3"] {
+        for entry in [
+            "/dev/null:35963/tls=yes",
+            "pc.example:35963/tls=on/timeout=3",
+        ] {
             assert!(pcscd_passes_unquoted(entry), "{entry}");
             assert!(ReaderConfig::parse(entry).unwrap().tls, "{entry}");
         }

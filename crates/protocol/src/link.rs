@@ -163,7 +163,8 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        self.check(end_entity).map(|()| ServerCertVerified::assertion())
+        self.check(end_entity)
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -202,7 +203,8 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.check(end_entity).map(|()| ClientCertVerified::assertion())
+        self.check(end_entity)
+            .map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -291,9 +293,9 @@ pub fn describe(e: &Error) -> String {
         Error::AlertReceived(AlertDescription::ProtocolVersion) => {
             "it speaks no TLS 1.3 (ProtocolVersion alert)".into()
         }
-        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => format!(
-            "it does not speak TLS ({e}): a plain vicc on a tls=yes reader, or garbage"
-        ),
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
+            format!("it does not speak TLS ({e}): a plain vicc on a tls=yes reader, or garbage")
+        }
         Error::NoCertificatesPresented => "it sent no key (TLS client authentication)".into(),
         other => other.to_string(),
     }
@@ -332,8 +334,7 @@ mod tests {
         let server = server_config(reader, reader_trusts).unwrap();
         let client = client_config(vicc, vicc_trusts).unwrap();
         let mut s = Connection::from(ServerConnection::new(server).unwrap());
-        let mut c =
-            Connection::from(ClientConnection::new(client, server_name()).unwrap());
+        let mut c = Connection::from(ClientConnection::new(client, server_name()).unwrap());
         for _ in 0..10 {
             let mut buf = vec![];
             while c.wants_write() {
@@ -404,11 +405,13 @@ mod tests {
     #[test]
     fn untrusted_keys_are_described_with_their_fingerprint() {
         let fp = Fingerprint([7; 32]);
-        let e = Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-            Untrusted(fp),
-        ))));
+        let e =
+            Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Untrusted(fp)))));
         let text = describe(&e);
-        assert!(text.contains(&format!("vpcd-config tls trust {fp}")), "{text}");
+        assert!(
+            text.contains(&format!("vpcd-config tls trust {fp}")),
+            "{text}"
+        );
         let text = describe(&Error::AlertReceived(AlertDescription::BadCertificate));
         assert!(text.contains("pinned another key"), "{text}");
     }

@@ -241,7 +241,10 @@ pub struct KeyFile {
 impl fmt::Debug for KeyFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyFile")
-            .field("key_pkcs8", &format_args!("<{} bytes>", self.key_pkcs8.len()))
+            .field(
+                "key_pkcs8",
+                &format_args!("<{} bytes>", self.key_pkcs8.len()),
+            )
             .field("cert", &format_args!("<{} bytes>", self.cert.len()))
             .finish()
     }
@@ -604,7 +607,6 @@ mod tests {
         }
     }
 
-
     #[test]
     fn the_spki_of_a_certificate() {
         let cert = base64_decode(CERT_B64).unwrap();
@@ -635,11 +637,11 @@ mod tests {
         assert!(KeyFile::parse(&only_key)
             .unwrap_err()
             .contains("no CERTIFICATE"));
-        assert!(KeyFile::parse("")
-            .unwrap_err()
-            .contains("no PRIVATE KEY"));
+        assert!(KeyFile::parse("").unwrap_err().contains("no PRIVATE KEY"));
         let twice = format!("{text}{only_key}");
-        assert!(KeyFile::parse(&twice).unwrap_err().contains("more than one"));
+        assert!(KeyFile::parse(&twice)
+            .unwrap_err()
+            .contains("more than one"));
         let ec = pem_encode("EC PRIVATE KEY", &[1, 2, 3]);
         assert!(KeyFile::parse(&ec).unwrap_err().contains("PKCS#8"));
         let cut = &text[..text.len() - 30];

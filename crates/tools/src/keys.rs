@@ -59,7 +59,9 @@ pub fn load_key(path: &Path) -> Result<KeyFile, String> {
 /// Reads a trust list; a missing file is an empty list.
 pub fn load_trust(path: &Path) -> Result<TrustList, String> {
     match read_text(path) {
-        Ok(text) => TrustList::parse(&text).map_err(|e| format!("{} is malformed: {e}", path.display())),
+        Ok(text) => {
+            TrustList::parse(&text).map_err(|e| format!("{} is malformed: {e}", path.display()))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(TrustList::default()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
@@ -73,7 +75,11 @@ pub fn write_file(path: &Path, text: &str, mode: u32, gid: Option<u32>) -> io::R
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = fs::remove_file(&tmp);
     let result = (|| {
         let mut file = fs::OpenOptions::new()
@@ -161,7 +167,10 @@ mod tests {
         assert!(!new);
         assert_eq!(again, key);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(key_permission_problem(&path).unwrap().unwrap().contains("644"));
+        assert!(key_permission_problem(&path)
+            .unwrap()
+            .unwrap()
+            .contains("644"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

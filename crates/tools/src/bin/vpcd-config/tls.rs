@@ -13,9 +13,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 
 use vpcd_protocol::config::DEFAULT_PORT;
-use vpcd_protocol::tls::{
-    check_name, Fingerprint, TrustEntry, VpcdsUri, KEY_FILE, TRUST_FILE,
-};
+use vpcd_protocol::tls::{check_name, Fingerprint, TrustEntry, VpcdsUri, KEY_FILE, TRUST_FILE};
 use vpcd_tools::{cli, keys};
 
 use crate::qr::{render_qr, QrStyle};
@@ -173,7 +171,11 @@ fn run(args: &[OsString], out: &mut dyn Write) -> Result<(), (u8, String)> {
                 out,
                 "trusting {fingerprint}{} ({} key(s) in {}); pcscd reads it when it opens a \
                  reader: sudo systemctl restart pcscd",
-                if o.name.is_empty() { String::new() } else { format!(" \"{}\"", o.name) },
+                if o.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" \"{}\"", o.name)
+                },
                 list.entries.len(),
                 trust_path.display()
             );
@@ -185,7 +187,10 @@ fn run(args: &[OsString], out: &mut dyn Write) -> Result<(), (u8, String)> {
             let before = list.entries.len();
             list.entries.retain(|e| e.fingerprint != fingerprint);
             if list.entries.len() == before {
-                return Err(fail(format!("{fingerprint} is not in {}", trust_path.display())));
+                return Err(fail(format!(
+                    "{fingerprint} is not in {}",
+                    trust_path.display()
+                )));
             }
             keys::write_file(&trust_path, &list.to_text(), 0o644, None)
                 .map_err(|e| fail(format!("cannot write {}: {e}", trust_path.display())))?;
@@ -194,7 +199,9 @@ fn run(args: &[OsString], out: &mut dyn Write) -> Result<(), (u8, String)> {
         }
         ["show"] => {
             let key = keys::load_key(&key_path).map_err(|e| {
-                fail(format!("{e}; make the reader's key first: sudo vpcd-config tls init"))
+                fail(format!(
+                    "{e}; make the reader's key first: sudo vpcd-config tls init"
+                ))
             })?;
             let fingerprint = keys::fingerprint(&key).map_err(fail)?;
             let host = o.host.clone().unwrap_or_else(hostname);
@@ -218,7 +225,10 @@ fn run(args: &[OsString], out: &mut dyn Write) -> Result<(), (u8, String)> {
             let list = keys::load_trust(&trust_path).map_err(fail)?;
             let _ = writeln!(out, "trusted keys ({}):", trust_path.display());
             if list.entries.is_empty() {
-                let _ = writeln!(out, "  none yet: vpcd-config tls trust FINGERPRINT --name NAME");
+                let _ = writeln!(
+                    out,
+                    "  none yet: vpcd-config tls trust FINGERPRINT --name NAME"
+                );
             }
             for e in &list.entries {
                 let _ = writeln!(out, "  {} {}", e.fingerprint, e.name);

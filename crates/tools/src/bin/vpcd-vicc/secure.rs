@@ -86,7 +86,10 @@ impl Secure {
         self.finish(StreamOwned::new(conn, tcp))
     }
 
-    fn finish<C, D>(&self, mut s: StreamOwned<C, TcpStream>) -> io::Result<StreamOwned<C, TcpStream>>
+    fn finish<C, D>(
+        &self,
+        mut s: StreamOwned<C, TcpStream>,
+    ) -> io::Result<StreamOwned<C, TcpStream>>
     where
         C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
         D: rustls::SideData,
