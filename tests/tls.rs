@@ -416,7 +416,7 @@ fn refused_at_start(spoil: impl Fn(&Path), needle: &str) {
     // The secure reader never started, so the other one is pcscd's first.
     let other_reader = reader_name(OTHER, 0, 0);
     let _card = Vicc::connect(port + 2, Behaviour::Echo);
-    pcscd.wait_readers(&[other_reader.clone()]);
+    pcscd.wait_readers(std::slice::from_ref(&other_reader));
     assert!(
         pcscd.wait_log(needle, Duration::from_secs(5)),
         "no {needle:?}:\n{}",
@@ -486,8 +486,11 @@ fn an_unreadable_key_file_keeps_the_reader_closed() {
         use std::os::unix::fs::PermissionsExt;
         refused_at_start(
             |dir| {
-                std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0))
-                    .unwrap()
+                std::fs::set_permissions(
+                    dir.join("key.pem"),
+                    std::fs::Permissions::from_mode(0o000),
+                )
+                .unwrap()
             },
             "Permission denied",
         );
