@@ -212,10 +212,19 @@ impl Session {
         timeout: Duration,
     ) -> io::Result<()> {
         let mut conn = self.conn.lock();
-        conn.writer().write_all(bytes)?;
-        let mut records = Vec::with_capacity(bytes.len() + 64);
-        while conn.wants_write() {
-            conn.write_tls(&mut records)?;
+        let mut records = Vec::with_capacity(bytes.len() + bytes.len() / 256 + 64);
+        let mut rest = bytes;
+        // rustls buffers a bounded amount of plaintext (64 KiB): a large frame is
+        // encrypted in turns.
+        while !rest.is_empty() {
+            let n = conn.writer().write(rest)?;
+            while conn.wants_write() {
+                conn.write_tls(&mut records)?;
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            rest = &rest[n..];
         }
         drop(conn);
         crate::net::write_all_within(stream, &records, timeout)
