@@ -687,6 +687,29 @@ mod tests {
     }
 
     #[test]
+    fn secure_link_options() {
+        let fp = "8e02000000000000000000000000000000000000000000000000000000000051";
+        let o = run(&["--connect", &format!("vpcds://[fd00::7]:35964?fp={fp}")]);
+        assert_eq!((o.host.as_deref(), o.port), (Some("fd00::7"), 35964));
+        assert_eq!(o.tls_peer.unwrap().to_string(), fp);
+        let o = run(&["-r", "-P", "4000", "--tls-peer", fp, "--tls-key", "/k.pem"]);
+        assert_eq!(o.tls_peer.unwrap().to_string(), fp);
+        assert_eq!(o.tls_key, Some(PathBuf::from("/k.pem")));
+        let o = run(&["--relay", "0", "--connect", &format!("vpcds://h?fp={fp}")]);
+        assert_eq!((o.port, o.relay.as_deref()), (35963, Some("0")));
+        for (args, named) in [
+            (&["--connect", "vpcd://h:1"][..], "--connect"),
+            (&["--connect", "vpcds://h:1"], "fp="),
+            (&["--tls-peer", "abc"], "--tls-peer"),
+            (&["--tls-key", "/k.pem"], "--tls-key goes with"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(named), "{args:?}: {e}");
+        }
+        assert!(help().contains("--connect URI"));
+    }
+
+    #[test]
     fn card_from_options() {
         let mut o = run(&["--atr", "3b:80:80:01:01"]);
         assert_eq!(make_card(&o).unwrap().atr(), [0x3B, 0x80, 0x80, 0x01, 0x01]);
