@@ -235,6 +235,11 @@ fn the_built_in_card_over_tls_through_opensc() {
         [3, 10, 17, 0x90, 0x00]
     );
     bed.other_reader_answers();
+    // The vicc goes: the card is removed at once.
+    drop(card);
+    drop(vicc);
+    wait_card(&ctx, &bed.secure_reader, false, BOUND);
+    bed.wait_log("card removed");
 }
 
 #[test]
