@@ -331,7 +331,7 @@ fn a_vicc_with_an_unknown_key_is_refused() {
         "its key {} is not trusted (if it is the right peer: vpcd-config tls trust {})",
         bed.vicc.fingerprint, bed.vicc.fingerprint
     ));
-    wait_output(&vicc, "connection to vpcd failed");
+    wait_output(&vicc, "connection to vpcd failed: TLS: it refused our key");
     bed.assert_secure_slot_empty();
     bed.other_reader_answers();
 }
@@ -343,7 +343,7 @@ fn a_reader_key_other_than_the_pinned_one_is_refused_by_the_vicc() {
     let pinned = bed.vicc.fingerprint;
     let uri = format!("vpcds://127.0.0.1:{}?fp={pinned}", bed.port);
     let vicc = bed.vicc("mitm", &["--connect", &uri]);
-    let out = wait_output(&vicc, "connection to vpcd failed");
+    let out = wait_output(&vicc, "cannot connect to vpcd");
     assert!(
         out.contains(&format!(
             "the reader's key is {}, not the pinned {pinned}",
@@ -516,4 +516,93 @@ fn running_as_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| m.uid() == 0)
         .unwrap_or(false)
+}
+
+#[test]
+fn live_removal_and_insertion_over_tls() {
+    let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", true);
+    let control = bed.tmp.path().join("control.sock");
+    let control_arg = control.to_str().unwrap();
+    let _vicc = bed.vicc(
+        "control",
+        &["--connect", &bed.uri(), "--control", control_arg],
+    );
+    let ctx = bed.pcscd.context();
+    wait_card(&ctx, &bed.secure_reader, true, Duration::from_secs(5));
+    let ctl = |command: &str| {
+        let (ok, out) = run(Command::new(tool("vpcd-vicc")).args(["ctl", control_arg, command]));
+        assert!(ok, "vpcd-vicc ctl {command}:\n{out}");
+        out
+    };
+    assert!(ctl("remove").contains("removed"));
+    wait_card(&ctx, &bed.secure_reader, false, BOUND);
+    assert!(ctl("insert").contains("inserted"));
+    wait_card(&ctx, &bed.secure_reader, true, BOUND);
+    opensc_echo(&bed.secure_reader);
+    let inserted = bed.pcscd.log_text().matches("over TLS 1.3, key").count();
+    assert_eq!(inserted, 2, "two secure connections");
+}
+
+#[test]
+fn reversed_mode_refuses_an_unknown_vicc_and_backs_off() {
+    // The reader connects out, is shown a key it does not trust, refuses it, and tries
+    // again with backoff.
+    let port = free_ports(1);
+    let bed = Bed::start(
+        &format!("127.0.0.1:{port}/slots=1/tls=yes/timeout=2"),
+        false,
+    );
+    let fp = bed.reader.fingerprint.to_string();
+    let vicc = bed.vicc(
+        "reversed-unknown",
+        &[
+            "-r",
+            "--listen",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "--tls-peer",
+            &fp,
+        ],
+    );
+    bed.wait_log(&format!("its key {} is not trusted", bed.vicc.fingerprint));
+    wait_output(&vicc, "it refused our key");
+    bed.other_reader_answers();
+    bed.assert_secure_slot_empty();
+    // Backoff: a second refusal comes, but not a flood of them.
+    let start = Instant::now();
+    while bed.pcscd.log_text().matches("is not a card: TLS").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(5), "no retry");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let refusals = bed.pcscd.log_text().matches("is not a card: TLS").count();
+    assert!(refusals <= 12, "{refusals} refusals in about 3 s");
+}
+
+#[test]
+fn a_reversed_vicc_refuses_a_reader_key_it_did_not_pin() {
+    let port = free_ports(1);
+    let bed = Bed::start(&format!("127.0.0.1:{port}/slots=1/tls=yes/timeout=2"), true);
+    let wrong = bed.vicc.fingerprint.to_string();
+    let vicc = bed.vicc(
+        "reversed-mitm",
+        &[
+            "-r",
+            "--listen",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "--tls-peer",
+            &wrong,
+        ],
+    );
+    let out = wait_output(&vicc, "not the pinned");
+    assert!(
+        out.contains(&format!("the reader's key is {}", bed.reader.fingerprint)),
+        "{out}"
+    );
+    bed.wait_log("it refused our key");
+    bed.other_reader_answers();
+    bed.assert_secure_slot_empty();
 }

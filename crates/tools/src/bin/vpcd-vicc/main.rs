@@ -368,46 +368,41 @@ fn run_reversed<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String>
 
 fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
     let host = o.host.as_deref().unwrap_or("localhost");
-    let secure = make_secure(o)?;
+    match make_secure(o)? {
+        // The secure link: the handshake, then the same frames inside TLS.
+        Some(secure) => connect_loop(o, card, host, " over TLS 1.3, reader key pinned", || {
+            server::connect(host, o.port)
+                .and_then(|tcp| secure.connect(tcp))
+                .map(secure::EndAsEof)
+        }),
+        None => connect_loop(o, card, host, "", || server::connect(host, o.port)),
+    }
+}
+
+/// Connects with `connect` and serves the card, again and again with `--loop`.
+fn connect_loop<C, S, F>(
+    o: &Options,
+    card: &mut C,
+    host: &str,
+    how: &str,
+    mut connect: F,
+) -> Result<(), String>
+where
+    C: VirtualCard,
+    S: control::Link,
+    F: FnMut() -> std::io::Result<S>,
+{
     let mut backoff = FIRST_BACKOFF;
     let mut reported = false;
     loop {
         control::wait_inserted();
-        let connected = server::connect(host, o.port);
-        if let (Some(secure), Ok(tcp)) = (&secure, connected.as_ref()) {
-            // The secure link: the handshake, then the same frames inside TLS.
-            let result = tcp
-                .try_clone()
-                .and_then(|tcp| secure.connect(tcp))
-                .and_then(|mut stream| {
-                    eprintln!(
-                        "vpcd-vicc: connected to vpcd at {host}:{} over TLS 1.3, reader key pinned",
-                        o.port
-                    );
-                    card.connected();
-                    server::serve(&mut secure::EndAsEof(&mut stream), card, o.verbose)
-                });
-            match (result, o.run_loop) {
-                (Ok(()), false) => {
-                    eprintln!("vpcd-vicc: vpcd closed the connection");
-                    return Ok(());
-                }
-                (Err(e), false) => return Err(format!("connection to vpcd failed: {e}")),
-                (Ok(()), true) => eprintln!("vpcd-vicc: vpcd closed the connection"),
-                (Err(e), true) => eprintln!("vpcd-vicc: connection to vpcd failed: {e}"),
-            }
-            std::thread::sleep(FIRST_BACKOFF);
-            continue;
-        }
-        match connected {
+        match connect() {
             Ok(mut stream) => {
-                eprintln!("vpcd-vicc: connected to vpcd at {host}:{}", o.port);
+                eprintln!("vpcd-vicc: connected to vpcd at {host}:{}{how}", o.port);
                 reported = false;
                 backoff = FIRST_BACKOFF;
                 card.connected();
-                let result = control::serve(&mut stream, card, o.verbose, || {
-                    server::connect(host, o.port)
-                });
+                let result = control::serve(&mut stream, card, o.verbose, &mut connect);
                 match (result, o.run_loop) {
                     (Ok(()), false) => {
                         eprintln!("vpcd-vicc: vpcd closed the connection");

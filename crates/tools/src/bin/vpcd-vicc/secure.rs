@@ -185,8 +185,25 @@ impl<S: io::Read> io::Read for EndAsEof<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self.0.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+            Err(e) => Err(in_words(e)),
             other => other,
         }
+    }
+}
+
+/// A TLS error after the handshake in words: in TLS 1.3 the server checks the
+/// client's key after the client has finished, so a refusal of this card's key
+/// arrives as the first read's alert.
+fn in_words(e: io::Error) -> io::Error {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(tls) => io::Error::new(e.kind(), format!("TLS: {}", link::describe(tls))),
+        None => e,
+    }
+}
+
+impl crate::control::Link for EndAsEof<StreamOwned<ClientConnection, TcpStream>> {
+    fn tcp(&self) -> &TcpStream {
+        &self.0.sock
     }
 }
 
