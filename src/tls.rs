@@ -79,6 +79,13 @@ impl Setup {
                 Setup::Client(link::client_config(&me, trusted.clone()).map_err(refuse)?)
             }
         };
+        if index == 0 && trusted.entries.is_empty() {
+            log::warn!(
+                "{label}: {} trusts no peer key yet: every vicc will be refused \
+                 (vpcd-config tls trust FINGERPRINT)",
+                dir.join(TRUST_FILE).display()
+            );
+        }
         if index == 0 {
             log::info!(
                 "{label}: TLS 1.3 with key {} ({}), trusting {} peer key(s) of {}",
@@ -117,12 +124,6 @@ pub(crate) fn load_files(dir: &Path) -> Result<(Identity, TrustList), String> {
     let trust_path = dir.join(TRUST_FILE);
     let trusted = TrustList::parse(&read_small(&trust_path)?)
         .map_err(|e| format!("{} is malformed: {e}", trust_path.display()))?;
-    if trusted.entries.is_empty() {
-        log::warn!(
-            "{} trusts no peer key yet: every vicc will be refused (vpcd-config tls trust FINGERPRINT)",
-            trust_path.display()
-        );
-    }
     Ok((me, trusted))
 }
 
