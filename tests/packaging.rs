@@ -284,6 +284,8 @@ fn the_debian_package_installs_upgrades_and_purges_cleanly() {
         "./lib/systemd/system/pcscd.service.d/vpcd-rs.conf",
         "./lib/systemd/system/multi-user.target.d/vpcd-rs.conf",
         "./usr/share/doc/vpcd-rs/copyright",
+        // The README's links to docs/ work in the installed package too.
+        "./usr/share/doc/vpcd-rs/docs/CONFIGURATION.md",
         "./usr/share/doc/vpcd-rs/changelog.gz",
         "./usr/share/man/man1/vpcd-config.1.gz",
     ] {

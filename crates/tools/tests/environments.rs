@@ -1,5 +1,5 @@
 //! vpcd-run environments, vpcd-wait and the live removal and insertion of vpcd-vicc,
-//! as test suites use them: the README's recipes, each run here.
+//! as test suites use them: the recipes of docs/TESTING.md, each run here.
 //!
 //! Every vpcd-run here ends its whole environment itself (pid 1 of a PID namespace);
 //! the tests wait for each with a deadline and kill it by pid if it overstays.
