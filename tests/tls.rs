@@ -606,3 +606,49 @@ fn a_reversed_vicc_refuses_a_reader_key_it_did_not_pin() {
     bed.other_reader_answers();
     bed.assert_secure_slot_empty();
 }
+
+#[test]
+fn a_vicc_on_another_tls_stack_pairs_as_documented() {
+    // tests/tls-vicc/vicc.py: Python's ssl (OpenSSL), written from docs/TLS.md alone,
+    // with the key file vpcd-config tls init wrote for it.
+    let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", true);
+    let script = repo_root().join("tests/tls-vicc/vicc.py");
+    let key = bed.vicc.dir.join("key.pem");
+    let vicc = Process::spawn(
+        Command::new("/usr/bin/python3")
+            .arg(&script)
+            .args(["127.0.0.1", &bed.port.to_string()])
+            .arg(&key)
+            .arg(bed.reader.fingerprint.to_string()),
+        bed.tmp.path().join("python.log"),
+    );
+    wait_output(&vicc, "TLSv1.3, reader key pinned");
+    wait_card(
+        &bed.pcscd.context(),
+        &bed.secure_reader,
+        true,
+        Duration::from_secs(5),
+    );
+    bed.wait_log(&format!("over TLS 1.3, key {}", bed.vicc.fingerprint));
+    let (ok, out) = run(Command::new("opensc-tool").args([
+        "-r",
+        &bed.secure_reader,
+        "-s",
+        "00 11 22 33 02 AB CD",
+    ]));
+    assert!(ok && out.contains("AB CD"), "{out}\n{}", vicc.output());
+    bed.other_reader_answers();
+    drop(vicc);
+    wait_card(&bed.pcscd.context(), &bed.secure_reader, false, BOUND);
+    // Pinning a wrong key, it refuses the reader before a single frame.
+    let wrong = bed.vicc.fingerprint.to_string();
+    let refusing = Process::spawn(
+        Command::new("/usr/bin/python3")
+            .arg(&script)
+            .args(["127.0.0.1", &(bed.port).to_string()])
+            .arg(&key)
+            .arg(&wrong),
+        bed.tmp.path().join("python-wrong.log"),
+    );
+    wait_output(&refusing, "is not the pinned");
+}
