@@ -17,6 +17,8 @@
 //! - `presence`: card presence as pcscd sees it, and the polling callback's wait.
 //! - `net`: listening and peer socket setup, bounded writes, and the watcher thread
 //!   skeleton every slot kind runs on.
+//! - `tls`: the secure link of a `tls=yes` reader (docs/TLS.md): its key and trust
+//!   list, and a peer's TLS session, handshaking on the watcher's side.
 //! - `sys`: `poll(2)`, the one system call std does not wrap.
 //!
 //! `unsafe` is denied everywhere but in `ifd` and `sys`.
@@ -30,6 +32,7 @@ mod readers;
 mod slot;
 #[allow(unsafe_code)]
 mod sys;
+mod tls;
 
 /// The macOS bundle's `Contents/Info.plist`, rendered by build.rs from Info.plist.in.
 pub const INFO_PLIST: &str = include_str!(concat!(env!("OUT_DIR"), "/Info.plist"));

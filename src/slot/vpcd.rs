@@ -45,6 +45,7 @@ use super::{CardSlot, Limits, PowerAction, SlotError};
 use crate::net::{self, LogBudget, Watch, Watcher};
 use crate::presence::Presence;
 use crate::sys::{Interest, Ready};
+use crate::tls::{Session, Setup};
 
 /// First wait before reconnecting to a reversed-mode vicc, and the cap of the backoff.
 const RECONNECT_FIRST: Duration = Duration::from_millis(20);
@@ -73,6 +74,19 @@ struct Conn {
     peer: SocketAddr,
     /// What it announced before its ATR (the PIN pad extension), if anything.
     hello: Option<Hello>,
+    /// TLS hook: the session of a `tls=yes` reader's peer (src/tls.rs).
+    tls: Option<Session>,
+}
+
+impl Conn {
+    /// [`peek`] through the TLS session, if any.
+    fn peek(&self) -> io::Result<usize> {
+        let raw = peek(&self.stream);
+        match &self.tls {
+            Some(session) => session.peek(&self.stream, raw),
+            None => raw,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -133,6 +147,9 @@ impl VpcdSlot {
                 Source::Connector(Connector::new(host.clone(), port)),
             ),
         };
+        // TLS hook: the key and trust list, or the reason the slot stays closed.
+        let tls = Setup::load(cfg, &label, index)
+            .map_err(|e| io::Error::new(e.kind(), format!("{label}: {e}")))?;
         let shared = Arc::new(Shared {
             label,
             timeout: cfg.timeout,
@@ -148,6 +165,7 @@ impl VpcdSlot {
                 shared: Arc::clone(&shared),
                 source,
                 allow: cfg.allow.clone(),
+                tls,
                 card: None,
                 candidates: Vec::new(),
                 roles: Vec::new(),
@@ -333,7 +351,7 @@ impl Shared {
     /// The peer of the slot's card, unless it has just left (then it is removed).
     fn live_card(&self) -> Option<SocketAddr> {
         let conn = self.current()?;
-        if matches!(peek(&conn.stream), Ok(0)) {
+        if matches!(conn.peek(), Ok(0)) {
             self.remove(conn.id, "vicc closed the connection");
             return None;
         }
@@ -344,7 +362,7 @@ impl Shared {
     /// Before that, makes sure the vicc has not sent anything unasked: stale bytes
     /// would be taken for the reply to this command.
     fn send(&self, conn: &Conn, bytes: &[u8]) -> Result<(), SlotError> {
-        match peek(&conn.stream) {
+        match conn.peek() {
             Ok(0) => return Err(SlotError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {
                 return Err(SlotError::Io(io::Error::new(
@@ -355,13 +373,17 @@ impl Shared {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e.into()),
         }
-        net::write_all_within(&conn.stream, bytes, self.timeout)?;
+        match &conn.tls {
+            Some(session) => session.send(&conn.stream, bytes, self.timeout)?,
+            None => net::write_all_within(&conn.stream, bytes, self.timeout)?,
+        }
         Ok(())
     }
 
     /// Reads one reply frame into `into`; the frame must fit.
     fn receive(&self, conn: &Conn, into: &mut [u8], within: Duration) -> Result<usize, SlotError> {
         let mut reader = DeadlineReader::new(&conn.stream, self.timeout, within);
+        reader.tls = conn.tls.as_ref();
         let mut prefix = [0u8; HEADER_LEN];
         // One readv usually takes the prefix and the whole reply, straight into place.
         let n = reader.read(&mut [IoSliceMut::new(&mut prefix), IoSliceMut::new(into)])?;
@@ -476,6 +498,7 @@ impl Shared {
         stream: TcpStream,
         peer: SocketAddr,
         hello: Option<Hello>,
+        tls: Option<Session>,
     ) -> Result<(), String> {
         net::configure_peer(&stream, self.timeout)
             .map_err(|e| format!("cannot set up connection from {peer}: {e}"))?;
@@ -491,6 +514,7 @@ impl Shared {
             stream,
             peer,
             hello,
+            tls,
         }));
         s.atr = None;
         self.presence.insert();
@@ -527,6 +551,8 @@ struct Candidate {
     got: usize,
     /// What it announced before its ATR.
     hello: Option<Hello>,
+    /// TLS hook: its session, handshaking until the proof.
+    tls: Option<Session>,
 }
 
 /// What the descriptor at one position of the watcher's poll set is.
@@ -543,6 +569,8 @@ struct SlotWatch {
     shared: Arc<Shared>,
     source: Source,
     allow: Vec<AllowedNet>,
+    /// TLS hook: the reader's secure link, if `tls=yes`.
+    tls: Option<Setup>,
     /// The card's connection, as of the last `arm`.
     card: Option<Arc<Conn>>,
     candidates: Vec<Candidate>,
@@ -644,10 +672,14 @@ impl Watch for SlotWatch {
             .partition(|c| now >= c.deadline);
         self.candidates = live;
         for candidate in expired {
-            let why = format!(
-                "no ATR within {:?} of connecting",
-                self.shared.timeout.min(PROBE_TIMEOUT)
-            );
+            let budget = self.shared.timeout.min(PROBE_TIMEOUT);
+            let why = match &candidate.tls {
+                Some(s) if s.is_handshaking() => format!(
+                    "no TLS handshake within {budget:?} of connecting \
+                     (a plain vicc on a tls=yes reader?)"
+                ),
+                _ => format!("no ATR within {budget:?} of connecting"),
+            };
             self.reject(candidate, &why);
         }
         if let Some(candidate) = proven {
@@ -698,10 +730,20 @@ impl SlotWatch {
                 "too many peers at once; the oldest unproven one goes",
             );
         }
+        // TLS hook: the GET ATR waits in the session until the handshake is done.
+        let tls = match self.tls.as_ref().map(Setup::session).transpose() {
+            Ok(tls) => tls,
+            Err(e) => return self.log_peer(&format!("dropping {peer}: {e}")),
+        };
         let asked = stream
             .set_nonblocking(true)
             .and_then(|()| stream.set_nodelay(true))
-            .and_then(|()| (&stream).write(&Control::GetAtr.frame()));
+            .and_then(|()| match &tls {
+                Some(session) => session
+                    .write_nonblocking(&stream, &Control::GetAtr.frame())
+                    .map(|()| 3),
+                None => (&stream).write(&Control::GetAtr.frame()),
+            });
         match asked {
             Ok(3) => self.candidates.push(Candidate {
                 stream,
@@ -710,6 +752,7 @@ impl SlotWatch {
                 answer: [0; PROBE_ANSWER_MAX],
                 got: 0,
                 hello: None,
+                tls,
             }),
             Ok(_) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR")),
             Err(e) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR: {e}")),
@@ -719,7 +762,11 @@ impl SlotWatch {
     /// Reads what candidate `i` sent; `Some` once its answer is decided.
     fn read_candidate(&mut self, i: usize) -> Option<Result<(), String>> {
         let c = &mut self.candidates[i];
-        let n = match (&c.stream).read(&mut c.answer[c.got..]) {
+        let read = match &c.tls {
+            Some(session) => session.read_nonblocking(&c.stream, &mut c.answer[c.got..]),
+            None => (&c.stream).read(&mut c.answer[c.got..]),
+        };
+        let n = match read {
             Ok(0) => return Some(Err("closed the connection before sending its ATR".into())),
             Ok(n) => n,
             Err(e)
@@ -746,7 +793,11 @@ impl SlotWatch {
     fn promote(&mut self, candidate: Candidate) {
         let peer = candidate.peer;
         let hello = candidate.hello;
-        match self.shared.insert(candidate.stream, peer, hello) {
+        let secure = candidate.tls.as_ref().and_then(Session::peer_fingerprint);
+        match self
+            .shared
+            .insert(candidate.stream, peer, hello, candidate.tls)
+        {
             Ok(()) => {
                 if let Source::Connector(c) = &mut self.source {
                     c.connected(&self.shared.label);
@@ -758,6 +809,10 @@ impl SlotWatch {
                     }
                     Some(h) => format!(" (PIN pad extension v{})", h.version),
                     None => String::new(),
+                };
+                let extension = match secure {
+                    Some(fp) => format!("{extension} over TLS 1.3, key {fp}"),
+                    None => extension,
                 };
                 self.log_peer_at(
                     log::Level::Info,
@@ -804,7 +859,7 @@ fn check_idle_conn(shared: &Shared, conn: &Conn) {
     // Wait for a running exchange to finish: its reply is what woke us on systems
     // without POLLRDHUP, and it reads that reply itself.
     let _io = shared.io.lock();
-    match peek(&conn.stream) {
+    match conn.peek() {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Ok(0) => shared.remove(conn.id, "vicc closed the connection"),
         Ok(_) => {
@@ -946,6 +1001,8 @@ struct DeadlineReader<'a> {
     deadline: Instant,
     first: bool,
     rearmed: bool,
+    /// TLS hook: reads go through the card's session.
+    tls: Option<&'a Session>,
 }
 
 impl<'a> DeadlineReader<'a> {
@@ -959,6 +1016,7 @@ impl<'a> DeadlineReader<'a> {
             // one, or a PIN entry's longer one) costs a system call up front.
             first: within == full,
             rearmed: false,
+            tls: None,
         }
     }
 
@@ -973,7 +1031,11 @@ impl<'a> DeadlineReader<'a> {
                 self.stream.set_read_timeout(Some(remaining))?;
                 self.rearmed = true;
             }
-            match (&mut &*self.stream).read_vectored(bufs) {
+            let read = match self.tls {
+                Some(session) => session.read_blocking(self.stream, bufs),
+                None => (&mut &*self.stream).read_vectored(bufs),
+            };
+            match read {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -7,6 +7,7 @@
 //! DEVICENAME [::1]:35963                   reversed over IPv6
 //! DEVICENAME Virtual PCD                   no ':' (macOS friendly name): listen on 35963
 //! DEVICENAME /dev/null:35963/slots=4/listen=127.0.0.1/timeout=10
+//! DEVICENAME /dev/null:35963/listen=::/tls=yes  only TLS 1.3 peers with a trusted key
 //! DEVICENAME ::1:35963/timeout=5           reversed over IPv6, unquoted
 //! DEVICENAME "[::1]:35963"                 the same, quoted (pcscd keeps the quotes)
 //! ```
@@ -65,6 +66,10 @@ pub struct ReaderConfig {
     /// A PIN pad reader (`pinpad=yes`): PIN entry on the vicc's side, for viccs that
     /// announced it (docs/PINPAD.md).
     pub pinpad: bool,
+    /// A secure reader (`tls=yes`): every slot speaks TLS 1.3 with mutual
+    /// authentication by pinned keys, with the key and trust list of the TLS directory
+    /// (docs/TLS.md).
+    pub tls: bool,
 }
 
 /// A peer address or network named by an `allow=` option: `ADDR` or `ADDR_PREFIXLEN`
@@ -154,7 +159,8 @@ impl fmt::Display for ConfigError {
             f,
             "cannot use DEVICENAME \"{}\": {}; expected /dev/null:PORT (listen), HOST:PORT (reversed) \
              or CHANNELID PORT, optionally followed by /slots=N /listen=ADDR /v6only=yes|no \
-             /timeout=SECONDS /protocol=vpcd|vscard /log=error|warn|info|debug|trace /trace=yes|no",
+             /timeout=SECONDS /protocol=vpcd|vscard /log=error|warn|info|debug|trace /trace=yes|no \
+             /allow=ADDR[_PREFIXLEN] /pinpad=yes|no /tls=yes|no",
             self.input.escape_debug(),
             self.reason
         )
@@ -175,6 +181,7 @@ impl ReaderConfig {
             trace_apdus: false,
             allow: Vec::new(),
             pinpad: false,
+            tls: false,
         }
     }
 
@@ -312,6 +319,7 @@ impl ReaderConfig {
                 "pinpad" => {
                     self.pinpad = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
                 }
+                "tls" => self.tls = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?,
                 "allow" => {
                     if let Endpoint::Connect { .. } = self.endpoint {
                         return Err(bad("reversed mode connects out and accepts no peers"));
@@ -327,6 +335,9 @@ impl ReaderConfig {
         }
         if self.pinpad && self.protocol != Protocol::Vpcd {
             return Err("option pinpad needs the vpcd protocol: VSCard has no PIN entry".into());
+        }
+        if self.tls && self.protocol != Protocol::Vpcd {
+            return Err("option tls needs the vpcd protocol: VSCard peers speak no TLS".into());
         }
         if let Some(flag) = v6only {
             match &mut self.endpoint {
@@ -594,6 +605,23 @@ mod tests {
                 Err(_) => prop_assert!(u32::from(port) + u32::from(slots) > 65536),
             }
         }
+    }
+
+    #[test]
+    fn the_tls_option() {
+        assert!(!ReaderConfig::parse("/dev/null:35963").unwrap().tls);
+        for entry in [
+            "/dev/null:35963/tls=yes",
+            "pc.example:35963/tls=on/timeout=3",
+        ] {
+            assert!(pcscd_passes_unquoted(entry), "{entry}");
+            assert!(ReaderConfig::parse(entry).unwrap().tls, "{entry}");
+        }
+        assert!(!ReaderConfig::parse("/dev/null:1/tls=no").unwrap().tls);
+        let e = ReaderConfig::parse("/dev/null:1/tls=maybe").unwrap_err();
+        assert!(e.to_string().contains("tls=maybe"), "{e}");
+        let e = ReaderConfig::parse("/dev/null:1/tls=yes/protocol=vscard").unwrap_err();
+        assert!(e.to_string().contains("VSCard"), "{e}");
     }
 
     #[test]

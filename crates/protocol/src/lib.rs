@@ -14,13 +14,20 @@
 //! - [`vscard`]: QEMU's VSCard protocol (libcacard's `vscclient`, SPICE): messages,
 //!   encoder and decoder.
 //! - [`config`]: a `reader.conf.d` entry's DEVICENAME / CHANNELID and our options.
+//! - [`tls`]: the pure parts of the secure link (docs/TLS.md): key fingerprints, the
+//!   key file (PEM), the trust list, the `vpcds://` pairing URI, a certificate's key.
+//! - `link` (feature `rustls`): the secure link's TLS 1.3 configurations with pinned
+//!   keys, shared by the driver and vpcd-vicc.
 //! - [`hex()`]: bytes as `3B 8A 80 01`, for log lines.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+#[cfg(feature = "rustls")]
+pub mod link;
 pub mod part10;
 pub mod pinpad;
+pub mod tls;
 pub mod vpcd;
 pub mod vscard;
 

@@ -9,8 +9,10 @@
 //!   own (private pcscd, the driver, a card), and waiting for a reader or card. Without
 //!   namespaces (containers, CI runners) vpcd-run's pcscd comes from `../env/`, the
 //!   package `vpcd-env` (socket activation in a private directory, free ports).
-//! - `src/cli.rs` ([`cli`], this library's only module): the command-line conventions
-//!   both tools share (lexopt; same spellings, `--help`, `--version`, exit status 2).
+//! - `src/cli.rs` ([`cli`]): the command-line conventions the tools share (lexopt;
+//!   same spellings, `--help`, `--version`, exit status 2).
+//! - `src/keys.rs` ([`keys`]): key pairs and trust files of the secure link
+//!   (docs/TLS.md), generated and written by vpcd-config and vpcd-vicc only.
 //! - `tests/`: the tools' own tests (vpcd-vicc, vpcd-config and `--check`, vpcd-run and
 //!   vpcd-wait; `containers.rs`: vpcd-run without namespaces in the container
 //!   simulation `scripts/container-sim`, and the recipes of `packaging/container/`);
@@ -25,3 +27,4 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod keys;

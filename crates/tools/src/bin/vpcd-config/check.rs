@@ -311,8 +311,64 @@ fn check(config: Option<&Path>, socket: &Path) -> Findings {
     }
 
     f.lines.extend(ports.lines);
+    if readers.iter().any(|(r, _)| r.config.tls) {
+        check_tls(&mut f, &vpcd_tools::keys::driver_dir());
+    }
     check_selinux(&mut f);
     f
+}
+
+/// The files of secure readers (tls=yes): there, readable by pcscd, well formed, and
+/// the private key kept from other users.
+fn check_tls(f: &mut Findings, dir: &Path) {
+    use vpcd_protocol::tls::{KEY_FILE, TRUST_FILE};
+    use vpcd_tools::keys;
+    let key_path = dir.join(KEY_FILE);
+    let trust_path = dir.join(TRUST_FILE);
+    match keys::load_key(&key_path) {
+        Err(e) if !key_path.exists() => f.error(format!(
+            "a reader has tls=yes, but {} is missing: the reader will not start; make it: \
+             sudo vpcd-config tls init ({e})",
+            key_path.display()
+        )),
+        Err(e) => f.error(format!("{e}: the tls=yes readers will not start")),
+        Ok(key) => {
+            match vpcd_protocol::link::Identity::from_key_file(&key) {
+                Ok(me) => f.ok(format!(
+                    "the reader key {} is {}",
+                    key_path.display(),
+                    me.fingerprint
+                )),
+                Err(e) => f.error(format!(
+                    "{} is unusable: {e}: the tls=yes readers will not start",
+                    key_path.display()
+                )),
+            }
+            if let Ok(Some(problem)) = keys::key_permission_problem(&key_path) {
+                f.error(problem);
+            }
+        }
+    }
+    if !trust_path.exists() {
+        f.error(format!(
+            "{} is missing: the tls=yes readers will not start (sudo vpcd-config tls init)",
+            trust_path.display()
+        ));
+        return;
+    }
+    match keys::load_trust(&trust_path) {
+        Ok(list) if list.entries.is_empty() => f.warn(format!(
+            "{} trusts no vicc key yet: every vicc is refused; pair one: vpcd-config tls show, \
+             then sudo vpcd-config tls trust FINGERPRINT",
+            trust_path.display()
+        )),
+        Ok(list) => f.ok(format!(
+            "{} trusts {} vicc key(s)",
+            trust_path.display(),
+            list.entries.len()
+        )),
+        Err(e) => f.error(format!("{e}: the tls=yes readers will not start")),
+    }
 }
 
 /// The vpcd readers of `path`, with each one's LIBPATH; problems become findings.

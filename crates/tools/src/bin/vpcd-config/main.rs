@@ -21,7 +21,8 @@
 //! - `readers`: the vpcd readers they configure (or `--port`'s, or the default);
 //! - `addresses`: this machine's addresses and the ones that reach a reader;
 //! - `qr`: the QR code of a `vpcd://` URL;
-//! - `output`: the slots of the readers, printed as text or JSON.
+//! - `output`: the slots of the readers, printed as text or JSON;
+//! - `tls`: `vpcd-config tls`, the keys of the secure link (docs/TLS.md).
 
 #![deny(unsafe_code)]
 
@@ -31,6 +32,7 @@ mod output;
 mod qr;
 mod readerconf;
 mod readers;
+mod tls;
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
@@ -80,6 +82,8 @@ Options:
                       background
       --check         tell what stands between a vicc and the readers, one line
                       per finding (see vpcd-config --check --help)
+  tls ...             the keys of secure readers (/tls=yes): init, trust,
+                      untrust, show (see vpcd-config tls --help, docs/TLS.md)
   -h, --help          print this help
   -V, --version       print the version
 
@@ -95,6 +99,9 @@ readers is usable, 2 on a usage error.
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "tls") {
+        return ExitCode::from(tls::main(&args[1..]));
+    }
     if let Some(i) = args.iter().position(|a| a == "--check") {
         let rest: Vec<OsString> = [&args[..i], &args[i + 1..]].concat();
         return ExitCode::from(check::main(&rest));

@@ -30,11 +30,35 @@ pub(crate) struct SlotInfo<'a> {
 impl SlotInfo<'_> {
     fn urls(&self) -> Vec<String> {
         match &self.kind {
+            SlotKind::Listen { hosts, .. } if self.reader.config.tls => hosts
+                .iter()
+                .map(|h| secure_url(h, self.port, reader_fingerprint()))
+                .collect(),
             SlotKind::Listen { hosts, .. } => {
                 hosts.iter().map(|h| vpcd_url(h, self.port)).collect()
             }
             SlotKind::Reversed { .. } => vec![],
         }
+    }
+}
+
+/// The reader key of the secure readers (docs/TLS.md), if it can be read here.
+fn reader_fingerprint() -> Option<vpcd_protocol::tls::Fingerprint> {
+    static FP: std::sync::OnceLock<Option<vpcd_protocol::tls::Fingerprint>> =
+        std::sync::OnceLock::new();
+    *FP.get_or_init(|| {
+        let key = vpcd_tools::keys::driver_dir().join(vpcd_protocol::tls::KEY_FILE);
+        let key = vpcd_tools::keys::load_key(&key).ok()?;
+        vpcd_tools::keys::fingerprint(&key).ok()
+    })
+}
+
+/// A secure slot's `vpcds://` URI; without a readable key (not root, or no
+/// `vpcd-config tls init` yet), the URI lacks its `fp=`, and a vicc refuses it.
+fn secure_url(host: &str, port: u16, fp: Option<vpcd_protocol::tls::Fingerprint>) -> String {
+    match fp {
+        Some(fp) => format!("vpcds://{}:{port}?fp={fp}", url_host(host)),
+        None => format!("vpcds://{}:{port}", url_host(host)),
     }
 }
 

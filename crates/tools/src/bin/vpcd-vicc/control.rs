@@ -128,26 +128,34 @@ pub fn wait_inserted() {
     }
 }
 
+/// A connection to the slot: plain TCP, or TLS over it (crate::secure); removal shuts
+/// its socket down.
+pub trait Link: io::Read + io::Write {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Link for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
 /// Serves a connection like [`crate::card::server::serve`], and follows removals and
 /// insertions: a removal closes the connection, then this waits for the insertion and
 /// connects again with `reconnect`. Returns when the driver ends the connection.
-pub fn serve<C, F>(
-    stream: &mut TcpStream,
-    card: &mut C,
-    trace: bool,
-    mut reconnect: F,
-) -> io::Result<()>
+pub fn serve<S, C, F>(stream: &mut S, card: &mut C, trace: bool, mut reconnect: F) -> io::Result<()>
 where
+    S: Link,
     C: VirtualCard + ?Sized,
-    F: FnMut() -> io::Result<TcpStream>,
+    F: FnMut() -> io::Result<S>,
 {
     loop {
         {
             let mut s = state();
             s.connections += 1;
-            s.connection = stream.try_clone().ok();
+            s.connection = stream.tcp().try_clone().ok();
             if !s.inserted {
-                let _ = stream.shutdown(Shutdown::Both);
+                let _ = stream.tcp().shutdown(Shutdown::Both);
             }
             CHANGED.notify_all();
         }
@@ -173,7 +181,7 @@ where
 }
 
 /// Connects after an insertion, retrying for a while (a restarting pcscd).
-fn connect_again<F: FnMut() -> io::Result<TcpStream>>(reconnect: &mut F) -> io::Result<TcpStream> {
+fn connect_again<S, F: FnMut() -> io::Result<S>>(reconnect: &mut F) -> io::Result<S> {
     let deadline = Instant::now() + INSERT_WAIT;
     let mut pause = Duration::from_millis(10);
     loop {

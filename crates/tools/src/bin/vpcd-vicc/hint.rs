@@ -18,6 +18,10 @@ pub(crate) fn connect_failed(host: &str, port: u16, e: &io::Error) -> String {
              A reader with listen=127.0.0.1 takes only viccs on its own machine."
         ),
         ErrorKind::NotFound => format!("{host} has no address: check the name."),
+        ErrorKind::InvalidData => "the secure link's handshake failed: compare the key \
+             fingerprints on both sides (vpcd-config tls show), and pair again if the reader \
+             got a new key (docs/TLS.md)."
+            .to_owned(),
         _ => "is pcscd running, with a vpcd reader on that port?".to_owned(),
     };
     format!("{first}\n  {hint}\n  On the vpcd machine, `vpcd-config --check` tells what is wrong.")

@@ -17,6 +17,7 @@ use crate::card::relay::{self, PowerOff, Relay};
 use crate::card::server::{self, DEFAULT_PORT};
 use crate::card::{Card, VirtualCard};
 use crate::keypad::{Keypad, WithKeypad};
+use vpcd_protocol::tls::{Fingerprint, VpcdsUri};
 use vpcd_protocol::vpcd as protocol;
 use vpcd_tools::cli;
 
@@ -24,6 +25,7 @@ mod card;
 mod control;
 mod hint;
 mod keypad;
+mod secure;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -66,6 +68,14 @@ Options:
                        PIN asked for takes the next, the last repeats (default:
                        $VPCD_PIN if set)
       --card-pin PIN   the built-in card's PIN (default: {pin})
+      --connect URI    a secure reader (tls=yes): vpcds://HOST:PORT?fp=KEY, as
+                       vpcd-config tls show prints it; sets -H and -P and pins
+                       the reader's key (docs/TLS.md)
+      --tls-peer KEY   speak TLS 1.3 and pin the reader's key (its SHA-256
+                       fingerprint, vpcd-config tls show); with -r too
+      --tls-key FILE   this card's key pair, made on first use (default:
+                       ~/.config/vpcd-vicc/key.pem); its fingerprint is printed
+                       for the reader's trust list
   -L, --list-readers   list the PC/SC readers of this machine and their cards
   -v, --verbose        trace APDUs to stderr (> command, < response)
   -h, --help           this help
@@ -137,8 +147,14 @@ struct Options {
     pin_entry: Option<String>,
     /// The built-in card's PIN (`--card-pin`).
     card_pin: Option<String>,
+    /// The pinned reader key of a secure link (`--connect`, `--tls-peer`).
+    tls_peer: Option<Fingerprint>,
+    /// This card's key pair (`--tls-key`).
+    tls_key: Option<PathBuf>,
 }
 
+// Made once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 enum Parsed {
     Run(Options),
@@ -170,6 +186,8 @@ where
         pinpad: false,
         pin_entry: None,
         card_pin: None,
+        tls_peer: None,
+        tls_key: None,
     };
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -199,6 +217,18 @@ where
                 o.pin_entry = Some(value)
             }
             Long("card-pin") => o.card_pin = Some(cli::value(&mut parser, &name)?),
+            Long("connect") => {
+                let uri = VpcdsUri::parse(&cli::value(&mut parser, &name)?)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                o.host = Some(uri.host);
+                o.port = uri.port;
+                o.tls_peer = Some(uri.fingerprint);
+            }
+            Long("tls-peer") => {
+                let value = cli::value(&mut parser, &name)?;
+                o.tls_peer = Some(Fingerprint::parse(&value).map_err(|e| format!("{name}: {e}"))?)
+            }
+            Long("tls-key") => o.tls_key = Some(PathBuf::from(cli::os_value(&mut parser)?)),
             Long("atr") => o.atr = Some(cli::value(&mut parser, &name)?),
             Long("fs") => o.fs = Some(PathBuf::from(cli::os_value(&mut parser)?)),
             Long("control") => o.control = Some(PathBuf::from(cli::os_value(&mut parser)?)),
@@ -237,6 +267,9 @@ where
     }
     if o.pin_entry.is_some() && !o.pinpad {
         return Err("--pin-entry only makes sense with --pinpad".into());
+    }
+    if o.tls_key.is_some() && o.tls_peer.is_none() {
+        return Err("--tls-key goes with --connect or --tls-peer".into());
     }
     if o.port == 0 && !o.reversed {
         return Err("port 0 only makes sense with --reversed".into());
@@ -309,32 +342,67 @@ fn run_card<C: VirtualCard>(o: &Options, card: C) -> ExitCode {
     }
 }
 
+/// The secure link, if `--connect` or `--tls-peer` asked for one.
+fn make_secure(o: &Options) -> Result<Option<secure::Secure>, String> {
+    let Some(pinned) = o.tls_peer else {
+        return Ok(None);
+    };
+    let path = o.tls_key.clone().unwrap_or_else(secure::default_key_path);
+    secure::Secure::new(&path, pinned).map(Some)
+}
+
 fn run_reversed<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
+    let secure = make_secure(o)?;
     let addr = o.listen.as_deref().or(o.host.as_deref());
     let listener = server::listen(addr, o.port).map_err(|e| format!("cannot listen: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot listen: {e}"))?;
     eprintln!("vpcd-vicc: waiting for vpcd on {local}");
-    server::serve_listener(&listener, card, o.verbose, None)
-        .map_err(|e| format!("cannot accept connections: {e}"))
+    match &secure {
+        Some(secure) => secure::serve_listener(secure, &listener, card, o.verbose),
+        None => server::serve_listener(&listener, card, o.verbose, None),
+    }
+    .map_err(|e| format!("cannot accept connections: {e}"))
 }
 
 fn run_connect<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
     let host = o.host.as_deref().unwrap_or("localhost");
+    match make_secure(o)? {
+        // The secure link: the handshake, then the same frames inside TLS.
+        Some(secure) => connect_loop(o, card, host, " over TLS 1.3, reader key pinned", || {
+            server::connect(host, o.port)
+                .and_then(|tcp| secure.connect(tcp))
+                .map(secure::EndAsEof)
+        }),
+        None => connect_loop(o, card, host, "", || server::connect(host, o.port)),
+    }
+}
+
+/// Connects with `connect` and serves the card, again and again with `--loop`.
+fn connect_loop<C, S, F>(
+    o: &Options,
+    card: &mut C,
+    host: &str,
+    how: &str,
+    mut connect: F,
+) -> Result<(), String>
+where
+    C: VirtualCard,
+    S: control::Link,
+    F: FnMut() -> std::io::Result<S>,
+{
     let mut backoff = FIRST_BACKOFF;
     let mut reported = false;
     loop {
         control::wait_inserted();
-        match server::connect(host, o.port) {
+        match connect() {
             Ok(mut stream) => {
-                eprintln!("vpcd-vicc: connected to vpcd at {host}:{}", o.port);
+                eprintln!("vpcd-vicc: connected to vpcd at {host}:{}{how}", o.port);
                 reported = false;
                 backoff = FIRST_BACKOFF;
                 card.connected();
-                let result = control::serve(&mut stream, card, o.verbose, || {
-                    server::connect(host, o.port)
-                });
+                let result = control::serve(&mut stream, card, o.verbose, &mut connect);
                 match (result, o.run_loop) {
                     (Ok(()), false) => {
                         eprintln!("vpcd-vicc: vpcd closed the connection");
@@ -611,6 +679,29 @@ mod tests {
         let o = run(&["--card-pin", "12x"]);
         assert!(make_card(&o).is_err());
         assert!(help().contains("--pinpad"));
+    }
+
+    #[test]
+    fn secure_link_options() {
+        let fp = "8e02000000000000000000000000000000000000000000000000000000000051";
+        let o = run(&["--connect", &format!("vpcds://[fd00::7]:35964?fp={fp}")]);
+        assert_eq!((o.host.as_deref(), o.port), (Some("fd00::7"), 35964));
+        assert_eq!(o.tls_peer.unwrap().to_string(), fp);
+        let o = run(&["-r", "-P", "4000", "--tls-peer", fp, "--tls-key", "/k.pem"]);
+        assert_eq!(o.tls_peer.unwrap().to_string(), fp);
+        assert_eq!(o.tls_key, Some(PathBuf::from("/k.pem")));
+        let o = run(&["--relay", "0", "--connect", &format!("vpcds://h?fp={fp}")]);
+        assert_eq!((o.port, o.relay.as_deref()), (35963, Some("0")));
+        for (args, named) in [
+            (&["--connect", "vpcd://h:1"][..], "--connect"),
+            (&["--connect", "vpcds://h:1"], "fp="),
+            (&["--tls-peer", "abc"], "--tls-peer"),
+            (&["--tls-key", "/k.pem"], "--tls-key goes with"),
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.contains(named), "{args:?}: {e}");
+        }
+        assert!(help().contains("--connect URI"));
     }
 
     #[test]

@@ -1,0 +1,748 @@
+//! The pure parts of the secure link (docs/TLS.md): key fingerprints, the PEM key file,
+//! the trust list, the `vpcds://` pairing URI and the one field of an X.509 certificate
+//! a pinned key needs (its SubjectPublicKeyInfo). No I/O and no cryptography: hashing
+//! and the TLS handshake live in [`crate::link`] (feature `rustls`).
+//!
+//! ```text
+//! key.pem    -----BEGIN PRIVATE KEY----- (PKCS#8)  -----BEGIN CERTIFICATE----- (self-signed)
+//! trusted    # comment
+//!            3f1c...64 hex digits...9a  alice-phone
+//! URI        vpcds://192.168.1.20:35963?fp=3f1c...9a
+//! ```
+
+use std::fmt;
+
+/// The default port of a vpcd reader's slot 0, as in [`crate::config::DEFAULT_PORT`].
+use crate::config::DEFAULT_PORT;
+
+/// The most bytes a key or trust file may have: both are a few hundred bytes, and a
+/// parser must not be made to hold an arbitrary file.
+pub const MAX_FILE_LEN: usize = 256 * 1024;
+/// The URI scheme of a secure vpcd slot.
+pub const SCHEME: &str = "vpcds";
+/// The key file's name in a TLS directory.
+pub const KEY_FILE: &str = "key.pem";
+/// The trust list's name in a TLS directory.
+pub const TRUST_FILE: &str = "trusted";
+
+/// The SHA-256 of a public key's DER SubjectPublicKeyInfo: what a peer is pinned by.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// Reads 64 hex digits, in either case, optionally in pairs separated by ':' and
+    /// optionally after `sha256:` (as `openssl` and other tools print them).
+    pub fn parse(s: &str) -> Result<Fingerprint, String> {
+        let t = s.trim();
+        let t = t
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case("sha256:"))
+            .map_or(t, |_| &t[7..]);
+        let digits: Vec<u8> = if t.contains(':') {
+            let pairs: Vec<&str> = t.split(':').collect();
+            if pairs.iter().any(|p| p.len() != 2) {
+                return Err(format!("{s:?}: ':' separates pairs of hex digits"));
+            }
+            pairs.concat().into_bytes()
+        } else {
+            t.as_bytes().to_vec()
+        };
+        if digits.len() != 64 {
+            return Err(format!(
+                "{:?} is no key fingerprint: expected 64 hex digits (SHA-256), got {}",
+                s.escape_debug().to_string(),
+                digits.len()
+            ));
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in digits.chunks(2).enumerate() {
+            let hi = hex_value(pair[0]);
+            let lo = hex_value(pair[1]);
+            match (hi, lo) {
+                (Some(hi), Some(lo)) => out[i] = hi << 4 | lo,
+                _ => return Err(format!("{s:?} is no key fingerprint: not hex")),
+            }
+        }
+        Ok(Fingerprint(out))
+    }
+
+    /// The first 8 hex digits, for log lines next to a name.
+    pub fn short(&self) -> String {
+        self.to_string()[..8].to_owned()
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// PEM and base64
+
+/// One `-----BEGIN LABEL-----` block, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PemBlock {
+    pub label: String,
+    pub der: Vec<u8>,
+}
+
+/// Every PEM block of `text`, in order. Text outside blocks is ignored (as OpenSSL
+/// does: comments before a block are common); a block that does not end, a wrong END
+/// label or bad base64 is an error naming the line.
+pub fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
+    if text.len() > MAX_FILE_LEN {
+        return Err(format!("longer than {MAX_FILE_LEN} bytes"));
+    }
+    let mut blocks = vec![];
+    let mut open: Option<(String, usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        let n = n + 1;
+        match &mut open {
+            None => {
+                if let Some(label) = pem_marker(line, "BEGIN") {
+                    open = Some((label.to_owned(), n, String::new()));
+                } else if pem_marker(line, "END").is_some() {
+                    return Err(format!("line {n}: END without BEGIN"));
+                }
+            }
+            Some((label, _, body)) => {
+                if let Some(end) = pem_marker(line, "END") {
+                    if end != label {
+                        return Err(format!("line {n}: END {end} closes BEGIN {label}"));
+                    }
+                    let der = base64_decode(body)
+                        .map_err(|e| format!("line {n}: the {label} block: {e}"))?;
+                    blocks.push(PemBlock {
+                        label: std::mem::take(label),
+                        der,
+                    });
+                    open = None;
+                } else if pem_marker(line, "BEGIN").is_some() {
+                    return Err(format!("line {n}: BEGIN inside the {label} block"));
+                } else if line.contains(':') {
+                    return Err(format!(
+                        "line {n}: encrypted or annotated PEM is not supported"
+                    ));
+                } else {
+                    body.push_str(line);
+                }
+            }
+        }
+    }
+    match open {
+        Some((label, n, _)) => Err(format!("line {n}: the {label} block never ends")),
+        None => Ok(blocks),
+    }
+}
+
+fn pem_marker<'a>(line: &'a str, kind: &str) -> Option<&'a str> {
+    line.strip_prefix("-----")?
+        .strip_suffix("-----")?
+        .strip_prefix(kind)?
+        .strip_prefix(' ')
+        .filter(|label| !label.is_empty())
+}
+
+/// One PEM block, 64 base64 characters a line.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64_encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let v = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(v >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding; whitespace is skipped.
+pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    let chars: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
+    if chars.len() % 4 != 0 {
+        return Err("base64 of a length that is no multiple of 4".into());
+    }
+    let mut out = Vec::with_capacity(chars.len() / 4 * 3);
+    let quads = chars.len() / 4;
+    for (q, quad) in chars.chunks(4).enumerate() {
+        let last = q + 1 == quads;
+        let pad = quad.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return Err("misplaced '=' in base64".into());
+        }
+        let mut v = 0u32;
+        for &c in &quad[..4 - pad] {
+            let d = B64
+                .iter()
+                .position(|b| *b == c)
+                .ok_or_else(|| format!("{:?} is not base64", c as char))?;
+            v = v << 6 | d as u32;
+        }
+        v <<= 6 * pad as u32;
+        let bytes = [(v >> 16) as u8, (v >> 8) as u8, v as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------
+// The key file
+
+/// A key file: a PKCS#8 private key and the self-signed certificate that carries its
+/// public key (the certificate is only an envelope: its names and dates are ignored).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    pub key_pkcs8: Vec<u8>,
+    pub cert: Vec<u8>,
+}
+
+impl fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyFile")
+            .field(
+                "key_pkcs8",
+                &format_args!("<{} bytes>", self.key_pkcs8.len()),
+            )
+            .field("cert", &format_args!("<{} bytes>", self.cert.len()))
+            .finish()
+    }
+}
+
+impl KeyFile {
+    /// Exactly one `PRIVATE KEY` and one `CERTIFICATE` block, in any order.
+    pub fn parse(text: &str) -> Result<KeyFile, String> {
+        let mut key = None;
+        let mut cert = None;
+        for block in pem_blocks(text)? {
+            let slot = match block.label.as_str() {
+                "PRIVATE KEY" => &mut key,
+                "CERTIFICATE" => &mut cert,
+                "EC PRIVATE KEY" | "RSA PRIVATE KEY" | "ENCRYPTED PRIVATE KEY" => {
+                    return Err(format!(
+                        "a {} block: expected an unencrypted PKCS#8 PRIVATE KEY \
+                         (vpcd-config tls init writes one)",
+                        block.label
+                    ))
+                }
+                other => return Err(format!("an unexpected {other} block")),
+            };
+            if slot.replace(block.der).is_some() {
+                return Err(format!("more than one {} block", block.label));
+            }
+        }
+        let key_pkcs8 = key.ok_or("no PRIVATE KEY block")?;
+        let cert = cert.ok_or("no CERTIFICATE block")?;
+        spki_of(&cert).map_err(|e| format!("the CERTIFICATE: {e}"))?;
+        Ok(KeyFile { key_pkcs8, cert })
+    }
+
+    /// The file's text: the key, then the certificate.
+    pub fn to_pem(&self) -> String {
+        pem_encode("PRIVATE KEY", &self.key_pkcs8) + &pem_encode("CERTIFICATE", &self.cert)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The trust list
+
+/// One trusted peer key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustEntry {
+    pub fingerprint: Fingerprint,
+    /// A name for log lines (may be empty).
+    pub name: String,
+}
+
+/// The peers a side trusts: one `FINGERPRINT [NAME]` a line, `#` comments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustList {
+    pub entries: Vec<TrustEntry>,
+}
+
+/// The most peers a trust list may name: far more than anyone pairs, and a bound for
+/// a hostile file.
+pub const MAX_TRUSTED: usize = 4096;
+
+impl TrustList {
+    pub fn parse(text: &str) -> Result<TrustList, String> {
+        if text.len() > MAX_FILE_LEN {
+            return Err(format!("longer than {MAX_FILE_LEN} bytes"));
+        }
+        let mut list = TrustList::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (fp, name) = line
+                .split_once(char::is_whitespace)
+                .map_or((line, ""), |(f, n)| (f, n.trim()));
+            let fingerprint = Fingerprint::parse(fp).map_err(|e| format!("line {}: {e}", n + 1))?;
+            check_name(name).map_err(|e| format!("line {}: {e}", n + 1))?;
+            if list.entries.len() >= MAX_TRUSTED {
+                return Err(format!("more than {MAX_TRUSTED} trusted keys"));
+            }
+            if !list.contains(&fingerprint) {
+                list.entries.push(TrustEntry {
+                    fingerprint,
+                    name: name.to_owned(),
+                });
+            }
+        }
+        Ok(list)
+    }
+
+    pub fn contains(&self, fp: &Fingerprint) -> bool {
+        self.get(fp).is_some()
+    }
+
+    pub fn get(&self, fp: &Fingerprint) -> Option<&TrustEntry> {
+        self.entries.iter().find(|e| e.fingerprint == *fp)
+    }
+
+    /// The file's text.
+    pub fn to_text(&self) -> String {
+        let mut out = String::from(
+            "# Peers this side of the vpcd link trusts: SHA-256 of the public key (hex), name.\n\
+             # Managed by vpcd-config tls trust / untrust; see docs/TLS.md.\n",
+        );
+        for e in &self.entries {
+            out.push_str(&entry_line(e));
+        }
+        out
+    }
+}
+
+/// A trust list line.
+pub fn entry_line(e: &TrustEntry) -> String {
+    if e.name.is_empty() {
+        format!("{}\n", e.fingerprint)
+    } else {
+        format!("{} {}\n", e.fingerprint, e.name)
+    }
+}
+
+/// A peer's name: printable, one line, at most 64 characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.chars().count() > 64 {
+        return Err("a name has at most 64 characters".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a name has no control characters".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// The pairing URI
+
+/// `vpcds://HOST:PORT?fp=FINGERPRINT`: where a secure slot listens and the key it
+/// proves itself with. What the host shows (text and QR code) for a vicc to pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpcdsUri {
+    /// A host name, an IPv4 address or an IPv6 address (without brackets).
+    pub host: String,
+    pub port: u16,
+    pub fingerprint: Fingerprint,
+}
+
+impl VpcdsUri {
+    /// Parses the URI. Unknown query parameters are ignored (a later version may add
+    /// some); `fp` must be there exactly once. The port defaults to 35963.
+    pub fn parse(s: &str) -> Result<VpcdsUri, String> {
+        let bad = |why: &str| format!("{:?}: {why}", s.escape_debug().to_string());
+        if s.len() > 2048 {
+            return Err(bad("too long for a vpcds URI"));
+        }
+        let rest = s
+            .trim()
+            .split_once("://")
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(SCHEME))
+            .map(|(_, rest)| rest)
+            .ok_or_else(|| bad("expected vpcds://HOST:PORT?fp=FINGERPRINT"))?;
+        let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("an IPv6 address without its ']'"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("expected ':' after ']'"))?,
+                ),
+            };
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(bad("not an IPv6 address in []"));
+            }
+            (host, port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._:".contains(c))
+        {
+            return Err(bad("no valid host"));
+        }
+        if host.contains(':') && !authority.starts_with('[') {
+            return Err(bad("an IPv6 host goes in []"));
+        }
+        let port = match port {
+            None => DEFAULT_PORT,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("the port is no number from 1 to 65535"))?,
+        };
+        let mut fingerprint = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key == "fp" {
+                if fingerprint.is_some() {
+                    return Err(bad("fp given twice"));
+                }
+                fingerprint = Some(Fingerprint::parse(value).map_err(|e| bad(&e))?);
+            }
+        }
+        Ok(VpcdsUri {
+            host: host.to_owned(),
+            port,
+            fingerprint: fingerprint.ok_or_else(|| bad("no fp= (the host key's fingerprint)"))?,
+        })
+    }
+}
+
+impl fmt::Display for VpcdsUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{SCHEME}://[{}]:{}", self.host, self.port)?;
+        } else {
+            write!(f, "{SCHEME}://{}:{}", self.host, self.port)?;
+        }
+        write!(f, "?fp={}", self.fingerprint)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// DER: the certificate's public key
+
+/// One DER element: its tag, its contents, and the whole element.
+struct Der<'a> {
+    tag: u8,
+    contents: &'a [u8],
+    whole: &'a [u8],
+}
+
+/// Reads the DER element at the start of `input`; returns it and what follows.
+fn der_next(input: &[u8]) -> Result<(Der<'_>, &[u8]), String> {
+    let (&tag, rest) = input.split_first().ok_or("truncated DER")?;
+    if tag & 0x1F == 0x1F {
+        return Err("a multi-byte DER tag".into());
+    }
+    let (&first, mut rest) = rest.split_first().ok_or("truncated DER")?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7F);
+        if n == 0 || n > 4 || rest.len() < n {
+            return Err("a bad DER length".into());
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
+        rest = &rest[n..];
+        len
+    };
+    if rest.len() < len {
+        return Err("DER longer than its input".into());
+    }
+    let header = input.len() - rest.len();
+    Ok((
+        Der {
+            tag,
+            contents: &rest[..len],
+            whole: &input[..header + len],
+        },
+        &rest[len..],
+    ))
+}
+
+fn der_expect<'a>(input: &'a [u8], tag: u8, what: &str) -> Result<(Der<'a>, &'a [u8]), String> {
+    let (el, rest) = der_next(input)?;
+    if el.tag != tag {
+        return Err(format!("expected {what}, found tag {:#04x}", el.tag));
+    }
+    Ok((el, rest))
+}
+
+/// The DER SubjectPublicKeyInfo of an X.509 certificate: what a fingerprint hashes.
+pub fn spki_of(cert: &[u8]) -> Result<&[u8], String> {
+    const SEQ: u8 = 0x30;
+    let (cert_el, _) = der_expect(cert, SEQ, "a certificate")?;
+    let (tbs, _) = der_expect(cert_el.contents, SEQ, "the certificate body")?;
+    let mut rest = tbs.contents;
+    let (first, after) = der_next(rest)?;
+    if first.tag == 0xA0 {
+        rest = after;
+    }
+    let (_, rest) = der_expect(rest, 0x02, "the serial number")?;
+    let (_, rest) = der_expect(rest, SEQ, "the signature algorithm")?;
+    let (_, rest) = der_expect(rest, SEQ, "the issuer")?;
+    let (_, rest) = der_expect(rest, SEQ, "the validity")?;
+    let (_, rest) = der_expect(rest, SEQ, "the subject")?;
+    let (spki, _) = der_expect(rest, SEQ, "the public key")?;
+    Ok(spki.whole)
+}
+
+/// Everything the fuzz target feeds: no input may panic or allocate without bound.
+pub fn parse_any(text: &str) {
+    let _ = Fingerprint::parse(text);
+    let _ = VpcdsUri::parse(text);
+    let _ = TrustList::parse(text);
+    let _ = KeyFile::parse(text);
+    let _ = spki_of(text.as_bytes());
+}
+
+/// Test material: real certificates and keys made with `openssl req -x509` (ECDSA
+/// P-256), in testdata/.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// The certificate of testdata/reader-key.pem.
+    pub(crate) const CERT_B64: &str = "MIIBdjCCARugAwIBAgIUVvNosGgE+I+HTWdczG3wOZse4pAwCgYIKoZIzj0EAwIwDzENMAsGA1UEAwwEdnBjZDAgFw0yNjEyMDcwMDM5NDdaGA8yMTI2MTExMzAwMzk0N1owDzENMAsGA1UEAwwEdnBjZDBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABJ9KX3m7DYuONx7DRlQWLxUeTMHnxPXzdAFNr92ps60hgjJQTgoWCX7iI+nXRYWUGC/zsgM7uPlLRGv9LmEuqpijUzBRMB0GA1UdDgQWBBQf9wHmYRszqRnKL3Mok3Gc50mq1DAfBgNVHSMEGDAWgBQf9wHmYRszqRnKL3Mok3Gc50mq1DAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0kAMEYCIQD5upbGDX7CLpZXHvIpHL9nsy+duQyuRE3tCNtX+/+rfAIhAI4wTiQBSlyTvcS1BUu1I45HZndRoBF27xEO9cE4xg9I";
+    pub(crate) const READER_KEY: &str = include_str!("../testdata/reader-key.pem");
+    pub(crate) const VICC_KEY: &str = include_str!("../testdata/vicc-key.pem");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use proptest::prelude::*;
+
+    const FP: &str = "3f1c0000000000000000000000000000000000000000000000000000000000a9";
+
+    #[test]
+    fn fingerprints_in_every_spelling() {
+        let fp = Fingerprint::parse(FP).unwrap();
+        assert_eq!(fp.to_string(), FP);
+        assert_eq!(Fingerprint::parse(&FP.to_uppercase()).unwrap(), fp);
+        assert_eq!(Fingerprint::parse(&format!("SHA256:{FP}")).unwrap(), fp);
+        let colons: Vec<String> = FP
+            .as_bytes()
+            .chunks(2)
+            .map(|p| String::from_utf8(p.to_vec()).unwrap())
+            .collect();
+        assert_eq!(Fingerprint::parse(&colons.join(":")).unwrap(), fp);
+        assert_eq!(fp.short(), "3f1c0000");
+        for bad in ["", "3f", &FP[1..], &format!("{FP}0"), &FP.replace('a', "g")] {
+            assert!(Fingerprint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn base64_known_answers() {
+        for (plain, b64) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), b64);
+            assert_eq!(base64_decode(b64).unwrap(), plain.as_bytes());
+        }
+        for bad in ["Zg=", "Z===", "Zg==Zg==", "Zm9*"] {
+            assert!(base64_decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_spki_of_a_certificate() {
+        let cert = base64_decode(CERT_B64).unwrap();
+        let spki = spki_of(&cert).unwrap();
+        assert_eq!(spki.len(), 91, "P-256 SPKI");
+        assert_eq!(&spki[..4], &[0x30, 0x59, 0x30, 0x13]);
+        assert!(spki_of(&cert[..cert.len() / 2]).is_err());
+        assert!(spki_of(&[]).is_err());
+        assert!(spki_of(spki).is_err(), "an SPKI is no certificate");
+        for pem in [READER_KEY, VICC_KEY] {
+            let k = KeyFile::parse(pem).unwrap();
+            assert_eq!(KeyFile::parse(&k.to_pem()).unwrap(), k);
+        }
+    }
+
+    #[test]
+    fn key_files() {
+        let cert = base64_decode(CERT_B64).unwrap();
+        let k = KeyFile {
+            key_pkcs8: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+            cert,
+        };
+        let text = k.to_pem();
+        assert_eq!(KeyFile::parse(&text).unwrap(), k);
+        let commented = format!("# made by hand\n{text}");
+        assert_eq!(KeyFile::parse(&commented).unwrap(), k);
+        let only_key = pem_encode("PRIVATE KEY", &k.key_pkcs8);
+        assert!(KeyFile::parse(&only_key)
+            .unwrap_err()
+            .contains("no CERTIFICATE"));
+        assert!(KeyFile::parse("").unwrap_err().contains("no PRIVATE KEY"));
+        let twice = format!("{text}{only_key}");
+        assert!(KeyFile::parse(&twice)
+            .unwrap_err()
+            .contains("more than one"));
+        let ec = pem_encode("EC PRIVATE KEY", &[1, 2, 3]);
+        assert!(KeyFile::parse(&ec).unwrap_err().contains("PKCS#8"));
+        let cut = &text[..text.len() - 30];
+        assert!(KeyFile::parse(cut).unwrap_err().contains("never ends"));
+        let bad_cert = pem_encode("PRIVATE KEY", &[1]) + &pem_encode("CERTIFICATE", &[0x30, 0]);
+        assert!(KeyFile::parse(&bad_cert)
+            .unwrap_err()
+            .contains("CERTIFICATE"));
+        assert!(format!("{k:?}").contains("bytes"), "no key bytes in Debug");
+    }
+
+    #[test]
+    fn trust_lists() {
+        let other = FP.replace("3f1c", "0000");
+        let text = format!("# peers\n\n{FP} alice phone\n{other}\n  {FP} again\n");
+        let list = TrustList::parse(&text).unwrap();
+        assert_eq!(list.entries.len(), 2);
+        assert_eq!(list.entries[0].name, "alice phone");
+        assert_eq!(list.entries[1].name, "");
+        assert!(list.contains(&Fingerprint::parse(&other).unwrap()));
+        assert_eq!(TrustList::parse(&list.to_text()).unwrap(), list);
+        let e = TrustList::parse(&format!("{FP}\nnot-a-key\n")).unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+        assert!(TrustList::parse(&format!("{FP} a\u{7}b")).is_err());
+        assert_eq!(TrustList::parse("").unwrap().entries.len(), 0);
+    }
+
+    #[test]
+    fn uris() {
+        let u = VpcdsUri::parse(&format!("vpcds://192.168.1.20:35964?fp={FP}")).unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("192.168.1.20", 35964));
+        assert_eq!(u.fingerprint.to_string(), FP);
+        assert_eq!(VpcdsUri::parse(&u.to_string()).unwrap(), u);
+        let v6 = VpcdsUri::parse(&format!("VPCDS://[fd00::1]?fp={FP}&name=x")).unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("fd00::1", DEFAULT_PORT));
+        assert_eq!(VpcdsUri::parse(&v6.to_string()).unwrap(), v6);
+        let named = VpcdsUri::parse(&format!("vpcds://pc.example/?fp={FP}")).unwrap();
+        assert_eq!(named.host, "pc.example");
+        for bad in [
+            format!("vpcd://h:1?fp={FP}"),
+            "vpcds://h:1".into(),
+            format!("vpcds://h:0?fp={FP}"),
+            format!("vpcds://h:x?fp={FP}"),
+            format!("vpcds://:1?fp={FP}"),
+            format!("vpcds://fd00::1:1?fp={FP}"),
+            format!("vpcds://[fd00::1:1?fp={FP}"),
+            format!("vpcds://h:1?fp={FP}&fp={FP}"),
+            "vpcds://h:1?fp=00".into(),
+            format!("vpcds://h%20x:1?fp={FP}"),
+        ] {
+            assert!(VpcdsUri::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn base64_round_trips(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            prop_assert_eq!(base64_decode(&base64_encode(&data)).unwrap(), data);
+        }
+
+        #[test]
+        fn pem_round_trips(der in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let text = pem_encode("CERTIFICATE", &der);
+            let blocks = pem_blocks(&text).unwrap();
+            prop_assert_eq!(blocks.len(), 1);
+            prop_assert_eq!(&blocks[0].der, &der);
+        }
+
+        #[test]
+        fn fingerprints_and_uris_round_trip(
+            bytes in any::<[u8; 32]>(), port in 1u16.., v6 in any::<bool>(),
+        ) {
+            let fp = Fingerprint(bytes);
+            prop_assert_eq!(Fingerprint::parse(&fp.to_string()).unwrap(), fp);
+            let host = if v6 { "fd00::17".to_owned() } else { "card-host.example".to_owned() };
+            let uri = VpcdsUri { host, port, fingerprint: fp };
+            prop_assert_eq!(VpcdsUri::parse(&uri.to_string()).unwrap(), uri);
+        }
+
+        #[test]
+        fn trust_lists_round_trip(
+            keys in proptest::collection::vec((any::<[u8; 32]>(), "[a-z0-9 ._-]{0,20}"), 0..8),
+        ) {
+            let mut list = TrustList::default();
+            for (k, name) in keys {
+                let fingerprint = Fingerprint(k);
+                if !list.contains(&fingerprint) {
+                    list.entries.push(TrustEntry { fingerprint, name: name.trim().to_owned() });
+                }
+            }
+            prop_assert_eq!(TrustList::parse(&list.to_text()).unwrap(), list);
+        }
+
+        #[test]
+        fn no_input_panics(s in "\\PC{0,200}") {
+            parse_any(&s);
+        }
+
+        #[test]
+        fn no_der_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = spki_of(&bytes);
+        }
+    }
+}

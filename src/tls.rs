@@ -1,0 +1,306 @@
+//! The secure link of a `tls=yes` reader (docs/TLS.md): its key and trust list, loaded
+//! once when pcscd opens the slot, and the TLS session of one peer.
+//!
+//! The driver never writes a file and never generates a key: under pcsc-lite 2.x's
+//! hardened service it runs as user pcscd on a read-only file system. `vpcd-config tls`
+//! manages the files; a missing, unreadable or malformed one makes the slot refuse to
+//! open (no fallback to plain).
+//!
+//! A session is driven two ways:
+//! - while its peer proves itself, by the slot's watcher on a non-blocking socket
+//!   ([`Session::write_nonblocking`], [`Session::read_nonblocking`]): the whole
+//!   handshake happens there, outside every pcscd call, within the proof budget;
+//! - once it is the card, by pcscd's threads on the blocking socket with the reader's
+//!   timeouts ([`Session::send`], [`Session::read_blocking`]), under the slot's `io`
+//!   lock. Inside TLS the bytes are the same vpcd frames as on a plain slot.
+
+use std::io::{self, IoSliceMut, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use vpcd_protocol::config::{Endpoint, ReaderConfig};
+use vpcd_protocol::link::{self, Identity};
+use vpcd_protocol::tls::{Fingerprint, KeyFile, TrustList, KEY_FILE, MAX_FILE_LEN, TRUST_FILE};
+
+/// Where the key and trust list live, unless `VPCD_TLS_DIR` says otherwise (tests,
+/// other layouts). `vpcd-config tls` uses the same rule.
+pub(crate) const DEFAULT_DIR: &str = "/etc/vpcd/tls";
+
+/// The TLS directory of this process.
+pub(crate) fn dir() -> PathBuf {
+    std::env::var_os("VPCD_TLS_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from)
+}
+
+/// A secure reader's configuration: which side of the handshake its slots take.
+#[derive(Clone)]
+pub(crate) enum Setup {
+    /// A listening reader: the vicc connects and is the TLS client.
+    Server(Arc<ServerConfig>),
+    /// A reversed reader: it connects out and is the TLS client.
+    Client(Arc<ClientConfig>),
+}
+
+impl Setup {
+    /// The secure link of a reader, if it has `tls=yes`; an error (for the refusal's log
+    /// line) if its files are unusable. A plain reader that other machines can reach
+    /// gets one warning naming the option, from its first slot.
+    pub(crate) fn load(cfg: &ReaderConfig, label: &str, index: u16) -> io::Result<Option<Setup>> {
+        if !cfg.tls {
+            if index == 0 && cfg.listens_beyond_loopback() {
+                log::warn!(
+                    "{label}: plain vpcd beyond loopback: any peer that reaches this port can \
+                     be the card, and APDUs (PINs too) cross the network in the clear; add \
+                     /tls=yes to the DEVICENAME for an authenticated, encrypted link \
+                     (docs/TLS.md)"
+                );
+            }
+            return Ok(None);
+        }
+        let dir = dir();
+        let refuse = |e: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("tls=yes, but {e}; the reader stays closed (no plain fallback)"),
+            )
+        };
+        let (me, trusted) = load_files(&dir).map_err(refuse)?;
+        let setup = match cfg.endpoint {
+            Endpoint::Listen { .. } => {
+                Setup::Server(link::server_config(&me, trusted.clone()).map_err(refuse)?)
+            }
+            Endpoint::Connect { .. } => {
+                Setup::Client(link::client_config(&me, trusted.clone()).map_err(refuse)?)
+            }
+        };
+        if index == 0 && trusted.entries.is_empty() {
+            log::warn!(
+                "{label}: {} trusts no peer key yet: every vicc will be refused \
+                 (vpcd-config tls trust FINGERPRINT)",
+                dir.join(TRUST_FILE).display()
+            );
+        }
+        if index == 0 {
+            log::info!(
+                "{label}: TLS 1.3 with key {} ({}), trusting {} peer key(s) of {}",
+                me.fingerprint,
+                dir.join(KEY_FILE).display(),
+                trusted.entries.len(),
+                dir.join(TRUST_FILE).display()
+            );
+        }
+        Ok(Some(setup))
+    }
+
+    /// A session for a new peer.
+    pub(crate) fn session(&self) -> io::Result<Session> {
+        let conn: Connection = match self {
+            Setup::Server(config) => ServerConnection::new(Arc::clone(config))
+                .map_err(io::Error::other)?
+                .into(),
+            Setup::Client(config) => ClientConnection::new(Arc::clone(config), link::server_name())
+                .map_err(io::Error::other)?
+                .into(),
+        };
+        Ok(Session {
+            conn: Mutex::new(conn),
+        })
+    }
+}
+
+/// Reads the key file and the trust list of `dir`.
+pub(crate) fn load_files(dir: &Path) -> Result<(Identity, TrustList), String> {
+    let key_path = dir.join(KEY_FILE);
+    let key = KeyFile::parse(&read_small(&key_path)?)
+        .map_err(|e| format!("{} is malformed: {e}", key_path.display()))?;
+    let me = Identity::from_key_file(&key)
+        .map_err(|e| format!("{} is unusable: {e}", key_path.display()))?;
+    let trust_path = dir.join(TRUST_FILE);
+    let trusted = TrustList::parse(&read_small(&trust_path)?)
+        .map_err(|e| format!("{} is malformed: {e}", trust_path.display()))?;
+    Ok((me, trusted))
+}
+
+fn read_small(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        let hint = match e.kind() {
+            io::ErrorKind::NotFound => " (vpcd-config tls init creates it)",
+            io::ErrorKind::PermissionDenied => " (pcscd's user must be able to read it)",
+            _ => "",
+        };
+        format!("cannot read {}: {e}{hint}", path.display())
+    })?;
+    let mut text = String::new();
+    file.take(MAX_FILE_LEN as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(text)
+}
+
+/// The TLS state of one peer's connection. The lock is uncontended: the watcher owns
+/// a candidate's session, and a card's is used under the slot's `io` lock (the
+/// watcher's idle check only tries it).
+pub(crate) struct Session {
+    conn: Mutex<Connection>,
+}
+
+/// A handshake or record failure as an `InvalidData` error, in words for the log.
+fn tls_error(e: &rustls::Error) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("TLS: {}", link::describe(e)),
+    )
+}
+
+impl Session {
+    /// Whether the handshake is still going on.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.conn.lock().is_handshaking()
+    }
+
+    /// The peer's key, once the handshake is done.
+    pub(crate) fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        let conn = self.conn.lock();
+        let cert = conn.peer_certificates()?.first()?;
+        link::cert_fingerprint(cert.as_ref()).ok()
+    }
+
+    /// Queues `bytes` (sent once the handshake is done) and writes what the socket
+    /// takes without blocking.
+    pub(crate) fn write_nonblocking(&self, stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+        let mut conn = self.conn.lock();
+        conn.writer().write_all(bytes)?;
+        flush_nonblocking(&mut conn, stream)
+    }
+
+    /// The watcher's read of a proving peer: advances the handshake with what arrived,
+    /// answers it, and returns application bytes if there are some (`WouldBlock` if
+    /// not yet, `Ok(0)` when the peer closed).
+    pub(crate) fn read_nonblocking(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        let mut conn = self.conn.lock();
+        loop {
+            match conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            let got = conn.read_tls(&mut &*stream)?;
+            let processed = conn.process_new_packets();
+            // Whatever rustls has to say (the next flight, or the alert that explains
+            // a refusal to the peer) goes out before we report.
+            let flushed = flush_nonblocking(&mut conn, stream);
+            if let Err(e) = processed {
+                return Err(tls_error(&e));
+            }
+            flushed?;
+            if got == 0 {
+                return Ok(0);
+            }
+        }
+    }
+
+    /// A card's send: encrypts `bytes` and writes the records within `timeout`.
+    pub(crate) fn send(
+        &self,
+        stream: &TcpStream,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let mut conn = self.conn.lock();
+        let mut records = Vec::with_capacity(bytes.len() + bytes.len() / 256 + 64);
+        let mut rest = bytes;
+        // rustls buffers a bounded amount of plaintext (64 KiB): a large frame is
+        // encrypted in turns.
+        while !rest.is_empty() {
+            let n = conn.writer().write(rest)?;
+            while conn.wants_write() {
+                conn.write_tls(&mut records)?;
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            rest = &rest[n..];
+        }
+        drop(conn);
+        crate::net::write_all_within(stream, &records, timeout)
+    }
+
+    /// A card's read, on the blocking socket with its read timeout: at least one
+    /// application byte, or the socket's error (`WouldBlock`/`TimedOut` when it timed
+    /// out), `UnexpectedEof` when the peer is gone, `InvalidData` for a bad record.
+    pub(crate) fn read_blocking(
+        &self,
+        stream: &TcpStream,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> io::Result<usize> {
+        let mut conn = self.conn.lock();
+        loop {
+            match conn.reader().read_vectored(bufs) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            if conn.read_tls(&mut &*stream)? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            conn.process_new_packets().map_err(|e| tls_error(&e))?;
+        }
+    }
+
+    /// Like a socket peek for a card between exchanges: `Ok(0)` once the peer closed
+    /// (close_notify or TCP), `Ok(n)` if it sent application data nobody asked for,
+    /// `WouldBlock` if nothing (or only TLS housekeeping) is there, or an exchange holds
+    /// the session right now.
+    pub(crate) fn peek(
+        &self,
+        stream: &TcpStream,
+        raw_peek: io::Result<usize>,
+    ) -> io::Result<usize> {
+        let Some(mut conn) = self.conn.try_lock() else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let buffered = |conn: &mut Connection| -> io::Result<usize> {
+            let state = conn.process_new_packets().map_err(|e| tls_error(&e))?;
+            if state.plaintext_bytes_to_read() > 0 {
+                Ok(state.plaintext_bytes_to_read())
+            } else if state.peer_has_closed() {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        };
+        match raw_peek {
+            Ok(0) => Ok(0),
+            Ok(_) => {
+                // Bytes wait in the socket, so this read does not block.
+                if conn.read_tls(&mut &*stream)? == 0 {
+                    return Ok(0);
+                }
+                buffered(&mut conn)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buffered(&mut conn),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Writes the session's pending records until the socket would block.
+fn flush_nonblocking(conn: &mut Connection, stream: &TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        match conn.write_tls(&mut &*stream) {
+            Ok(_) => {}
+            // The rest goes with the next read's flush; the proof's deadline bounds it.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
