@@ -12,9 +12,10 @@
 //!
 //! ## Module map
 //! - [`pcscd`]: [`Pcscd`], a private pcscd, and its builder ([`Pcscd::builder`]: debug
-//!   log, reader.conf entries and extra config, a wrapper such as valgrind, which pcscd);
-//!   [`Entry`], one reader.conf entry. The one workaround for pcscd 1.9.9's missed
-//!   SIGINT is in [`Pcscd::stop`].
+//!   log and the driver's level in it, reader.conf entries and extra config, a wrapper
+//!   such as valgrind, which pcscd); [`Entry`], one reader.conf entry. Waiting for what
+//!   its log shows ([`Pcscd::wait_log_until`]) instead of sleeping. The one workaround
+//!   for pcscd 1.9.9's missed SIGINT is in [`Pcscd::stop`].
 //! - [`paths`]: where the repository, the build, the built driver and the tools
 //!   ([`tool`]) are; temporary
 //!   directories; [`free_ports`], ports no concurrent test uses.
