@@ -203,7 +203,6 @@ fn removal_during_a_transmit_fails_it_and_reports_the_card_absent() {
     let ctx = pcscd.context();
     let vicc = Vicc::connect(port, Behaviour::StallOnApdu);
     wait_card(&ctx, &reader, true, 2 * SECOND);
-    let apdus = std::sync::Arc::clone(&vicc.apdus);
     let (result, elapsed) = std::thread::scope(|s| {
         let client = s.spawn(|| {
             let ctx = pcscd.context();
@@ -213,11 +212,7 @@ fn removal_during_a_transmit_fails_it_and_reports_the_card_absent() {
             (result, start.elapsed())
         });
         // The vicc has the APDU and holds it: the client is mid-transmit.
-        let deadline = Instant::now() + 5 * SECOND;
-        while apdus.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            assert!(Instant::now() < deadline, "the APDU never reached the vicc");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        vicc.wait_apdus(1, 5 * SECOND);
         vicc.disconnect();
         client.join().unwrap()
     });

@@ -74,11 +74,7 @@ fn a_stalled_slot_does_not_delay_other_slots_or_readers() {
         let card = connect(&ctx, &stuck);
         let _ = transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x00]);
     });
-    let deadline = Instant::now() + 5 * SECOND;
-    while stuck_vicc.apdus.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "the APDU never reached the vicc");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    stuck_vicc.wait_apdus(1, 5 * SECOND);
     // Every exchange with the others ends while the stalled one still waits for its
     // 30 s timeout: none queued behind it. How fast they are is the bench's business.
     for reader in [&sibling, &other] {

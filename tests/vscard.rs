@@ -523,14 +523,7 @@ fn closing_interrupts_an_exchange_in_flight() {
         })
     };
     // The exchange is in flight once the client has the APDU.
-    let deadline = Instant::now() + 5 * SECOND;
-    while client.apdus.load(Ordering::Relaxed) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the APDU never reached the client"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_count(&client.apdus, 1, 5 * SECOND, "APDUs the client received");
     let took = pcscd.stop();
     assert!(took < 8 * SECOND, "pcscd took {took:?} to stop");
     assert!(exchange.join().unwrap());

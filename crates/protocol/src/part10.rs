@@ -747,6 +747,9 @@ mod tests {
             e.to_string(),
             "PIN_VERIFY_STRUCTURE of 10 bytes is shorter than its 19-byte header"
         );
+        // The whole header and no template: the header is there, the APDU is not.
+        let e = PinCommand::parse_verify(&verify_structure(2, 0, 0, 4, 8, &[])).unwrap_err();
+        assert!(e.0.contains("the APDU template has 0 bytes"), "{e}");
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! - [`client`]: the PC/SC client side (the `pcsc` crate): readers, card events,
 //!   connect, transmit.
 //! - [`vicc`]: scripted viccs in threads of the test process (echo and broken ones,
-//!   connecting or listening), the vpcd framing, sample APDUs.
+//!   connecting or listening), waiting until one has received an APDU
+//!   ([`Vicc::wait_apdus`], [`wait_count`]), the vpcd framing, sample APDUs.
 //! - [`process`]: child processes killed on drop, the reference Python vicc.
 //!
 //! ## Choosing the pcscd and the client library
