@@ -968,6 +968,12 @@ mod tests {
         let c = verify(0x02, 0x82, 0x11, 1, 1, &block2).unwrap();
         assert_eq!(&c.build_apdu(&[b"7"]).unwrap()[5..], [b'7', 1]);
         assert!(verify(0x02, 0x82, 0x12, 1, 1, &block2).is_err());
+        // Right-justified from bit 0: the digits must fit the block all the same.
+        let block2 = [0x00, 0x20, 0x00, 0x81, 0x02, 0x00, 0x00];
+        assert!(verify(0x04 | 0x01, 0x02, 0, 4, 4, &block2).is_ok());
+        assert!(verify(0x04 | 0x01, 0x02, 0, 4, 5, &block2).is_err());
+        assert!(verify(0x04 | 0x02, 0x02, 0, 1, 2, &block2).is_ok());
+        assert!(verify(0x04 | 0x02, 0x02, 0, 1, 3, &block2).is_err());
         // A 4-bit length field holds up to 15.
         let mut block15 = vec![0x00, 0x20, 0x00, 0x81, 0x0F];
         block15.extend([0xFF; 15]);

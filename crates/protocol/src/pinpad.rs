@@ -605,6 +605,19 @@ mod tests {
     }
 
     #[test]
+    fn the_read_bounds_fit_the_longest_messages() {
+        // Two PINs of 255 digits.
+        let longest = PinAnswer::Entered(vec![vec![b'1'; 255], vec![b'2'; 255]]);
+        assert_eq!(longest.payload().len(), ANSWER_MAX_LEN);
+        assert_eq!(ANSWER_MAX_LEN, 513);
+        // The longest HELLO and ATR frames, and one byte to see that more came.
+        let mut wire = frame(&[0xFF; HELLO_MAX_LEN]);
+        wire.extend(frame(&[0x3B; MAX_ATR_LEN]));
+        assert_eq!(PROBE_ANSWER_MAX, wire.len() + 1);
+        assert_eq!(PROBE_ANSWER_MAX, 70);
+    }
+
+    #[test]
     fn statuses_map_to_part10_status_words() {
         assert_eq!(Status::Entered.status_word(), None);
         assert_eq!(Status::TimedOut.status_word(), Some([0x64, 0x00]));

@@ -382,6 +382,14 @@ mod tests {
     }
 
     #[test]
+    fn an_atr_answer_read_takes_the_longest_atr_and_one_byte_more() {
+        let mut wire = vec![];
+        encode(&[0x3B; MAX_ATR_LEN], &mut wire).unwrap();
+        assert_eq!(ATR_ANSWER_MAX, wire.len() + 1);
+        assert_eq!(ATR_ANSWER_MAX, 36);
+    }
+
+    #[test]
     fn atr_checks() {
         assert!(check_atr(&[0x3B, 0x00]).is_ok());
         assert!(check_atr(&[0x3F]).is_ok());
