@@ -581,6 +581,10 @@ mod tests {
         );
         assert_eq!(read_atr_answer(&[0, 2, 0x3F]), AtrAnswer::Incomplete);
         assert_eq!(
+            read_atr_answer(&[0, 1, 0x3B, 9, 9]),
+            AtrAnswer::Refused(ProtocolError::TrailingBytes(2))
+        );
+        assert_eq!(
             read_atr_answer(&[0, 33, 0x3B]),
             AtrAnswer::Incomplete,
             "33 bytes is the longest ATR"

@@ -688,6 +688,7 @@ mod tests {
         assert_eq!(d.buffered(), 3);
         d.feed(&wire[HEADER_LEN + 3..]);
         assert_eq!(d.buffered(), HEADER_LEN + 2);
+        assert_eq!(d.buf.len(), HEADER_LEN + 2, "the Flush taken is dropped");
         let (h, p) = d.next_message().unwrap().unwrap();
         assert_eq!((h.kind, p), (MsgType::Apdu as u32, &[1u8, 2][..]));
     }
