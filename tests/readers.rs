@@ -74,30 +74,24 @@ fn a_stalled_slot_does_not_delay_other_slots_or_readers() {
         let card = connect(&ctx, &stuck);
         let _ = transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x00]);
     });
-    while stuck_vicc.apdus.load(Ordering::Relaxed) == 0 {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    stuck_vicc.wait_apdus(1, 5 * SECOND);
+    // Every exchange with the others ends while the stalled one still waits for its
+    // 30 s timeout: none queued behind it. How fast they are is the bench's business.
     for reader in [&sibling, &other] {
         let card = connect(&ctx, reader);
-        let mut times: Vec<Duration> = (0..50)
-            .map(|_| {
-                let t = Instant::now();
-                transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x02]).unwrap();
-                t.elapsed()
-            })
-            .collect();
-        times.sort();
-        assert!(
-            times[25] < Duration::from_millis(5),
-            "{reader}: median {:?} while a slot stalls",
-            times[25]
-        );
-        assert!(
-            times[49] < Duration::from_millis(100),
-            "{reader}: max {:?}",
-            times[49]
-        );
+        for n in 0..50u8 {
+            let apdu = [0x00, 0xB0, 0x00, n, 0x02];
+            assert_eq!(
+                transmit(&card, &apdu).unwrap(),
+                echo_reply(&apdu),
+                "{reader}"
+            );
+        }
     }
+    assert!(
+        !blocked.is_finished(),
+        "the stalled exchange ended before the others were done"
+    );
     drop(stuck_vicc);
     blocked.join().unwrap();
 }
@@ -106,7 +100,11 @@ fn a_stalled_slot_does_not_delay_other_slots_or_readers() {
 /// `device_name` has `PORT` where the port goes.
 fn reversed_mode_heals(device_name: &str, bind: SocketAddr) {
     let device_name = device_name.replace("PORT", &bind.port().to_string());
-    let pcscd = Pcscd::start(&[Entry::device("Rev", &device_name)]);
+    // The driver's trace logs every failed connection attempt.
+    let pcscd = Pcscd::builder()
+        .driver_log("trace")
+        .entry(&Entry::device("Rev", &device_name))
+        .start();
     let reader = reader_name("Rev", 0, 0);
     pcscd.wait_readers(std::slice::from_ref(&reader));
 
@@ -127,29 +125,42 @@ fn reversed_mode_heals(device_name: &str, bind: SocketAddr) {
         })
     };
     let ctx = pcscd.context();
-    std::thread::sleep(Duration::from_millis(500));
     wait_card(&ctx, &reader, false, SECOND);
     for round in 0..3 {
+        // The vicc comes (back) after the driver failed to reach it 1, 3, then 5 times,
+        // at different points of its backoff (20 ms doubling up to 1 s).
+        let failures = 1 + 2 * round as usize;
+        assert!(
+            pcscd.wait_log_until(10 * SECOND, |log| failed_attempts(log) >= failures),
+            "round {round}: fewer than {failures} failed attempts:\n{}",
+            pcscd.log_text()
+        );
         let vicc = ListeningVicc::start(bind);
-        let took = wait_card(&ctx, &reader, true, 3 * SECOND);
+        wait_card(&ctx, &reader, true, 5 * SECOND);
         let card = connect(&ctx, &reader);
         let apdu = [0x00, 0xB0, 0x00, round, 0x00];
         assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
         drop(card);
         drop(vicc);
-        wait_card(&ctx, &reader, false, 3 * SECOND);
-        assert!(
-            took < 2 * SECOND,
-            "round {round}: card appeared after {took:?}"
-        );
-        std::thread::sleep(Duration::from_millis(300 * round as u64));
+        wait_card(&ctx, &reader, false, 5 * SECOND);
     }
     stop.store(true, Ordering::Relaxed);
+    // A hang detector, not a latency bound: a stall of pcscd behind the driver's
+    // connecting would last seconds (the connect timeout is 3 s).
     let worst = watch.join().unwrap();
-    assert!(
-        worst < Duration::from_millis(500),
-        "SCardListReaders took up to {worst:?}"
-    );
+    assert!(worst < 2 * SECOND, "SCardListReaders took up to {worst:?}");
+}
+
+/// The driver's failed attempts to reach the vicc since it last left (or since the
+/// start): the first one of a series is logged at info, the others in the trace.
+fn failed_attempts(log: &str) -> usize {
+    let since = log
+        .rsplit_once("card removed")
+        .map_or(log, |(_, after)| after);
+    since
+        .lines()
+        .filter(|l| l.contains("no vicc yet") || l.contains("connect failed"))
+        .count()
 }
 
 #[test]

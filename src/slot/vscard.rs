@@ -972,13 +972,16 @@ mod tests {
         };
         let mut refused = from([127, 0, 0, 3]);
         refused
-            .set_read_timeout(Some(Duration::from_secs(2)))
+            .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
+        // Closed is an end of stream or a reset; a timeout (WouldBlock or TimedOut)
+        // means the slot kept the connection open.
         let mut byte = [0u8; 1];
-        assert!(
-            matches!(refused.read(&mut byte), Ok(0) | Err(_)),
-            "127.0.0.3 must be closed"
-        );
+        match refused.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+            other => panic!("127.0.0.3 must be closed, the read gave {other:?}"),
+        }
         let mut allowed = from([127, 0, 0, 2]);
         send(&mut allowed, UNDEFINED_READER_ID, &Message::host_init());
         assert_eq!(recv(&mut allowed).0.kind, MsgType::Init as u32);

@@ -563,6 +563,49 @@ mod tests {
         }
     }
 
+    #[test]
+    fn hosts_must_be_names() {
+        for bad in ["[]:35963", "card host:35963", "\"[ ]:35963\""] {
+            let e = ReaderConfig::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("is no host name"), "{bad}: {e}");
+        }
+        assert_eq!(
+            ReaderConfig::parse("/dev/null:1/protocol=vpcd")
+                .unwrap()
+                .protocol,
+            Protocol::Vpcd
+        );
+    }
+
+    #[test]
+    fn the_last_slot_may_take_port_65535() {
+        let c = ReaderConfig::parse("/dev/null:65534").unwrap();
+        assert_eq!(c.port_of(1), Some(65535));
+        assert_eq!(
+            ReaderConfig::parse("/dev/null:65535/slots=1").unwrap().port,
+            65535
+        );
+        assert!(ReaderConfig::parse("/dev/null:65533/slots=3").is_ok());
+        assert!(ReaderConfig::parse("/dev/null:65533/slots=4").is_err());
+        assert!(ReaderConfig::from_channel_id(65534).is_ok());
+    }
+
+    #[test]
+    fn serial_numbers_and_exposure() {
+        let listen = ReaderConfig::parse("/dev/null:35963").unwrap();
+        assert_eq!(listen.serial_number(), "vpcd-35963");
+        assert!(listen.listens_beyond_loopback(), "0.0.0.0");
+        let connect = ReaderConfig::parse("card.example:4000").unwrap();
+        assert_eq!(connect.serial_number(), "vpcd-card.example-4000");
+        assert!(!connect.listens_beyond_loopback(), "connects out");
+        assert!(!ReaderConfig::parse("/dev/null:1/listen=::1")
+            .unwrap()
+            .listens_beyond_loopback());
+        assert!(ReaderConfig::parse("/dev/null:1/listen=::")
+            .unwrap()
+            .listens_beyond_loopback());
+    }
+
     /// What pcscd 1.9's config lexer accepts in an unquoted value (configfile.l).
     fn pcscd_passes_unquoted(value: &str) -> bool {
         value

@@ -724,6 +724,295 @@ mod tests {
         assert_eq!((c.min_digits, c.timeout_secs), (1, MAX_TIMEOUT_SECS));
     }
 
+    /// `verify_structure` with the bytes the parser skips (bTeoPrologue) set, so that
+    /// reading ulDataLength from a neighbouring byte shows.
+    fn verify_with_prologue(
+        format: u8,
+        block: u8,
+        length: u8,
+        min: u8,
+        max: u8,
+        apdu: &[u8],
+    ) -> Vec<u8> {
+        let mut s = verify_structure(format, block, length, min, max, apdu);
+        s[12..15].copy_from_slice(&[0xA5, 0x5A, 0xC3]);
+        s
+    }
+
+    #[test]
+    fn a_refusal_says_why() {
+        let e = PinCommand::parse_verify(&[0; 10]).unwrap_err();
+        assert_eq!(e.to_string(), e.0);
+        assert_eq!(
+            e.to_string(),
+            "PIN_VERIFY_STRUCTURE of 10 bytes is shorter than its 19-byte header"
+        );
+        // The whole header and no template: the header is there, the APDU is not.
+        let e = PinCommand::parse_verify(&verify_structure(2, 0, 0, 4, 8, &[])).unwrap_err();
+        assert!(e.0.contains("the APDU template has 0 bytes"), "{e}");
+    }
+
+    #[test]
+    fn templates_of_each_short_case() {
+        let header = [0x00, 0x20, 0x00, 0x81];
+        let t = |bytes: &[u8]| Template::parse(bytes);
+        let want = |data: &[u8], le: Option<u8>| {
+            Ok(Template {
+                header,
+                data: data.to_vec(),
+                le,
+            })
+        };
+        assert_eq!(t(&header), want(&[], None));
+        assert_eq!(t(&[0x00, 0x20, 0x00, 0x81, 0x00]), want(&[], None));
+        assert_eq!(
+            t(&[0x00, 0x20, 0x00, 0x81, 2, 0xAA, 0xBB]),
+            want(&[0xAA, 0xBB], None)
+        );
+        assert_eq!(
+            t(&[0x00, 0x20, 0x00, 0x81, 2, 0xAA, 0xBB, 0x10]),
+            want(&[0xAA, 0xBB], Some(0x10))
+        );
+        for bad in [
+            &[0x00, 0x20, 0x00][..],
+            // Lc 0 and more bytes: an extended APDU, even with a single byte after it.
+            &[0x00, 0x20, 0x00, 0x81, 0x00, 0x05],
+            &[0x00, 0x20, 0x00, 0x81, 0x00, 0x05, 0x06],
+            &[0x00, 0x20, 0x00, 0x81, 2, 0xAA],
+            &[0x00, 0x20, 0x00, 0x81, 2, 0xAA, 0xBB, 0x10, 0x11],
+        ] {
+            assert!(t(bad).is_err(), "{bad:02X?}");
+        }
+        // Le stays at the end of the built APDU.
+        let c = PinCommand::parse_verify(&verify_structure(
+            0x02,
+            0,
+            0,
+            4,
+            8,
+            &[0x00, 0x20, 0x00, 0x81, 1, 0xAA, 0x00],
+        ))
+        .unwrap();
+        assert_eq!(
+            c.build_apdu(&[b"1234"]).unwrap(),
+            [0x00, 0x20, 0x00, 0x81, 5, b'1', b'2', b'3', b'4', 0xAA, 0x00]
+        );
+    }
+
+    #[test]
+    fn the_longest_template_has_a_data_length_above_255() {
+        // Case 4 with 255 data bytes and Le: 261 bytes, ulDataLength 05 01 00 00.
+        let mut apdu = vec![0x00, 0x20, 0x00, 0x81, 0xFF];
+        apdu.extend([0xFF; 255]);
+        apdu.push(0x00);
+        assert_eq!(apdu.len(), MAX_TEMPLATE_LEN);
+        assert_eq!(MAX_TEMPLATE_LEN, 261);
+        let s = verify_with_prologue(0x02, 0x08, 0x00, 4, 8, &apdu);
+        assert_eq!(s[15..19], [0x05, 0x01, 0x00, 0x00]);
+        let c = PinCommand::parse_verify(&s).unwrap();
+        assert_eq!((c.template.data.len(), c.template.le), (255, Some(0)));
+        let built = c.build_apdu(&[b"1234"]).unwrap();
+        assert_eq!(built.len(), MAX_TEMPLATE_LEN);
+        assert_eq!(&built[5..13], b"1234\xFF\xFF\xFF\xFF");
+        let mut m = modify_structure(0x02, 0x08, 0x00, 0, 8, 4, 8, 0x03, &apdu);
+        m[17..20].copy_from_slice(&[0xA5, 0x5A, 0xC3]);
+        assert_eq!(m[20..24], [0x05, 0x01, 0x00, 0x00]);
+        let c = PinCommand::parse_modify(&m).unwrap();
+        assert_eq!(c.template.data.len(), 255);
+        // Any other ulDataLength is refused, whichever byte differs.
+        for at in 15..19 {
+            let mut wrong = s.clone();
+            wrong[at] ^= 0x01;
+            assert!(PinCommand::parse_verify(&wrong).is_err(), "byte {at}");
+        }
+        // One byte more is no short APDU.
+        let mut longer = apdu.clone();
+        longer.push(0x00);
+        let e = PinCommand::parse_verify(&verify_with_prologue(0x02, 0x08, 0, 4, 8, &longer))
+            .unwrap_err();
+        assert!(e.0.contains("262 bytes is not a short APDU"), "{e}");
+    }
+
+    #[test]
+    fn format_fields_decode() {
+        // BCD, right-justified, at byte 3; a 4-bit length field at byte 2; 8 bytes.
+        assert_eq!(
+            decode_format(0x80 | (3 << 3) | 0x04 | 0x01, 0x48, 0x10 | 0x02),
+            Ok(Format {
+                encoding: Encoding::Bcd,
+                right_justify: true,
+                pin_position: 24,
+                block_len: 8,
+                length_bits: 4,
+                length_position: 16,
+            })
+        );
+        // ASCII, left-justified, at bit 5; an 8-bit length field at bit 15; 15 bytes.
+        assert_eq!(
+            decode_format((5 << 3) | 0x02, 0x8F, 0x0F),
+            Ok(Format {
+                encoding: Encoding::Ascii,
+                right_justify: false,
+                pin_position: 5,
+                block_len: 15,
+                length_bits: 8,
+                length_position: 15,
+            })
+        );
+        assert_eq!(
+            decode_format(0x00, 0, 0).unwrap().encoding,
+            Encoding::Binary
+        );
+        assert!(decode_format(0x03, 0, 0).is_err());
+        for reserved in [0x20, 0x40, 0x80] {
+            assert!(decode_format(0x02, 0, reserved).is_err(), "{reserved:#x}");
+        }
+        assert!(decode_format(0x02, 0, 0x1F).is_ok());
+    }
+
+    #[test]
+    fn binary_and_bcd_digits() {
+        let mut apdu = vec![0x00, 0x20, 0x00, 0x81, 0x08];
+        apdu.extend([0xFF; 8]);
+        let c = PinCommand::parse_verify(&verify_structure(0x00, 0x08, 0, 4, 8, &apdu)).unwrap();
+        assert_eq!(
+            &c.build_apdu(&[b"0912"]).unwrap()[5..],
+            [0, 9, 1, 2, 0xFF, 0xFF, 0xFF, 0xFF]
+        );
+        // Variable length: whole bytes, BCD padded with an F nibble.
+        let c = PinCommand::parse_verify(&verify_structure(0x01, 0, 0, 4, 8, &VERIFY)).unwrap();
+        assert_eq!(
+            &c.build_apdu(&[b"12345"]).unwrap()[4..],
+            [3, 0x12, 0x34, 0x5F]
+        );
+        assert_eq!(&c.build_apdu(&[b"9876"]).unwrap()[4..], [2, 0x98, 0x76]);
+        let c = PinCommand::parse_verify(&verify_structure(0x00, 0, 0, 4, 8, &VERIFY)).unwrap();
+        assert_eq!(&c.build_apdu(&[b"0912"]).unwrap()[4..], [4, 0, 9, 1, 2]);
+    }
+
+    #[test]
+    fn digit_limits_and_timeouts_at_their_bounds() {
+        let limits = |min: u8, max: u8| {
+            PinCommand::parse_verify(&verify_structure(2, 0, 0, min, max, &VERIFY))
+                .map(|c| (c.min_digits, c.max_digits))
+        };
+        assert_eq!(limits(4, 4), Ok((4, 4)));
+        assert_eq!(limits(16, 20), Ok((16, 16)));
+        assert!(limits(17, 20).is_err());
+        assert!(limits(5, 4).is_err());
+        assert!(limits(0, 0).is_err());
+        assert_eq!(limits(0, 1), Ok((1, 1)));
+        let timeout = |t: u8| {
+            let mut s = verify_structure(2, 0, 0, 4, 8, &VERIFY);
+            s[0] = t;
+            PinCommand::parse_verify(&s).unwrap().timeout_secs
+        };
+        assert_eq!(timeout(0), DEFAULT_TIMEOUT_SECS);
+        assert_eq!(timeout(7), 7);
+        assert_eq!(timeout(MAX_TIMEOUT_SECS), MAX_TIMEOUT_SECS);
+        assert_eq!(timeout(MAX_TIMEOUT_SECS + 1), MAX_TIMEOUT_SECS);
+        // Entered PINs of exactly the minimum and the maximum are taken.
+        let c = PinCommand::parse_verify(&verify_structure(2, 0, 0, 4, 8, &VERIFY)).unwrap();
+        assert!(c.check_pins(&[b"1234"]).is_ok());
+        assert!(c.check_pins(&[b"12345678"]).is_ok());
+        assert!(c.check_pins(&[b"123"]).is_err());
+        assert!(c.check_pins(&[b"123456789"]).is_err());
+    }
+
+    #[test]
+    fn variable_pins_fill_a_short_apdu_exactly() {
+        // Data bytes + every PIN's bytes at the maximum may make 255, not 256.
+        let case = |encoding: u8, max: u8, data: usize, modify: bool| {
+            let mut apdu = vec![0x00, 0x20, 0x00, 0x81, data as u8];
+            apdu.extend(std::iter::repeat(0xEE).take(data));
+            if modify {
+                PinCommand::parse_modify(&modify_structure(
+                    encoding, 0, 0, 0, 0, 1, max, 0x03, &apdu,
+                ))
+            } else {
+                PinCommand::parse_verify(&verify_structure(encoding, 0, 0, 1, max, &apdu))
+            }
+        };
+        let ascii = case(0x02, 16, 239, false).unwrap();
+        let pin = [b'5'; 16];
+        let built = ascii.build_apdu(&[&pin]).unwrap();
+        assert_eq!((built.len(), built[4]), (4 + 1 + 255, 255));
+        assert!(case(0x02, 16, 240, false).is_err());
+        // BCD: 15 digits take 8 bytes.
+        assert!(case(0x01, 15, 247, false).is_ok());
+        assert!(case(0x01, 15, 248, false).is_err());
+        // Two PINs.
+        assert!(case(0x02, 16, 223, true).is_ok());
+        assert!(case(0x02, 16, 224, true).is_err());
+    }
+
+    #[test]
+    fn fixed_blocks_at_their_bounds() {
+        let block8 = {
+            let mut a = vec![0x00, 0x20, 0x00, 0x81, 0x08];
+            a.extend([0xFF; 8]);
+            a
+        };
+        let verify = |format: u8, block: u8, length: u8, min: u8, max: u8, apdu: &[u8]| {
+            PinCommand::parse_verify(&verify_structure(format, block, length, min, max, apdu))
+        };
+        // BCD from byte 2 of an 8-byte block: 12 digits end on its last bit.
+        assert!(verify(0x80 | (2 << 3) | 0x01, 0x08, 0, 4, 12, &block8).is_ok());
+        assert!(verify(0x80 | (2 << 3) | 0x01, 0x08, 0, 4, 13, &block8).is_err());
+        // Right-justified in 4 bytes, the PIN may start at its position, not before.
+        let block4 = [0x00, 0x20, 0x00, 0x01, 0x04, 0, 0, 0, 0];
+        assert!(verify(0x80 | (2 << 3) | 0x04 | 0x01, 0x04, 0, 4, 4, &block4).is_ok());
+        assert!(verify(0x80 | (2 << 3) | 0x04 | 0x01, 0x04, 0, 4, 5, &block4).is_err());
+        // An 8-bit length field in the last byte of the block.
+        let block2 = [0x00, 0x20, 0x00, 0x81, 0x02, 0xFF, 0xFF];
+        let c = verify(0x02, 0x82, 0x11, 1, 1, &block2).unwrap();
+        assert_eq!(&c.build_apdu(&[b"7"]).unwrap()[5..], [b'7', 1]);
+        assert!(verify(0x02, 0x82, 0x12, 1, 1, &block2).is_err());
+        // Right-justified from bit 0: the digits must fit the block all the same.
+        let block2 = [0x00, 0x20, 0x00, 0x81, 0x02, 0x00, 0x00];
+        assert!(verify(0x04 | 0x01, 0x02, 0, 4, 4, &block2).is_ok());
+        assert!(verify(0x04 | 0x01, 0x02, 0, 4, 5, &block2).is_err());
+        assert!(verify(0x04 | 0x02, 0x02, 0, 1, 2, &block2).is_ok());
+        assert!(verify(0x04 | 0x02, 0x02, 0, 1, 3, &block2).is_err());
+        // A 4-bit length field holds up to 15.
+        let mut block15 = vec![0x00, 0x20, 0x00, 0x81, 0x0F];
+        block15.extend([0xFF; 15]);
+        assert!(verify(0x01 | (8 << 3), 0x4F, 0x04, 4, 15, &block15).is_ok());
+        assert!(verify(0x01 | (8 << 3), 0x4F, 0x04, 4, 16, &block15).is_err());
+        // A length field right after the digits does not overlap them.
+        let c = verify(0x01, 0x48, 0x12, 4, 4, &block8).unwrap();
+        assert_eq!(&c.build_apdu(&[b"1234"]).unwrap()[5..8], [0x12, 0x34, 0x4F]);
+        // No length field: its position means nothing.
+        assert!(verify(0x02, 0x08, 0x1F, 4, 8, &block8).is_ok());
+    }
+
+    #[test]
+    fn modify_flags_and_blocks_in_any_order() {
+        let mut apdu16 = vec![0x00, 0x24, 0x00, 0x81, 16];
+        apdu16.extend([0xFF; 16]);
+        let op = |confirm: u8| {
+            PinCommand::parse_modify(&modify_structure(2, 8, 0, 0, 8, 4, 8, confirm, &apdu16))
+                .unwrap()
+                .operation
+        };
+        let modify = |old: bool, confirm: bool| Operation::Modify {
+            old,
+            confirm,
+            old_offset: 0,
+            new_offset: 8,
+        };
+        assert_eq!(op(0x00), modify(false, false));
+        assert_eq!(op(0x01), modify(false, true));
+        assert_eq!(op(0x02), modify(true, false));
+        assert_eq!(op(0x03), modify(true, true));
+        // The new PIN's block before the current one's.
+        let c =
+            PinCommand::parse_modify(&modify_structure(2, 8, 0, 8, 0, 4, 8, 3, &apdu16)).unwrap();
+        let got = c.build_apdu(&[b"1111", b"2222"]).unwrap();
+        assert_eq!(&got[5..9], b"2222");
+        assert_eq!(&got[13..17], b"1111");
+    }
+
     proptest! {
         /// Any bytes: parsing never panics, and whatever parses builds an APDU for
         /// every PIN length it allows, whose header is the template's.

@@ -477,6 +477,161 @@ mod tests {
         );
     }
 
+    #[test]
+    fn hello_lengths_versions_and_features() {
+        let mut p = vec![0xFF, b'V', b'P', 1, FEATURE_PIN_ENTRY];
+        assert_eq!(Hello::parse(&p), Ok(Hello::new(FEATURE_PIN_ENTRY)));
+        assert!(Hello::parse(&p[..4]).is_err());
+        p.resize(HELLO_MAX_LEN, 0xEE);
+        assert_eq!(Hello::parse(&p), Ok(Hello::new(FEATURE_PIN_ENTRY)));
+        p.push(0xEE);
+        assert!(Hello::parse(&p).is_err());
+        assert!(Hello::parse(&[0xFF, b'V', b'P', 0, 1]).is_err());
+        assert!(Hello::parse(&[0xFF, b'V', b'Q', 1, 1]).is_err());
+        assert_eq!(
+            Hello::parse(&[0xFF, b'V', b'P', 2, 0]),
+            Ok(Hello {
+                version: 2,
+                features: 0
+            })
+        );
+        assert!(Hello::new(FEATURE_PIN_ENTRY).pin_entry());
+        assert!(Hello::new(0x81).pin_entry());
+        assert!(!Hello::new(0).pin_entry());
+        assert!(!Hello::new(0x02).pin_entry());
+        // In the probe too: a HELLO of 32 bytes is one, of 33 none.
+        let mut wire = frame(&p[..HELLO_MAX_LEN]);
+        wire.extend(frame(&ATR));
+        assert!(matches!(
+            read_probe_answer(&wire),
+            ProbeAnswer::Card { hello: Some(_), .. }
+        ));
+        assert!(matches!(
+            read_probe_answer(&frame(&p)),
+            ProbeAnswer::Refused(ProtocolError::InvalidHello(_))
+        ));
+        let mut wire = frame(&[0xFF, b'V', b'P', 1, 0]);
+        wire.extend(frame(&ATR));
+        assert!(matches!(
+            read_probe_answer(&wire),
+            ProbeAnswer::Card { hello: Some(_), .. }
+        ));
+    }
+
+    #[test]
+    fn pin_params_flags_and_limits() {
+        let params = |current: bool, confirm: bool| PinParams {
+            version: 1,
+            operation: PinOperation::Modify,
+            current,
+            confirm,
+            min_digits: 4,
+            max_digits: 8,
+            timeout_secs: 30,
+            message: 2,
+        };
+        for (current, confirm, flags) in [
+            (false, false, 0),
+            (true, false, 1),
+            (false, true, 2),
+            (true, true, 3),
+        ] {
+            let p = params(current, confirm);
+            let [_, bytes] = p.request();
+            assert_eq!(bytes[2], flags);
+            assert_eq!(PinParams::parse(&bytes), Ok(p));
+            assert_eq!(p.pin_count(), if current { 2 } else { 1 });
+        }
+        let verify = PinParams {
+            operation: PinOperation::Verify,
+            ..params(true, false)
+        };
+        assert_eq!(verify.pin_count(), 1);
+        assert_eq!(verify.request()[1][1], 1);
+        // The digit limits: 1 <= min <= max.
+        let limits = |min: u8, max: u8| PinParams::parse(&[1, 1, 0, min, max, 30, 0]);
+        assert!(limits(4, 4).is_ok());
+        assert!(limits(1, 16).is_ok());
+        assert!(limits(5, 4).is_err());
+        assert!(limits(0, 4).is_err());
+        assert!(
+            PinParams::parse(&[0, 1, 0, 4, 8, 30, 0]).is_err(),
+            "version 0"
+        );
+        assert!(
+            PinParams::parse(&[1, 3, 0, 4, 8, 30, 0]).is_err(),
+            "operation 3"
+        );
+    }
+
+    #[test]
+    fn pins_of_exactly_the_limits_and_long_pins() {
+        let params = PinParams {
+            version: 1,
+            operation: PinOperation::Verify,
+            current: false,
+            confirm: false,
+            min_digits: 4,
+            max_digits: 8,
+            timeout_secs: 30,
+            message: 0,
+        };
+        for pin in [&b"1234"[..], b"12345678"] {
+            let answer = PinAnswer::Entered(vec![pin.to_vec()]);
+            assert_eq!(PinAnswer::parse(&answer.payload(), &params), Ok(answer));
+        }
+        for pin in [&b"123"[..], b"123456789"] {
+            let answer = PinAnswer::Entered(vec![pin.to_vec()]);
+            assert!(PinAnswer::parse(&answer.payload(), &params).is_err());
+        }
+        // A PIN longer than a length byte says is cut to 255 digits.
+        let long = PinAnswer::Entered(vec![vec![b'3'; 300]]);
+        let payload = long.payload();
+        assert_eq!(payload.len(), 1 + 1 + 255);
+        assert_eq!(payload[1], 255);
+        let widest = PinParams {
+            min_digits: 1,
+            max_digits: 255,
+            ..params
+        };
+        assert_eq!(
+            PinAnswer::parse(&payload, &widest),
+            Ok(PinAnswer::Entered(vec![vec![b'3'; 255]]))
+        );
+        assert_eq!(
+            format!("{:?}", PinAnswer::Not(Status::Mismatch)),
+            "Not(Mismatch)"
+        );
+    }
+
+    #[test]
+    fn the_read_bounds_fit_the_longest_messages() {
+        // Two PINs of 255 digits.
+        let longest = PinAnswer::Entered(vec![vec![b'1'; 255], vec![b'2'; 255]]);
+        assert_eq!(longest.payload().len(), ANSWER_MAX_LEN);
+        assert_eq!(ANSWER_MAX_LEN, 513);
+        // The longest HELLO and ATR frames, and one byte to see that more came.
+        let mut wire = frame(&[0xFF; HELLO_MAX_LEN]);
+        wire.extend(frame(&[0x3B; MAX_ATR_LEN]));
+        assert_eq!(PROBE_ANSWER_MAX, wire.len() + 1);
+        assert_eq!(PROBE_ANSWER_MAX, 70);
+    }
+
+    #[test]
+    fn statuses_map_to_part10_status_words() {
+        assert_eq!(Status::Entered.status_word(), None);
+        assert_eq!(Status::TimedOut.status_word(), Some([0x64, 0x00]));
+        assert_eq!(Status::Cancelled.status_word(), Some([0x64, 0x01]));
+        assert_eq!(Status::Mismatch.status_word(), Some([0x64, 0x02]));
+        assert_eq!(Status::BadLength.status_word(), Some([0x64, 0x03]));
+        let params = PinParams::parse(&[1, 1, 0, 4, 8, 30, 0]).unwrap();
+        for status in Status::ALL.into_iter().skip(1) {
+            let answer = PinAnswer::Not(status);
+            assert_eq!(answer.payload(), [status as u8]);
+            assert_eq!(PinAnswer::parse(&answer.payload(), &params), Ok(answer));
+        }
+    }
+
     proptest! {
         /// Fed in any pieces, a probe answer is refused at the first piece that
         /// decides it, never later; a card's answer has a valid ATR that ends the bytes.

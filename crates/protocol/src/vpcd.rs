@@ -382,6 +382,14 @@ mod tests {
     }
 
     #[test]
+    fn an_atr_answer_read_takes_the_longest_atr_and_one_byte_more() {
+        let mut wire = vec![];
+        encode(&[0x3B; MAX_ATR_LEN], &mut wire).unwrap();
+        assert_eq!(ATR_ANSWER_MAX, wire.len() + 1);
+        assert_eq!(ATR_ANSWER_MAX, 36);
+    }
+
+    #[test]
     fn atr_checks() {
         assert!(check_atr(&[0x3B, 0x00]).is_ok());
         assert!(check_atr(&[0x3F]).is_ok());
@@ -496,6 +504,100 @@ mod tests {
         assert_eq!(d.next_frame(), Some(vec![]));
         assert_eq!(d.buffered(), 2);
         assert_eq!(d.next_frame(), None);
+    }
+
+    #[test]
+    fn errors_say_what_happened() {
+        let cases = [
+            (
+                ProtocolError::TooLong(70000),
+                "70000 bytes do not fit in one frame (max 65535)",
+            ),
+            (
+                ProtocolError::UnknownControl(3),
+                "unknown control code 0x03",
+            ),
+            (ProtocolError::Empty, "empty frame"),
+            (
+                ProtocolError::CommandTooShort(1),
+                "a 1-byte APDU cannot be sent: the vicc would take it for a control code",
+            ),
+            (
+                ProtocolError::ReplyTooLarge {
+                    len: 9,
+                    capacity: 8,
+                },
+                "reply of 9 bytes is larger than the caller's buffer of 8",
+            ),
+            (
+                ProtocolError::ReplyTooShort(1),
+                "reply of 1 byte(s) lacks the status word SW1 SW2",
+            ),
+            (ProtocolError::InvalidAtr(AtrError::Empty), "empty ATR"),
+            (
+                ProtocolError::InvalidAtr(AtrError::TooLong(34)),
+                "ATR of 34 bytes is longer than 33",
+            ),
+            (
+                ProtocolError::InvalidAtr(AtrError::BadTs(0x3C)),
+                "ATR starts with TS=0x3C, not 0x3B or 0x3F",
+            ),
+            (
+                ProtocolError::TrailingBytes(2),
+                "2 byte(s) after the reply nobody asked for",
+            ),
+            (ProtocolError::InvalidHello("x"), "invalid HELLO: x"),
+            (
+                ProtocolError::InvalidPinRequest("y"),
+                "invalid PIN request: y",
+            ),
+            (
+                ProtocolError::InvalidPinAnswer("z"),
+                "invalid PIN answer: z",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+        assert_eq!(
+            ReplyError::OutOfStep { len: 4, extra: 2 }.to_string(),
+            "vicc sent 2 bytes after its 4-byte reply"
+        );
+        assert_eq!(
+            ReplyError::Refused {
+                error: ProtocolError::Empty,
+                discard: 0
+            }
+            .to_string(),
+            "empty frame"
+        );
+    }
+
+    #[test]
+    fn an_atr_answer_with_either_ts() {
+        assert_eq!(
+            read_atr_answer(&[0, 2, 0x3F, 0x00]),
+            AtrAnswer::Atr(&[0x3F, 0x00])
+        );
+        assert_eq!(read_atr_answer(&[0, 2, 0x3F]), AtrAnswer::Incomplete);
+        assert_eq!(
+            read_atr_answer(&[0, 1, 0x3B, 9, 9]),
+            AtrAnswer::Refused(ProtocolError::TrailingBytes(2))
+        );
+        assert_eq!(
+            read_atr_answer(&[0, 33, 0x3B]),
+            AtrAnswer::Incomplete,
+            "33 bytes is the longest ATR"
+        );
+        assert_eq!(
+            Message::parse(&[0x00, 0xA4]),
+            Ok(Message::Apdu(&[0x00, 0xA4]))
+        );
+        assert_eq!(Message::parse(&[4]), Ok(Message::Control(Control::GetAtr)));
+        let mut out = vec![9];
+        encode(&[1, 2, 3], &mut out).unwrap();
+        assert_eq!(out, [9, 0, 3, 1, 2, 3]);
+        assert_eq!(payload_len([0x01, 0x02]), 0x0102);
     }
 
     proptest! {

@@ -607,6 +607,122 @@ mod tests {
         assert_eq!(d.buffered(), 0);
     }
 
+    #[test]
+    fn errors_and_codes_say_what_they_are() {
+        for (code, text) in [
+            (ErrorCode::Success, "VSC_SUCCESS"),
+            (ErrorCode::GeneralError, "VSC_GENERAL_ERROR"),
+            (
+                ErrorCode::CannotAddMoreReaders,
+                "VSC_CANNOT_ADD_MORE_READERS",
+            ),
+            (ErrorCode::CardAlreadyInserted, "VSC_CARD_ALREADY_INSERTED"),
+            (ErrorCode::Other(0x1F), "error code 0x1f"),
+        ] {
+            assert_eq!(code.to_string(), text);
+            assert_eq!(ErrorCode::from_u32(code.to_u32()), code);
+        }
+        for (error, text) in [
+            (
+                CodecError::TooLong(70000),
+                "message of 70000 bytes is longer than 65548",
+            ),
+            (CodecError::UnknownType(0x10), "unknown message type 0x10"),
+            (
+                CodecError::TooShort {
+                    kind: MsgType::Error,
+                    len: 3,
+                    min: 4,
+                },
+                "Error of 3 bytes is shorter than 4",
+            ),
+            (
+                CodecError::BadMagic(*b"QEMU"),
+                "Init magic is 51 45 4D 55, not \"VSCD\"",
+            ),
+            (
+                CodecError::RaggedCapabilities(13),
+                "Init of 13 bytes has a partial capability word",
+            ),
+        ] {
+            assert_eq!(error.to_string(), text);
+        }
+        assert!(CodecError::RaggedCapabilities(13).keeps_stream());
+        assert!(CodecError::TooShort {
+            kind: MsgType::Init,
+            len: 0,
+            min: 12
+        }
+        .keeps_stream());
+    }
+
+    #[test]
+    fn encoding_after_other_bytes_frames_only_the_new_message() {
+        let mut out = vec![0xAB; 5];
+        encode(7, &Message::Apdu(&[0x90, 0x00]), &mut out).unwrap();
+        assert_eq!(
+            out,
+            [0xAB, 0xAB, 0xAB, 0xAB, 0xAB, 0, 0, 0, 7, 0, 0, 0, 7, 0, 0, 0, 2, 0x90, 0x00]
+        );
+        let mut out = vec![0xAB; 20];
+        encode(1, &Message::host_init(), &mut out).unwrap();
+        assert_eq!(out[20..32], [0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 12]);
+        // More capabilities than kept are not sent either.
+        let mut out = vec![];
+        let many = Message::Init {
+            version: VERSION,
+            capabilities: (0..100).collect(),
+        };
+        encode(0, &many, &mut out).unwrap();
+        assert_eq!(out.len(), HEADER_LEN + 8 + 4 * MAX_CAPABILITIES);
+        // A decoder fed after taking a message keeps only what is left.
+        let mut d = Decoder::new();
+        let mut wire = vec![];
+        encode(0, &Message::Flush, &mut wire).unwrap();
+        encode(0, &Message::Apdu(&[1, 2]), &mut wire).unwrap();
+        d.feed(&wire[..HEADER_LEN + 3]);
+        assert_eq!(
+            d.next_message().unwrap().unwrap().0.kind,
+            MsgType::Flush as u32
+        );
+        assert_eq!(d.buffered(), 3);
+        d.feed(&wire[HEADER_LEN + 3..]);
+        assert_eq!(d.buffered(), HEADER_LEN + 2);
+        assert_eq!(d.buf.len(), HEADER_LEN + 2, "the Flush taken is dropped");
+        let (h, p) = d.next_message().unwrap().unwrap();
+        assert_eq!((h.kind, p), (MsgType::Apdu as u32, &[1u8, 2][..]));
+    }
+
+    #[test]
+    fn init_capability_words() {
+        let header = |len: usize| Header {
+            kind: MsgType::Init as u32,
+            reader_id: 0,
+            length: len as u32,
+        };
+        let mut init = b"VSCD".to_vec();
+        init.extend_from_slice(&2u32.to_be_bytes());
+        for words in 1..4usize {
+            let mut p = init.clone();
+            p.extend((0..words as u32).flat_map(u32::to_be_bytes));
+            assert_eq!(
+                decode(&header(p.len()), &p),
+                Ok(Message::Init {
+                    version: 2,
+                    capabilities: (0..words as u32).collect()
+                })
+            );
+            for extra in 1..4 {
+                let mut ragged = p.clone();
+                ragged.extend(std::iter::repeat(0).take(extra));
+                assert_eq!(
+                    decode(&header(ragged.len()), &ragged),
+                    Err(CodecError::RaggedCapabilities(ragged.len()))
+                );
+            }
+        }
+    }
+
     fn any_message() -> impl Strategy<Value = (u32, u32, Vec<u8>)> {
         // (type, reader id, payload) of well-formed messages.
         (

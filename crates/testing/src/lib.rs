@@ -12,16 +12,18 @@
 //!
 //! ## Module map
 //! - [`pcscd`]: [`Pcscd`], a private pcscd, and its builder ([`Pcscd::builder`]: debug
-//!   log, reader.conf entries and extra config, a wrapper such as valgrind, which pcscd);
-//!   [`Entry`], one reader.conf entry. The one workaround for pcscd 1.9.9's missed
-//!   SIGINT is in [`Pcscd::stop`].
+//!   log and the driver's level in it, reader.conf entries and extra config, a wrapper
+//!   such as valgrind, which pcscd); [`Entry`], one reader.conf entry. Waiting for what
+//!   its log shows ([`Pcscd::wait_log_until`]) instead of sleeping. The one workaround
+//!   for pcscd 1.9.9's missed SIGINT is in [`Pcscd::stop`].
 //! - [`paths`]: where the repository, the build, the built driver and the tools
 //!   ([`tool`]) are; temporary
 //!   directories; [`free_ports`], ports no concurrent test uses.
 //! - [`client`]: the PC/SC client side (the `pcsc` crate): readers, card events,
 //!   connect, transmit.
 //! - [`vicc`]: scripted viccs in threads of the test process (echo and broken ones,
-//!   connecting or listening), the vpcd framing, sample APDUs.
+//!   connecting or listening), waiting until one has received an APDU
+//!   ([`Vicc::wait_apdus`], [`wait_count`]), the vpcd framing, sample APDUs.
 //! - [`process`]: child processes killed on drop, the reference Python vicc.
 //!
 //! ## Choosing the pcscd and the client library

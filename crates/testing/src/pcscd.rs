@@ -106,6 +106,7 @@ enum Wrapper {
 pub struct PcscdBuilder {
     config: Vec<String>,
     debug_log: bool,
+    driver_log: Option<String>,
     wrapper: Wrapper,
     pcscd: Option<OsString>,
 }
@@ -133,6 +134,15 @@ impl PcscdBuilder {
     /// adds a write per command to every round trip.
     pub fn debug_log(mut self, on: bool) -> Self {
         self.debug_log = on;
+        self
+    }
+
+    /// The driver's level in the debug log (`VPCD_LOG`), whatever the environment says:
+    /// `trace` logs every call pcscd makes (`poll_for_event (lun 0x0)`), which tests
+    /// wait for instead of sleeping. Turns the debug log on.
+    pub fn driver_log(mut self, level: &str) -> Self {
+        self.debug_log = true;
+        self.driver_log = Some(level.to_owned());
         self
     }
 
@@ -203,10 +213,11 @@ impl PcscdBuilder {
                 std::fs::File::options().append(true).open(&log).unwrap(),
             ));
         if self.debug_log {
-            cmd.arg("-d").env(
-                "VPCD_LOG",
-                std::env::var("VPCD_LOG").unwrap_or_else(|_| "debug".into()),
-            );
+            let level = self
+                .driver_log
+                .or_else(|| std::env::var("VPCD_LOG").ok())
+                .unwrap_or_else(|| "debug".into());
+            cmd.arg("-d").env("VPCD_LOG", level);
         } else {
             cmd.env_remove("VPCD_LOG");
         }
@@ -267,6 +278,7 @@ impl Pcscd {
         PcscdBuilder {
             config: Vec::new(),
             debug_log: true,
+            driver_log: None,
             wrapper: Wrapper::FromEnv,
             pcscd: None,
         }
@@ -383,6 +395,23 @@ impl Pcscd {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Waits until `done` holds for the whole log so far; false after `timeout`. For
+    /// conditions only the log shows: "pcscd's polling thread has entered the driver's
+    /// callback since the card was inserted", "the driver has failed to connect three
+    /// times".
+    pub fn wait_log_until(&self, timeout: Duration, mut done: impl FnMut(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.log_text()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn context(&self) -> Context {

@@ -6,7 +6,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The ATR our scripted viccs answer with (T=1, valid TCK).
 pub const TEST_ATR: &[u8] = &[0x3B, 0x80, 0x80, 0x01, 0x01];
@@ -73,6 +73,12 @@ impl Vicc {
 }
 
 impl Vicc {
+    /// Waits until it has received `count` APDUs (the driver relayed them, and the
+    /// exchanges are in flight or done); panics after `within`.
+    pub fn wait_apdus(&self, count: u32, within: Duration) {
+        wait_count(&self.apdus, count, within, "APDUs the vicc received");
+    }
+
     /// Connects to a listening slot.
     pub fn connect(port: u16, behaviour: Behaviour) -> Vicc {
         let stream = TcpStream::connect(("127.0.0.1", port))
@@ -118,6 +124,23 @@ impl Vicc {
 impl Drop for Vicc {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Waits until `counter` reaches `count` (what a scripted peer received); panics
+/// naming `what` after `within`.
+pub fn wait_count(counter: &AtomicU32, count: u32, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = counter.load(Ordering::Relaxed);
+        if now >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {now} after {within:?}, waiting for {count}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -86,7 +86,9 @@ fn a_port_held_by_another_program() {
         &format!("/dev/null:{port}/listen=127.0.0.1"),
     )]);
     assert!(pcscd.wait_log("cannot listen on", Duration::from_secs(5)));
-    std::thread::sleep(Duration::from_millis(300));
+    // pcscd has given up on the reader and unloaded the driver once it says it is
+    // ready (it logs that after trying every reader).
+    assert!(pcscd.wait_log("daemon ready", Duration::from_secs(5)));
     // No --config: the check reads the one the running pcscd was started with.
     let (code, out) = check(&[], &pcscd.socket, dir.path());
     assert_eq!(code, 1, "{out}");
