@@ -153,7 +153,18 @@ fn repo_paths(text: &str) -> Vec<String> {
                     && seg.chars().all(|c| c.is_ascii_uppercase() || c == '_')
             })
         })
-        .map(str::to_owned)
+        // `file.rs:383:76` (a line and column, as cargo-mutants names a mutant) names
+        // the file.
+        .map(|w| {
+            let mut path = w;
+            while let Some((head, tail)) = path.rsplit_once(':') {
+                if tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit()) {
+                    break;
+                }
+                path = head;
+            }
+            path.to_owned()
+        })
         .collect()
 }
 
@@ -343,6 +354,10 @@ fn the_checks_see_what_they_check() {
         ["scripts/install", "tests/sandbox/check"]
     );
     assert!(repo_paths("fuzz/seeds/TARGET/ target/debian/vpcd-rs_*.deb ./tests/run.sh").is_empty());
+    assert_eq!(
+        repo_paths("crates/protocol/src/config.rs:383:76 src/net.rs:12"),
+        ["crates/protocol/src/config.rs", "src/net.rs"]
+    );
     assert_eq!(
         moved_paths("tools/tests/hostile.rs")[0].0,
         "tools/tests/hostile.rs"
