@@ -92,6 +92,10 @@ struct Shared {
     presence: Presence,
     /// Held for the whole of one command/reply exchange.
     io: Mutex<Vec<u8>>,
+    /// Runs in `power` between the card's answer and storing its ATR: the tests make
+    /// the watcher's work happen there.
+    #[cfg(test)]
+    after_atr: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 /// Where the watcher gets its vicc from.
@@ -140,6 +144,8 @@ impl VpcdSlot {
             state: Mutex::new(State::default()),
             presence: Presence::new(),
             io: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            after_atr: Mutex::new(None),
         });
         let watcher = Watcher::spawn(
             format!("vpcd-{lun:x}"),
@@ -188,7 +194,7 @@ impl CardSlot for VpcdSlot {
             (None, _) => return Err(SlotError::NoCard),
         };
         let mut io = self.shared.io.lock();
-        self.shared.state.lock().atr = None;
+        self.shared.set_atr(conn.id, None);
         let result = match action {
             PowerAction::Down => self
                 .shared
@@ -213,16 +219,26 @@ impl CardSlot for VpcdSlot {
                 })
             }
         };
-        drop(io);
+        #[cfg(test)]
+        if let Some(hook) = &*self.shared.after_atr.lock() {
+            hook();
+        }
         match result {
+            Ok(atr) if atr.is_empty() => Ok(atr),
             Ok(atr) => {
-                if !atr.is_empty() {
-                    log::debug!("{}: ATR {}", self.label(), hex(&atr));
-                    self.shared.state.lock().atr = Some(atr.clone());
+                // Under the exchange's lock and only for the card that gave it: the
+                // watcher may have removed that card since (it does not wait for us).
+                if !self.shared.set_atr(conn.id, Some(atr.clone())) {
+                    return Err(SlotError::NoCard);
                 }
+                drop(io);
+                log::debug!("{}: ATR {}", self.label(), hex(&atr));
                 Ok(atr)
             }
-            Err(e) => Err(self.shared.fail(&conn, e)),
+            Err(e) => {
+                drop(io);
+                Err(self.shared.fail(&conn, e))
+            }
         }
     }
 
@@ -324,6 +340,16 @@ impl Drop for VpcdSlot {
 impl Shared {
     fn current(&self) -> Option<Arc<Conn>> {
         self.state.lock().conn.clone()
+    }
+
+    /// Sets the ATR of card `id` if it still is the slot's card; returns whether it is.
+    fn set_atr(&self, id: u64, atr: Option<Vec<u8>>) -> bool {
+        let mut s = self.state.lock();
+        let current = s.conn.as_ref().is_some_and(|c| c.id == id);
+        if current {
+            s.atr = atr;
+        }
+        current
     }
 
     fn atr_timeout(&self) -> Duration {
@@ -1027,5 +1053,93 @@ fn pin_params(command: &PinCommand, vicc_version: u8) -> PinParams {
         max_digits: command.max_digits,
         timeout_secs: command.timeout_secs,
         message: command.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// A free loopback port (bound, then released).
+    fn free_port() -> u16 {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn config(extra: &str) -> (ReaderConfig, u16) {
+        let port = free_port();
+        let cfg = ReaderConfig::parse(&format!(
+            "/dev/null:{port}/listen=127.0.0.1/timeout=5{extra}"
+        ))
+        .unwrap();
+        (cfg, port)
+    }
+
+    const ATR: [u8; 5] = [0x3B, 0x80, 0x80, 0x01, 0x01];
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).unwrap();
+        let mut payload = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut payload).unwrap();
+        payload
+    }
+
+    /// A vicc on `port` that has answered the watcher's GET ATR.
+    fn vicc(port: u16) -> TcpStream {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(read_frame(&mut stream), [4], "GET ATR");
+        stream.write_all(&frame(&ATR)).unwrap();
+        stream
+    }
+
+    fn wait_present(slot: &VpcdSlot, present: bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while slot.presence().is_present() != present {
+            assert!(Instant::now() < deadline, "presence never became {present}");
+            slot.presence().wait_for_event(Duration::from_millis(50));
+        }
+    }
+
+    /// The watcher removes the card while power() has its ATR in hand: the departed
+    /// card's ATR must not be stored (TAG_IFD_ATR, ICC_INTERFACE_STATUS and the
+    /// current protocol would describe a card that is not there).
+    #[test]
+    fn an_atr_that_arrives_as_its_card_leaves_is_not_kept() {
+        let (cfg, port) = config("");
+        let slot = VpcdSlot::open(&cfg, 0xA70 << 16, 0).unwrap();
+        let mut card = vicc(port);
+        wait_present(&slot, true);
+        let answer = std::thread::spawn(move || {
+            assert_eq!(read_frame(&mut card), [1], "power on");
+            assert_eq!(read_frame(&mut card), [4], "GET ATR");
+            card.write_all(&frame(&ATR)).unwrap();
+            card
+        });
+        let shared = Arc::clone(&slot.shared);
+        *slot.shared.after_atr.lock() = Some(Box::new(move || {
+            let id = shared.current().unwrap().id;
+            shared.remove(id, "left during power up");
+        }));
+        assert!(matches!(
+            slot.power(PowerAction::Up),
+            Err(SlotError::NoCard)
+        ));
+        assert!(!slot.presence().is_present());
+        assert_eq!(slot.atr(), None, "the departed card's ATR was stored");
+        drop(answer.join().unwrap());
     }
 }
