@@ -158,6 +158,7 @@ impl VpcdSlot {
                 candidates: Vec::new(),
                 roles: Vec::new(),
                 budget: LogBudget::new(net::PEER_LOG_LINES, net::PEER_LOG_WINDOW),
+                card_recheck: None,
             },
         )?;
         log::info!("{}: slot open", shared.label);
@@ -574,7 +575,14 @@ struct SlotWatch {
     candidates: Vec<Candidate>,
     roles: Vec<Role>,
     budget: LogBudget,
+    /// The card's connection stirred during an exchange: it is not watched again
+    /// before this (the exchange handles it), so the watcher neither waits nor spins.
+    card_recheck: Option<Instant>,
 }
+
+/// How long the watcher leaves the card's connection to a running exchange before it
+/// looks again.
+const BUSY_RECHECK: Duration = Duration::from_millis(100);
 
 impl Watch for SlotWatch {
     fn arm<'a>(
@@ -618,7 +626,12 @@ impl Watch for SlotWatch {
             }
             Source::Connector(_) => {}
         }
-        if let Some(card) = &self.card {
+        if self.card.is_none() || self.card_recheck.is_some_and(|at| now >= at) {
+            self.card_recheck = None;
+        }
+        if let Some(at) = self.card_recheck {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        } else if let Some(card) = &self.card {
             fds.push((card.stream.as_fd(), Interest::Hangup));
             self.roles.push(Role::Card);
         }
@@ -642,7 +655,9 @@ impl Watch for SlotWatch {
                 // before the listener in this loop's effects: see below).
                 Role::Card => {
                     if let Some(card) = &self.card {
-                        check_idle_conn(&self.shared, card);
+                        if check_idle_conn(&self.shared, card) == IdleCheck::Busy {
+                            self.card_recheck = Some(Instant::now() + BUSY_RECHECK);
+                        }
                     }
                 }
                 Role::Candidate(i) => heard.push(i),
@@ -824,12 +839,24 @@ impl SlotWatch {
     }
 }
 
-/// The watched connection stirred while no exchange was running: the peer went away
-/// or sent bytes nobody asked for. Either way it is no longer a usable card.
-fn check_idle_conn(shared: &Shared, conn: &Conn) {
-    // Wait for a running exchange to finish: its reply is what woke us on systems
-    // without POLLRDHUP, and it reads that reply itself.
-    let _io = shared.io.lock();
+/// What the watcher learnt of the card's connection when it stirred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleCheck {
+    /// No exchange ran: the connection was checked (and the card removed if it left).
+    Checked,
+    /// An exchange runs: it reads its connection itself, and sees the peer leave.
+    Busy,
+}
+
+/// The card's connection stirred: if no exchange runs, the peer went away or sent
+/// bytes nobody asked for, and either way it is no longer a usable card. The watcher
+/// never waits for an exchange (a PIN entry holds the lock for minutes): when one
+/// runs, its reply is what woke us on systems without POLLRDHUP, or the exchange meets
+/// the peer's hangup itself.
+fn check_idle_conn(shared: &Shared, conn: &Conn) -> IdleCheck {
+    let Some(_io) = shared.io.try_lock() else {
+        return IdleCheck::Busy;
+    };
     match peek(&conn.stream) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Ok(0) => shared.remove(conn.id, "vicc closed the connection"),
@@ -843,6 +870,7 @@ fn check_idle_conn(shared: &Shared, conn: &Conn) {
         }
         Err(e) => shared.remove(conn.id, &e.to_string()),
     }
+    IdleCheck::Checked
 }
 
 /// Reversed mode: connects out with a non-blocking connect and capped backoff, so
@@ -1141,5 +1169,32 @@ mod tests {
         assert!(!slot.presence().is_present());
         assert_eq!(slot.atr(), None, "the departed card's ATR was stored");
         drop(answer.join().unwrap());
+    }
+
+    /// An exchange holds the slot's I/O lock for as long as the card takes (a PIN
+    /// entry: up to 120 s and the timeout). The watcher must go on serving the port
+    /// meanwhile, even when the card's connection stirs.
+    #[test]
+    fn the_watcher_serves_new_peers_while_an_exchange_runs() {
+        let (cfg, port) = config("");
+        let slot = VpcdSlot::open(&cfg, 0xA71 << 16, 0).unwrap();
+        let card = vicc(port);
+        wait_present(&slot, true);
+        let exchange = slot.shared.io.lock();
+        // The card's connection stirs (its peer half-closes) during the exchange.
+        card.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut next = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        next.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let started = Instant::now();
+        let mut got = [0u8; 3];
+        let heard = next.read(&mut got);
+        let waited = started.elapsed();
+        drop(exchange);
+        // Refused (closed) or asked for its ATR: either way, handled.
+        assert!(
+            matches!(heard, Ok(0) | Ok(3)),
+            "the new peer was not served while the exchange ran: {heard:?} after {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(2), "took {waited:?}");
     }
 }
