@@ -30,6 +30,8 @@ mod readers;
 mod slot;
 #[allow(unsafe_code)]
 mod sys;
+#[cfg(test)]
+mod test_log;
 
 /// The macOS bundle's `Contents/Info.plist`, rendered by build.rs from Info.plist.in.
 pub const INFO_PLIST: &str = include_str!(concat!(env!("OUT_DIR"), "/Info.plist"));

@@ -45,22 +45,99 @@ pub fn configure_peer(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// Accepts every pending connection of a non-blocking listener and hands it on.
-pub fn accept_all(
-    listener: &TcpListener,
-    label: &str,
-    mut take: impl FnMut(TcpStream, SocketAddr),
-) {
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => take(stream, peer),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EMFILE and friends: do not spin on a listener we cannot serve.
-                log::error!("{label}: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                return;
+/// First wait after a failed accept, and the cap of its backoff.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(50);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Waits that double after each failure in a row, up to a cap; a success starts over.
+/// Time is passed in, so the decisions are tested without waiting.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    pub const fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff {
+            first,
+            max,
+            next: first,
+            until: None,
+        }
+    }
+
+    /// A failure at `now`: no new attempt before `now` + the returned wait.
+    pub fn fail(&mut self, now: Instant) -> Duration {
+        let wait = self.next;
+        self.until = Some(now + wait);
+        self.next = self.next.saturating_mul(2).min(self.max);
+        wait
+    }
+
+    /// A success: the next failure waits the first wait again.
+    pub fn succeed(&mut self) {
+        self.next = self.first;
+        self.until = None;
+    }
+
+    /// Until when to wait, if a wait is still running at `now`.
+    pub fn waiting(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|until| now < *until)
+    }
+}
+
+/// A non-blocking listener that stops being polled for a while after accept fails
+/// (EMFILE and friends persist until a descriptor frees up: retrying at once would spin
+/// and fill pcscd's log).
+pub(crate) struct Acceptor {
+    listener: TcpListener,
+    backoff: Backoff,
+}
+
+impl Acceptor {
+    pub fn new(listener: TcpListener) -> Acceptor {
+        Acceptor {
+            listener,
+            backoff: Backoff::new(ACCEPT_RETRY_FIRST, ACCEPT_RETRY_MAX),
+        }
+    }
+
+    /// The listener to poll at `now`, or, while backing off, when to look again.
+    pub fn armed(&self, now: Instant) -> Result<BorrowedFd<'_>, Instant> {
+        match self.backoff.waiting(now) {
+            Some(until) => Err(until),
+            None => Ok(self.listener.as_fd()),
+        }
+    }
+
+    /// Accepts every pending connection and hands it on. A failure is logged within
+    /// `budget` and backs off.
+    pub fn accept_all(
+        &mut self,
+        label: &str,
+        budget: &mut LogBudget,
+        mut take: impl FnMut(TcpStream, SocketAddr),
+    ) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    self.backoff.succeed();
+                    take(stream, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let wait = self.backoff.fail(Instant::now());
+                    budget.log(
+                        log::Level::Error,
+                        label,
+                        &format!("accept failed: {e}; not accepting for {wait:?}"),
+                    );
+                    return;
+                }
             }
         }
     }
@@ -300,6 +377,57 @@ mod tests {
             Some(timeout),
             "timeout restored"
         );
+    }
+
+    #[test]
+    fn a_backoff_doubles_up_to_its_cap_and_a_success_starts_over() {
+        let first = Duration::from_millis(50);
+        let max = Duration::from_millis(300);
+        let mut b = Backoff::new(first, max);
+        let t0 = Instant::now();
+        assert_eq!(b.waiting(t0), None, "no wait before a failure");
+        let waits: Vec<_> = (0..5).map(|_| b.fail(t0).as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 300, 300]);
+        let until = t0 + max;
+        assert_eq!(b.waiting(t0), Some(until));
+        assert_eq!(b.waiting(until - Duration::from_nanos(1)), Some(until));
+        assert_eq!(b.waiting(until), None, "over at its end");
+        b.succeed();
+        assert_eq!(b.waiting(t0), None);
+        assert_eq!(b.fail(t0), first);
+    }
+
+    proptest::proptest! {
+        /// Whatever the failures and successes, a wait is never longer than the cap
+        /// nor shorter than the first, and it grows while failures go on.
+        #[test]
+        fn a_backoff_stays_within_its_bounds(
+            steps in proptest::collection::vec(proptest::bool::ANY, 1..64),
+            first_ms in 1u64..1000,
+            factor in 1u64..100,
+        ) {
+            let first = Duration::from_millis(first_ms);
+            let max = first * factor as u32;
+            let mut b = Backoff::new(first, max);
+            let now = Instant::now();
+            let mut last: Option<Duration> = None;
+            for fail in steps {
+                if fail {
+                    let wait = b.fail(now);
+                    proptest::prop_assert!(wait >= first && wait <= max);
+                    if let Some(last) = last {
+                        proptest::prop_assert!(wait >= last);
+                        proptest::prop_assert!(wait == max || wait == last * 2);
+                    }
+                    proptest::prop_assert_eq!(b.waiting(now), Some(now + wait));
+                    last = Some(wait);
+                } else {
+                    b.succeed();
+                    proptest::prop_assert_eq!(b.waiting(now), None);
+                    last = None;
+                }
+            }
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@
 
 use std::io::{self, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -100,7 +100,7 @@ struct Shared {
 
 /// Where the watcher gets its vicc from.
 enum Source {
-    Listener(TcpListener),
+    Listener(net::Acceptor),
     Connector(Connector),
 }
 
@@ -129,7 +129,7 @@ impl VpcdSlot {
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {at}: {e}")))?;
                 (
                     format!("lun {lun:#x} listen {at}"),
-                    Source::Listener(listener),
+                    Source::Listener(net::Acceptor::new(listener)),
                 )
             }
             Endpoint::Connect { host } => (
@@ -137,6 +137,11 @@ impl VpcdSlot {
                 Source::Connector(Connector::new(host.clone(), port)),
             ),
         };
+        VpcdSlot::start(cfg, lun, label, source)
+    }
+
+    /// Starts the slot's watcher on `source`.
+    fn start(cfg: &ReaderConfig, lun: u32, label: String, source: Source) -> io::Result<VpcdSlot> {
         let shared = Arc::new(Shared {
             label,
             timeout: cfg.timeout,
@@ -610,10 +615,13 @@ impl Watch for SlotWatch {
         let mut deadline: Option<Instant> = None;
         self.roles.clear();
         match &self.source {
-            Source::Listener(l) => {
-                fds.push((l.as_fd(), Interest::Read));
-                self.roles.push(Role::Listener);
-            }
+            Source::Listener(acceptor) => match acceptor.armed(now) {
+                Ok(fd) => {
+                    fds.push((fd, Interest::Read));
+                    self.roles.push(Role::Listener);
+                }
+                Err(until) => deadline = Some(until),
+            },
             Source::Connector(c) if self.card.is_none() && self.candidates.is_empty() => {
                 match &c.pending {
                     Some((socket, at)) => {
@@ -699,9 +707,9 @@ impl Watch for SlotWatch {
             .zip(ready)
             .any(|(role, r)| matches!(role, Role::Listener) && (r.readable || r.hangup))
         {
-            if let Source::Listener(listener) = &self.source {
+            if let Source::Listener(acceptor) = &mut self.source {
                 let mut accepted = vec![];
-                net::accept_all(listener, &self.shared.label, |stream, peer| {
+                acceptor.accept_all(&self.shared.label, &mut self.budget, |stream, peer| {
                     accepted.push((stream, peer))
                 });
                 for (stream, peer) in accepted {
@@ -1087,7 +1095,7 @@ fn pin_params(command: &PinCommand, vicc_version: u8) -> PinParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, TcpListener};
 
     /// A free loopback port (bound, then released).
     fn free_port() -> u16 {
@@ -1196,5 +1204,34 @@ mod tests {
             "the new peer was not served while the exchange ran: {heard:?} after {waited:?}"
         );
         assert!(waited < Duration::from_secs(2), "took {waited:?}");
+    }
+
+    /// A listener whose accept keeps failing (EMFILE when pcscd runs out of
+    /// descriptors) must not flood pcscd's log nor be retried in a tight loop. A
+    /// socket bound but not listening fails every accept (EINVAL) and polls as hung
+    /// up, the same persistent failure without touching the process's limits.
+    #[test]
+    fn a_failing_accept_backs_off_and_stays_within_the_log_budget() {
+        crate::test_log::init();
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let (cfg, _) = config("");
+        let lun = 0xA72 << 16;
+        let slot = VpcdSlot::start(
+            &cfg,
+            lun,
+            "broken listener".into(),
+            Source::Listener(net::Acceptor::new(socket.into())),
+        )
+        .unwrap();
+        // A rate, measured over a while: 20 lines a second before the backoff.
+        std::thread::sleep(Duration::from_millis(1500));
+        slot.close();
+        let lines = crate::test_log::count(&format!("vpcd-{lun:x}"), "accept failed");
+        assert!(lines >= 1, "the failure is logged");
+        assert!(lines <= 6, "{lines} lines about a failing accept in 1.5 s");
     }
 }

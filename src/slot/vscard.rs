@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -177,7 +177,8 @@ impl Hub {
             shared.label.clone(),
             HubWatch {
                 shared: Arc::clone(&shared),
-                listener,
+                acceptor: net::Acceptor::new(listener),
+                listening: false,
                 allow: cfg.allow.clone(),
                 budget: LogBudget::new(net::PEER_LOG_LINES, net::PEER_LOG_WINDOW),
                 decoder: Decoder::new(),
@@ -778,7 +779,9 @@ impl Shared {
 /// The connection thread: accepts the client and reads every message it sends.
 struct HubWatch {
     shared: Arc<Shared>,
-    listener: TcpListener,
+    acceptor: net::Acceptor,
+    /// Whether the last `arm` polls the listener (not while accept backs off).
+    listening: bool,
     allow: Vec<AllowedNet>,
     budget: LogBudget,
     decoder: Decoder,
@@ -808,36 +811,52 @@ impl Watch for HubWatch {
             self.reading = conn.as_ref().map(|c| c.id);
         }
         self.conn = conn;
-        fds.push((self.listener.as_fd(), Interest::Read));
+        let now = Instant::now();
+        let mut deadline = self.partial_since.map(|t| t + self.shared.timeout);
+        match self.acceptor.armed(now) {
+            Ok(fd) => {
+                fds.push((fd, Interest::Read));
+                self.listening = true;
+            }
+            Err(until) => {
+                deadline = Some(deadline.map_or(until, |d| d.min(until)));
+                self.listening = false;
+            }
+        }
         if let Some(conn) = &self.conn {
             fds.push((conn.stream.as_fd(), Interest::Read));
         }
-        let timeout = self.shared.timeout;
-        Some(
-            self.partial_since
-                .map(|t| (t + timeout).saturating_duration_since(Instant::now())),
-        )
+        Some(deadline.map(|d| d.saturating_duration_since(now)))
     }
 
     fn on_ready(&mut self, ready: &[Ready]) {
         // The old client's goodbye before a new one's hello: a client that replaces
         // another in quick succession must not find the port still busy.
+        let (listener, client) = if self.listening {
+            (ready[0], ready.get(1))
+        } else {
+            (Ready::default(), ready.first())
+        };
         if let Some(conn) = self.conn.take() {
-            self.on_client(&conn, ready[1]);
+            self.on_client(&conn, client.copied().unwrap_or_default());
         }
         let shared = &*self.shared;
-        if ready[0].readable || ready[0].hangup {
-            let (allow, budget) = (&self.allow, &mut self.budget);
-            net::accept_all(&self.listener, &shared.label, |stream, peer| {
-                let refused = if is_allowed(allow, peer.ip()) {
+        if listener.readable || listener.hangup {
+            let mut accepted = vec![];
+            self.acceptor
+                .accept_all(&shared.label, &mut self.budget, |stream, peer| {
+                    accepted.push((stream, peer))
+                });
+            for (stream, peer) in accepted {
+                let refused = if is_allowed(&self.allow, peer.ip()) {
                     shared.accept(stream, peer).err()
                 } else {
                     Some(format!("refusing {peer}: not in the reader's allow list"))
                 };
                 if let Some(why) = refused {
-                    budget.log(log::Level::Warn, &shared.label, &why);
+                    self.budget.log(log::Level::Warn, &shared.label, &why);
                 }
-            });
+            }
         }
     }
 
