@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -195,13 +196,27 @@ pub(crate) trait Watch: Send + 'static {
     fn on_ready(&mut self, ready: &[Ready]);
     /// Runs once the loop has ended.
     fn finish(&mut self) {}
+    /// Receives, before the thread starts, a handle that wakes it from other threads.
+    fn attach(&mut self, waker: Waker) {
+        let _ = waker;
+    }
+}
+
+/// Wakes a watcher thread from another thread (one it started, say).
+#[derive(Clone)]
+pub(crate) struct Waker(Arc<UnixStream>);
+
+impl Waker {
+    pub fn wake(&self) {
+        let _ = (&*self.0).write(&[1]);
+    }
 }
 
 /// A thread running a [`Watch`], woken by [`Watcher::wake`], joined by
 /// [`Watcher::stop`].
 pub(crate) struct Watcher {
     label: String,
-    wake: UnixStream,
+    wake: Waker,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -210,6 +225,8 @@ impl Watcher {
         let (wake, wake_rx) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
+        let wake = Waker(Arc::new(wake));
+        watch.attach(wake.clone());
         let thread_label = label.clone();
         let thread = std::thread::Builder::new()
             .name(name)
@@ -223,7 +240,7 @@ impl Watcher {
 
     /// Makes the thread look at its state again now.
     pub fn wake(&self) {
-        let _ = (&self.wake).write(&[1]);
+        self.wake.wake();
     }
 
     /// Wakes the thread and joins it; its [`Watch::arm`] must end the loop from now on.

@@ -134,7 +134,7 @@ impl VpcdSlot {
             }
             Endpoint::Connect { host } => (
                 format!("lun {lun:#x} connect {host}:{port}"),
-                Source::Connector(Connector::new(host.clone(), port)),
+                Source::Connector(Connector::new(host.clone(), port, system_resolver())),
             ),
         };
         VpcdSlot::start(cfg, lun, label, source)
@@ -623,14 +623,11 @@ impl Watch for SlotWatch {
                 Err(until) => deadline = Some(until),
             },
             Source::Connector(c) if self.card.is_none() && self.candidates.is_empty() => {
-                match &c.pending {
-                    Some((socket, at)) => {
-                        fds.push((socket.as_fd(), Interest::Write));
-                        self.roles.push(Role::Connecting);
-                        deadline = Some(*at);
-                    }
-                    None => deadline = Some(c.next_try),
+                if let Some((socket, _)) = &c.pending {
+                    fds.push((socket.as_fd(), Interest::Write));
+                    self.roles.push(Role::Connecting);
                 }
+                deadline = c.next_step(now);
             }
             Source::Connector(_) => {}
         }
@@ -719,7 +716,16 @@ impl Watch for SlotWatch {
         }
     }
 
+    fn attach(&mut self, waker: net::Waker) {
+        if let Source::Connector(c) = &mut self.source {
+            c.waker = Some(waker);
+        }
+    }
+
     fn finish(&mut self) {
+        if let Source::Connector(c) = &mut self.source {
+            c.abandon(&self.shared.label);
+        }
         self.candidates.clear();
         if let Some(conn) = self.shared.state.lock().conn.take() {
             let _ = conn.stream.shutdown(std::net::Shutdown::Both);
@@ -881,27 +887,53 @@ fn check_idle_conn(shared: &Shared, conn: &Conn) -> IdleCheck {
     IdleCheck::Checked
 }
 
+/// How a reversed-mode slot finds the addresses of its vicc's host: getaddrinfo, or a
+/// test's stand-in.
+type Resolve = Arc<dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync>;
+
+fn system_resolver() -> Resolve {
+    Arc::new(|host, port| Ok((host, port).to_socket_addrs()?.collect()))
+}
+
+/// After this long, a name resolution still running is logged (once).
+const RESOLVE_SLOW: Duration = Duration::from_secs(5);
+
+/// A name resolution running on its own thread: getaddrinfo blocks for as long as the
+/// system's resolver lets it (10 to 30 s for a DNS server that does not answer), and
+/// neither the watcher nor pcscd's close may wait for that.
+struct Lookup {
+    thread: std::thread::JoinHandle<()>,
+    answer: Arc<Mutex<Option<io::Result<Vec<SocketAddr>>>>>,
+    since: Instant,
+    slow_logged: bool,
+}
+
 /// Reversed mode: connects out with a non-blocking connect and capped backoff, so
-/// neither pcscd nor the watcher ever blocks on an absent vicc.
+/// neither pcscd nor the watcher ever blocks on an absent vicc, and resolves the host
+/// on a thread of its own ([`Lookup`]).
 struct Connector {
     host: String,
     port: u16,
+    resolve: Resolve,
+    waker: Option<net::Waker>,
     pending: Option<(Socket, Instant)>,
+    lookup: Option<Lookup>,
     candidates: Vec<SocketAddr>,
-    next_try: Instant,
-    backoff: Duration,
+    backoff: net::Backoff,
     failures: u32,
 }
 
 impl Connector {
-    fn new(host: String, port: u16) -> Connector {
+    fn new(host: String, port: u16, resolve: Resolve) -> Connector {
         Connector {
             host,
             port,
+            resolve,
+            waker: None,
             pending: None,
+            lookup: None,
             candidates: Vec::new(),
-            next_try: Instant::now(),
-            backoff: RECONNECT_FIRST,
+            backoff: net::Backoff::new(RECONNECT_FIRST, RECONNECT_MAX),
             failures: 0,
         }
     }
@@ -911,6 +943,19 @@ impl Connector {
             .first()
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port)))
+    }
+
+    /// When the watcher must call [`Connector::step`] again if nothing wakes it
+    /// (`None`: a lookup's end wakes it).
+    fn next_step(&self, now: Instant) -> Option<Instant> {
+        if let Some((_, deadline)) = &self.pending {
+            return Some(*deadline);
+        }
+        match &self.lookup {
+            Some(l) if !l.slow_logged => Some(l.since + RESOLVE_SLOW),
+            Some(_) => None,
+            None => Some(self.backoff.waiting(now).unwrap_or(now)),
+        }
     }
 
     /// Advances the connection attempt; returns the stream once connected.
@@ -927,25 +972,26 @@ impl Connector {
                 Ok(Some(e)) | Err(e) => self.failed(label, &e),
             }
         }
-        if now < self.next_try {
+        if self.backoff.waiting(now).is_some() {
             return None;
         }
         if self.candidates.is_empty() {
-            match (self.host.as_str(), self.port).to_socket_addrs() {
-                Ok(addrs) => self.candidates = addrs.collect(),
+            match self.resolved(label, now)? {
+                Ok(addrs) if addrs.is_empty() => {
+                    self.failed(
+                        label,
+                        &io::Error::new(io::ErrorKind::NotFound, "no address"),
+                    );
+                    return None;
+                }
+                Ok(addrs) => self.candidates = addrs,
                 Err(e) => {
                     self.failed(label, &e);
                     return None;
                 }
             }
         }
-        let Some(addr) = self.candidates.first().copied() else {
-            self.failed(
-                label,
-                &io::Error::new(io::ErrorKind::NotFound, "no address"),
-            );
-            return None;
-        };
+        let addr = self.candidates[0];
         let attempt = Socket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|s| {
             s.set_nonblocking(true)?;
             match s.connect(&addr.into()) {
@@ -962,9 +1008,72 @@ impl Connector {
         None
     }
 
+    /// The addresses of the host once a lookup has them; starts one if none runs.
+    fn resolved(&mut self, label: &str, now: Instant) -> Option<io::Result<Vec<SocketAddr>>> {
+        let Some(lookup) = &mut self.lookup else {
+            let answer = Arc::new(Mutex::new(None));
+            let (resolve, host, port) = (Arc::clone(&self.resolve), self.host.clone(), self.port);
+            let (waker, done) = (self.waker.clone(), Arc::clone(&answer));
+            let spawned = std::thread::Builder::new()
+                .name("vpcd-resolve".into())
+                .spawn(move || {
+                    let addrs = resolve(&host, port);
+                    *done.lock() = Some(addrs);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                });
+            match spawned {
+                Ok(thread) => {
+                    self.lookup = Some(Lookup {
+                        thread,
+                        answer,
+                        since: now,
+                        slow_logged: false,
+                    })
+                }
+                Err(e) => return Some(Err(e)),
+            }
+            return None;
+        };
+        let answer = lookup.answer.lock().take();
+        if answer.is_none() {
+            if !lookup.slow_logged && now >= lookup.since + RESOLVE_SLOW {
+                lookup.slow_logged = true;
+                log::info!(
+                    "{label}: resolving {} takes more than {RESOLVE_SLOW:?}; still waiting",
+                    self.host
+                );
+            }
+            return None;
+        }
+        let lookup = self.lookup.take()?;
+        // It has answered: only its return is left.
+        let _ = lookup.thread.join();
+        answer
+    }
+
+    /// The slot closes: a lookup that has not answered is left to finish on its own.
+    fn abandon(&mut self, label: &str) {
+        let Some(lookup) = self.lookup.take() else {
+            return;
+        };
+        if lookup.answer.lock().is_some() {
+            let _ = lookup.thread.join();
+            return;
+        }
+        // getaddrinfo cannot be interrupted. The thread ends when the resolver gives
+        // up; pcscd may unload us before, so the library stays mapped for it.
+        let pinned = crate::sys::pin_library();
+        log::debug!(
+            "{label}: leaving the resolution of {} to finish on its own (library pinned: {pinned})",
+            self.host
+        );
+    }
+
     fn failed(&mut self, label: &str, e: &io::Error) {
         self.pending = None;
-        // Try the host's next address; re-resolve once all failed.
+        // Try the host's next address; resolve again once all failed.
         if !self.candidates.is_empty() {
             self.candidates.remove(0);
         }
@@ -975,8 +1084,7 @@ impl Connector {
         }
         self.failures += 1;
         if self.candidates.is_empty() {
-            self.next_try = Instant::now() + self.backoff;
-            self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+            self.backoff.fail(Instant::now());
         }
     }
 
@@ -986,9 +1094,8 @@ impl Connector {
             self.failures
         );
         self.failures = 0;
-        self.backoff = RECONNECT_FIRST;
+        self.backoff.succeed();
         self.candidates.clear();
-        self.next_try = Instant::now();
     }
 }
 
@@ -1233,5 +1340,79 @@ mod tests {
         let lines = crate::test_log::count(&format!("vpcd-{lun:x}"), "accept failed");
         assert!(lines >= 1, "the failure is logged");
         assert!(lines <= 6, "{lines} lines about a failing accept in 1.5 s");
+    }
+
+    /// Reversed mode resolves the vicc's host name, which may take as long as the
+    /// system's resolver lets it (a DNS server that does not answer: 10 to 30 s).
+    /// Closing the slot (pcscd's shutdown, a reader's removal) must not wait for it.
+    #[test]
+    fn closing_a_reversed_slot_does_not_wait_for_name_resolution() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let resolve: Resolve = Arc::new(move |_, _| {
+            let _ = entered_tx.send(());
+            // Stalls like a resolver whose server never answers, for the test's sake
+            // at most 5 s.
+            let _ = released.lock().recv_timeout(Duration::from_secs(5));
+            Err(io::Error::new(io::ErrorKind::TimedOut, "resolver stalled"))
+        });
+        let cfg = ReaderConfig::parse("stalled.invalid:35999/timeout=5").unwrap();
+        let slot = VpcdSlot::start(
+            &cfg,
+            0xA73 << 16,
+            "stalled resolver".into(),
+            Source::Connector(Connector::new("stalled.invalid".into(), 35999, resolve)),
+        )
+        .unwrap();
+        entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the slot resolves its host");
+        let started = Instant::now();
+        slot.close();
+        let took = started.elapsed();
+        let _ = release.send(());
+        assert!(
+            took < Duration::from_secs(1),
+            "close waited {took:?} for DNS"
+        );
+    }
+
+    /// The lookup's thread wakes the watcher with its answer: a failed one backs off
+    /// and resolves again, a good one is connected to.
+    #[test]
+    fn a_reversed_slot_connects_to_what_its_lookup_thread_found() {
+        let vicc_side = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = vicc_side.local_addr().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = Arc::clone(&calls);
+        let resolve: Resolve = Arc::new(move |host, port| {
+            assert_eq!((host, port), ("vicc.test", 35998));
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "not yet"));
+            }
+            // Slower than a poll round, so the answer has to wake the watcher.
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(vec![addr])
+        });
+        let cfg = ReaderConfig::parse("vicc.test:35998/timeout=5").unwrap();
+        let slot = VpcdSlot::start(
+            &cfg,
+            0xA74 << 16,
+            "reversed".into(),
+            Source::Connector(Connector::new("vicc.test".into(), 35998, resolve)),
+        )
+        .unwrap();
+        let (mut card, _) = vicc_side.accept().unwrap();
+        card.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(read_frame(&mut card), [4], "GET ATR");
+        card.write_all(&frame(&ATR)).unwrap();
+        wait_present(&slot, true);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "resolved again after a failure"
+        );
+        slot.close();
     }
 }
