@@ -24,8 +24,11 @@ pub fn listen(at: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
         socket.set_only_v6(v6only)?;
     }
     socket.bind(&at.into())?;
-    // A burst of connections beyond the backlog would leave clients half-open,
-    // connected to nothing; each is accepted and refused or taken instead.
+    // The longest accept queue the system allows (SOMAXCONN, capped by
+    // net.core.somaxconn). A connection that finds the queue full is not refused:
+    // Linux drops its handshake's last step, and the client, connected as far as it
+    // knows, waits with nobody at the other end. The watcher empties the queue on
+    // every wake-up, refusing or taking each peer.
     socket.listen(libc::SOMAXCONN)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())

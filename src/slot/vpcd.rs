@@ -23,7 +23,6 @@ use std::io::{self, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +40,7 @@ use vpcd_protocol::vpcd::{
     self as protocol, Control, ProtocolError, ReplyError, HEADER_LEN, MAX_ATR_LEN,
 };
 
+use super::conn::{self, trace_apdu, Current, Way};
 use super::{CardSlot, Limits, PowerAction, SlotError};
 use crate::net::{self, LogBudget, Watch, Watcher};
 use crate::presence::Presence;
@@ -64,20 +64,13 @@ const MAX_CANDIDATES: usize = 8;
 /// activation takes well under a second) and answers in one network round trip.
 const ATR_TIMEOUT: Duration = Duration::from_secs(5);
 
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
-
-/// One connected vicc.
-struct Conn {
-    id: u64,
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// What it announced before its ATR (the PIN pad extension), if anything.
-    hello: Option<Hello>,
-}
+/// One connected vicc, with what it announced before its ATR (the PIN pad extension),
+/// if anything.
+type Conn = conn::Conn<Option<Hello>>;
 
 #[derive(Default)]
 struct State {
-    conn: Option<Arc<Conn>>,
+    conn: Current<Option<Hello>>,
     closing: bool,
     /// The ATR of the powered card.
     atr: Option<Vec<u8>>,
@@ -110,18 +103,10 @@ pub(crate) struct VpcdSlot {
 }
 
 impl VpcdSlot {
-    /// Opens slot `index` of a reader: binds its port (or prepares to connect out)
-    /// and starts its watcher thread.
-    pub(crate) fn open(cfg: &ReaderConfig, lun: u32, index: u16) -> io::Result<VpcdSlot> {
-        let port = cfg.port_of(index).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "slot {index} does not exist: the reader has {} slot(s)",
-                    cfg.slots
-                ),
-            )
-        })?;
+    /// Opens the slot of a reader on `port` (the reader's port for this slot, which
+    /// [`super::open`] checked): binds it (or prepares to connect out) and starts its
+    /// watcher thread.
+    pub(crate) fn open(cfg: &ReaderConfig, lun: u32, port: u16) -> io::Result<VpcdSlot> {
         let (label, source) = match &cfg.endpoint {
             Endpoint::Listen { addr, v6only } => {
                 let at = SocketAddr::new(*addr, port);
@@ -257,9 +242,7 @@ impl CardSlot for VpcdSlot {
             log::error!("{}: refusing the command: {e}", self.label());
             return Err(e.into());
         }
-        if self.shared.trace_apdus {
-            log::info!("{}: APDU > {}", self.label(), hex(apdu));
-        }
+        trace_apdu(self.shared.trace_apdus, self.label(), Way::Command, apdu);
         let mut io = self.shared.io.lock();
         io.clear();
         let result = protocol::encode(apdu, &mut io)
@@ -273,9 +256,12 @@ impl CardSlot for VpcdSlot {
         drop(io);
         match result {
             Ok(n) => {
-                if self.shared.trace_apdus {
-                    log::info!("{}: APDU < {}", self.label(), hex(&reply[..n]));
-                }
+                trace_apdu(
+                    self.shared.trace_apdus,
+                    self.label(),
+                    Way::Reply,
+                    &reply[..n],
+                );
                 Ok(n)
             }
             Err(e) => Err(self.shared.fail(&conn, e)),
@@ -285,13 +271,13 @@ impl CardSlot for VpcdSlot {
     fn pin_entry(&self) -> bool {
         self.shared
             .current()
-            .is_some_and(|c| c.hello.is_some_and(|h| h.pin_entry()))
+            .is_some_and(|c| c.extra.is_some_and(|h| h.pin_entry()))
     }
 
     /// Asks the vicc for the PIN(s), then sends the APDU built from them to it.
     fn enter_pin(&self, command: &PinCommand, reply: &mut [u8]) -> Result<usize, SlotError> {
         let conn = self.shared.current().ok_or(SlotError::NoCard)?;
-        let Some(hello) = conn.hello.filter(Hello::pin_entry) else {
+        let Some(hello) = conn.extra.filter(Hello::pin_entry) else {
             return Err(SlotError::Unsupported);
         };
         if reply.len() < 2 {
@@ -326,9 +312,7 @@ impl CardSlot for VpcdSlot {
         {
             let mut s = self.shared.state.lock();
             s.closing = true;
-            if let Some(conn) = s.conn.take() {
-                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-            }
+            s.conn.close();
         }
         self.shared.presence.close();
         if self.watcher.stop() {
@@ -345,13 +329,13 @@ impl Drop for VpcdSlot {
 
 impl Shared {
     fn current(&self) -> Option<Arc<Conn>> {
-        self.state.lock().conn.clone()
+        self.state.lock().conn.get()
     }
 
     /// Sets the ATR of card `id` if it still is the slot's card; returns whether it is.
     fn set_atr(&self, id: u64, atr: Option<Vec<u8>>) -> bool {
         let mut s = self.state.lock();
-        let current = s.conn.as_ref().is_some_and(|c| c.id == id);
+        let current = s.conn.is(id);
         if current {
             s.atr = atr;
         }
@@ -509,8 +493,7 @@ impl Shared {
         peer: SocketAddr,
         hello: Option<Hello>,
     ) -> Result<(), String> {
-        net::configure_peer(&stream, self.timeout)
-            .map_err(|e| format!("cannot set up connection from {peer}: {e}"))?;
+        let conn = Conn::new(stream, peer, self.timeout, hello)?;
         if let Some(active) = self.live_card() {
             return Err(format!("slot is busy with {active}"));
         }
@@ -518,12 +501,9 @@ impl Shared {
         if s.closing {
             return Err("slot is closing".into());
         }
-        s.conn = Some(Arc::new(Conn {
-            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-            stream,
-            peer,
-            hello,
-        }));
+        s.conn
+            .install(conn)
+            .map_err(|active| format!("slot is busy with {active}"))?;
         s.atr = None;
         self.presence.insert();
         Ok(())
@@ -532,13 +512,9 @@ impl Shared {
     /// Drops the vicc `id` if it is still the slot's card.
     fn remove(&self, id: u64, why: &str) {
         let mut s = self.state.lock();
-        if s.conn.as_ref().map(|c| c.id) != Some(id) {
-            return;
-        }
-        let Some(conn) = s.conn.take() else {
+        let Some(conn) = s.conn.remove(id) else {
             return;
         };
-        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         s.atr = None;
         self.presence.remove();
         drop(s);
@@ -599,7 +575,7 @@ impl Watch for SlotWatch {
             if s.closing {
                 return None;
             }
-            self.card = s.conn.clone();
+            self.card = s.conn.get();
         }
         if self.card.is_some() && !self.candidates.is_empty() {
             self.drop_candidates("the slot has a card");
@@ -727,9 +703,7 @@ impl Watch for SlotWatch {
             c.abandon(&self.shared.label);
         }
         self.candidates.clear();
-        if let Some(conn) = self.shared.state.lock().conn.take() {
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-        }
+        self.shared.state.lock().conn.close();
     }
 }
 
@@ -1203,6 +1177,7 @@ fn pin_params(command: &PinCommand, vicc_version: u8) -> PinParams {
 mod tests {
     use super::*;
     use std::net::{Ipv4Addr, TcpListener};
+    use std::sync::atomic::Ordering;
 
     /// A free loopback port (bound, then released).
     fn free_port() -> u16 {
@@ -1263,7 +1238,7 @@ mod tests {
     #[test]
     fn an_atr_that_arrives_as_its_card_leaves_is_not_kept() {
         let (cfg, port) = config("");
-        let slot = VpcdSlot::open(&cfg, 0xA70 << 16, 0).unwrap();
+        let slot = VpcdSlot::open(&cfg, 0xA70 << 16, port).unwrap();
         let mut card = vicc(port);
         wait_present(&slot, true);
         let answer = std::thread::spawn(move || {
@@ -1292,7 +1267,7 @@ mod tests {
     #[test]
     fn the_watcher_serves_new_peers_while_an_exchange_runs() {
         let (cfg, port) = config("");
-        let slot = VpcdSlot::open(&cfg, 0xA71 << 16, 0).unwrap();
+        let slot = VpcdSlot::open(&cfg, 0xA71 << 16, port).unwrap();
         let card = vicc(port);
         wait_present(&slot, true);
         let exchange = slot.shared.io.lock();
