@@ -7,6 +7,8 @@
 //!
 //! - [`conn`]: the connection bookkeeping both share (ids, the one current
 //!   connection, removal by id, APDU tracing).
+//! - `decide`: the vpcd slot's decisions apart from its I/O (a new peer's proof, the
+//!   unproven peers' bounds, idle-connection checks, reply read bounds), unit-tested.
 //!
 //! PIN entry ([`CardSlot::enter_pin`]) is a vpcd slot's, for a vicc that said HELLO;
 //! the VSCard slot keeps the default (unsupported).
@@ -15,6 +17,7 @@
 //! no protocol's error or size reaches it.
 
 pub(crate) mod conn;
+mod decide;
 pub(crate) mod vpcd;
 pub(crate) mod vscard;
 

@@ -32,15 +32,13 @@ use socket2::{Domain, SockRef, Socket, Type};
 use vpcd_protocol::config::{is_allowed, AllowedNet, Endpoint, ReaderConfig};
 use vpcd_protocol::hex;
 use vpcd_protocol::part10::{Operation, PinCommand};
-use vpcd_protocol::pinpad::{
-    self, read_probe_answer, Hello, PinAnswer, PinOperation, PinParams, ProbeAnswer,
-    ANSWER_MAX_LEN, PROBE_ANSWER_MAX,
-};
+use vpcd_protocol::pinpad::{self, Hello, PinAnswer, PinOperation, PinParams, ANSWER_MAX_LEN};
 use vpcd_protocol::vpcd::{
     self as protocol, Control, ProtocolError, ReplyError, HEADER_LEN, MAX_ATR_LEN,
 };
 
 use super::conn::{self, trace_apdu, Current, Way};
+use super::decide::{self, Pending, Proof, ReadBound};
 use super::{CardSlot, Limits, PowerAction, SlotError};
 use crate::net::{self, LogBudget, Watch, Watcher};
 use crate::presence::Presence;
@@ -145,7 +143,7 @@ impl VpcdSlot {
                 source,
                 allow: cfg.allow.clone(),
                 card: None,
-                candidates: Vec::new(),
+                candidates: Pending::new(MAX_CANDIDATES),
                 roles: Vec::new(),
                 budget: LogBudget::new(net::PEER_LOG_LINES, net::PEER_LOG_WINDOW),
                 card_recheck: None,
@@ -472,15 +470,11 @@ impl Shared {
 
     /// Logs a failed exchange; drops the vicc unless the stream is still in step.
     fn fail(&self, conn: &Conn, e: SlotError) -> SlotError {
-        match &e {
-            SlotError::Protocol(_) | SlotError::ReplyTooLarge { .. } => {
-                log::error!("{}: {e}", self.label)
-            }
-            SlotError::NoCard | SlotError::Unsupported => {}
-            SlotError::Timeout | SlotError::Io(_) => {
-                log::error!("{}: {e}; dropping vicc {}", self.label, conn.peer);
-                self.remove(conn.id, "exchange failed");
-            }
+        if decide::drops_peer(&e) {
+            log::error!("{}: {e}; dropping vicc {}", self.label, conn.peer);
+            self.remove(conn.id, "exchange failed");
+        } else if !matches!(e, SlotError::NoCard | SlotError::Unsupported) {
+            log::error!("{}: {e}", self.label);
         }
         e
     }
@@ -530,10 +524,8 @@ impl Shared {
 struct Candidate {
     stream: TcpStream,
     peer: SocketAddr,
-    deadline: Instant,
-    answer: [u8; PROBE_ANSWER_MAX],
-    got: usize,
-    /// What it announced before its ATR.
+    proof: Proof,
+    /// What it announced before its ATR, once proven.
     hello: Option<Hello>,
 }
 
@@ -553,7 +545,7 @@ struct SlotWatch {
     allow: Vec<AllowedNet>,
     /// The card's connection, as of the last `arm`.
     card: Option<Arc<Conn>>,
-    candidates: Vec<Candidate>,
+    candidates: Pending<Candidate>,
     roles: Vec<Role>,
     budget: LogBudget,
     /// The card's connection stirred during an exchange: it is not watched again
@@ -619,7 +611,9 @@ impl Watch for SlotWatch {
         for (i, candidate) in self.candidates.iter().enumerate() {
             fds.push((candidate.stream.as_fd(), Interest::Read));
             self.roles.push(Role::Candidate(i));
-            deadline = Some(deadline.map_or(candidate.deadline, |d| d.min(candidate.deadline)));
+        }
+        if let Some(due) = self.candidates.next_deadline() {
+            deadline = Some(deadline.map_or(due, |d| d.min(due)));
         }
         Some(deadline.map(|d| d.saturating_duration_since(now)))
     }
@@ -660,12 +654,7 @@ impl Watch for SlotWatch {
                 }
             }
         }
-        let now = Instant::now();
-        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.candidates)
-            .into_iter()
-            .partition(|c| now >= c.deadline);
-        self.candidates = live;
-        for candidate in expired {
+        for candidate in self.candidates.expire(Instant::now()) {
             let why = format!(
                 "no ATR within {:?} of connecting",
                 self.shared.timeout.min(PROBE_TIMEOUT)
@@ -720,26 +709,26 @@ impl SlotWatch {
             self.log_peer(&format!("refusing vicc {peer}: slot is busy with {active}"));
             return;
         }
-        if self.candidates.len() >= MAX_CANDIDATES {
-            let oldest = self.candidates.remove(0);
-            self.reject(
-                oldest,
-                "too many peers at once; the oldest unproven one goes",
-            );
-        }
         let asked = stream
             .set_nonblocking(true)
             .and_then(|()| stream.set_nodelay(true))
             .and_then(|()| (&stream).write(&Control::GetAtr.frame()));
         match asked {
-            Ok(3) => self.candidates.push(Candidate {
-                stream,
-                peer,
-                deadline: Instant::now() + self.shared.timeout.min(PROBE_TIMEOUT),
-                answer: [0; PROBE_ANSWER_MAX],
-                got: 0,
-                hello: None,
-            }),
+            Ok(3) => {
+                let candidate = Candidate {
+                    stream,
+                    peer,
+                    proof: Proof::default(),
+                    hello: None,
+                };
+                let due = Instant::now() + self.shared.timeout.min(PROBE_TIMEOUT);
+                if let Some(oldest) = self.candidates.admit(candidate, due) {
+                    self.reject(
+                        oldest,
+                        "too many peers at once; the oldest unproven one goes",
+                    );
+                }
+            }
             Ok(_) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR")),
             Err(e) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR: {e}")),
         }
@@ -747,29 +736,10 @@ impl SlotWatch {
 
     /// Reads what candidate `i` sent; `Some` once its answer is decided.
     fn read_candidate(&mut self, i: usize) -> Option<Result<(), String>> {
-        let c = &mut self.candidates[i];
-        let n = match (&c.stream).read(&mut c.answer[c.got..]) {
-            Ok(0) => return Some(Err("closed the connection before sending its ATR".into())),
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return None
-            }
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        c.got += n;
-        match read_probe_answer(&c.answer[..c.got]) {
-            ProbeAnswer::Incomplete => None,
-            ProbeAnswer::Card { hello, .. } => {
-                c.hello = hello;
-                Some(Ok(()))
-            }
-            ProbeAnswer::Refused(e) => Some(Err(format!("answered GET ATR badly: {e}"))),
-        }
+        let c = self.candidates.get_mut(i);
+        let read = (&c.stream).read(c.proof.space());
+        let hello = c.proof.received(read)?;
+        Some(hello.map(|hello| c.hello = hello))
     }
 
     fn promote(&mut self, candidate: Candidate) {
@@ -811,7 +781,7 @@ impl SlotWatch {
     }
 
     fn drop_candidates(&mut self, why: &str) {
-        for candidate in std::mem::take(&mut self.candidates) {
+        for candidate in self.candidates.clear() {
             log::debug!("{}: dropping {}: {why}", self.shared.label, candidate.peer);
         }
     }
@@ -845,18 +815,8 @@ fn check_idle_conn(shared: &Shared, conn: &Conn) -> IdleCheck {
     let Some(_io) = shared.io.try_lock() else {
         return IdleCheck::Busy;
     };
-    match peek(&conn.stream) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Ok(0) => shared.remove(conn.id, "vicc closed the connection"),
-        Ok(_) => {
-            log::error!(
-                "{}: vicc {} sent data nobody asked for",
-                shared.label,
-                conn.peer
-            );
-            shared.remove(conn.id, "protocol violation");
-        }
-        Err(e) => shared.remove(conn.id, &e.to_string()),
+    if let Some(why) = decide::idle_verdict(peek(&conn.stream)) {
+        shared.remove(conn.id, &why);
     }
     IdleCheck::Checked
 }
@@ -1086,8 +1046,7 @@ fn peek(stream: &TcpStream) -> io::Result<usize> {
 struct DeadlineReader<'a> {
     stream: &'a TcpStream,
     full: Duration,
-    deadline: Instant,
-    first: bool,
+    bound: ReadBound,
     rearmed: bool,
 }
 
@@ -1097,10 +1056,7 @@ impl<'a> DeadlineReader<'a> {
         DeadlineReader {
             stream,
             full,
-            deadline: Instant::now() + within,
-            // The socket already times out after `full`: only another bound (a shorter
-            // one, or a PIN entry's longer one) costs a system call up front.
-            first: within == full,
+            bound: ReadBound::new(Instant::now(), full, within),
             rearmed: false,
         }
     }
@@ -1108,11 +1064,7 @@ impl<'a> DeadlineReader<'a> {
     /// One read into `bufs`; at least one byte, or an error (EOF is an error here).
     fn read(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         loop {
-            if !std::mem::replace(&mut self.first, false) {
-                let remaining = self.deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
+            if let Some(remaining) = self.bound.next(Instant::now())? {
                 self.stream.set_read_timeout(Some(remaining))?;
                 self.rearmed = true;
             }
