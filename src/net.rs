@@ -380,6 +380,91 @@ mod tests {
         assert_eq!(reader.join().unwrap(), 4 << 20);
     }
 
+    /// A write that cannot start (the peer's window is already full) is a timeout too.
+    #[test]
+    fn a_write_that_cannot_start_times_out() {
+        let timeout = Duration::from_millis(200);
+        let (ours, _theirs) = pair(timeout);
+        let full = write_all_within(&ours, &vec![7u8; 64 << 20], timeout).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::TimedOut);
+        // Byte by byte until not even one fits.
+        let e = (0..1_000_000)
+            .find_map(|_| write_all_within(&ours, &[1], timeout).err())
+            .expect("the window fills");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    /// A broken connection is reported as such, not as a timeout.
+    #[test]
+    fn a_write_to_a_peer_that_left_fails_as_a_broken_connection() {
+        let timeout = Duration::from_secs(5);
+        let (ours, theirs) = pair(timeout);
+        // An RST: the peer closes with a zero linger time.
+        SockRef::from(&theirs)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(theirs);
+        let deadline = Instant::now() + timeout;
+        let e = loop {
+            match write_all_within(&ours, &[1, 2, 3], timeout) {
+                Err(e) => break e,
+                Ok(()) => assert!(Instant::now() < deadline, "the write never failed"),
+            }
+        };
+        assert_ne!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    #[test]
+    fn an_idle_listener_is_served_without_backing_off() {
+        let listener = listen((Ipv4Addr::LOCALHOST, 0).into(), false).unwrap();
+        let at = listener.local_addr().unwrap();
+        let mut acceptor = Acceptor::new(listener);
+        let mut budget = LogBudget::new(10, Duration::from_secs(60));
+        let mut taken = vec![];
+        acceptor.accept_all("t", &mut budget, |_, peer| taken.push(peer));
+        assert!(taken.is_empty());
+        assert!(
+            acceptor.armed(Instant::now()).is_ok(),
+            "no backoff when idle"
+        );
+        let a = TcpStream::connect(at).unwrap();
+        let b = TcpStream::connect(at).unwrap();
+        // Both are in the accept queue once connect returns (loopback).
+        acceptor.accept_all("t", &mut budget, |_, peer| taken.push(peer));
+        assert_eq!(
+            taken,
+            [a.local_addr().unwrap(), b.local_addr().unwrap()],
+            "every pending peer, in order"
+        );
+        assert!(acceptor.armed(Instant::now()).is_ok());
+        assert_eq!(budget.spend(Instant::now()), Budget::Log { suppressed: 0 });
+    }
+
+    #[test]
+    fn a_failing_listener_backs_off_and_resumes() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let mut acceptor = Acceptor::new(socket.into());
+        let mut budget = LogBudget::new(1, Duration::from_secs(60));
+        let before = Instant::now();
+        acceptor.accept_all("t", &mut budget, |_, _| panic!("nothing to accept"));
+        let until = acceptor.armed(Instant::now()).unwrap_err();
+        assert!(until >= before + ACCEPT_RETRY_FIRST);
+        assert!(until <= Instant::now() + ACCEPT_RETRY_FIRST);
+        assert!(
+            acceptor.armed(until).is_ok(),
+            "polled again once it is over"
+        );
+        assert_eq!(
+            budget.spend(Instant::now()),
+            Budget::Suppress,
+            "logged once"
+        );
+    }
+
     #[test]
     fn a_peer_that_never_reads_cannot_stretch_the_write_past_the_timeout() {
         let timeout = Duration::from_millis(300);
