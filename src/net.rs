@@ -597,8 +597,32 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(wakes.load(Ordering::SeqCst) >= 1, "woken");
+        // One wake-up is one round: the wake byte is drained, the thread does not
+        // spin. (Watching for nothing to happen takes a while.)
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(wakes.load(Ordering::SeqCst), 1, "woken once per wake()");
         closing.store(true, Ordering::SeqCst);
         assert!(watcher.stop());
         assert!(!watcher.stop(), "joined once");
+    }
+
+    #[test]
+    fn the_log_budget_logs_what_it_allows_and_counts_the_rest() {
+        crate::test_log::init();
+        let thread = "budget-test";
+        std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(|| {
+                let mut budget = LogBudget::new(2, Duration::from_secs(60));
+                for i in 0..5 {
+                    budget.log(log::Level::Warn, "slot", &format!("peer {i} misbehaved"));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(crate::test_log::count(thread, "slot: peer "), 2);
+        assert_eq!(crate::test_log::count(thread, "slot: peer 1 misbehaved"), 1);
+        assert_eq!(crate::test_log::count(thread, "suppressed"), 0);
     }
 }

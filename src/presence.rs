@@ -360,6 +360,19 @@ mod tests {
     }
 
     #[test]
+    fn is_present_says_what_is_in_without_consuming_a_removal() {
+        let p = Presence::new();
+        assert!(!p.is_present());
+        p.insert();
+        assert!(p.is_present());
+        p.remove();
+        assert!(!p.is_present());
+        p.insert();
+        assert!(p.is_present(), "the new card");
+        assert!(!p.check(), "the removal is still pcscd's to hear");
+    }
+
+    #[test]
     fn closing_refuses_insertions_and_never_blocks() {
         let p = Presence::new();
         p.close();
