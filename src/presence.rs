@@ -347,6 +347,32 @@ mod tests {
         assert!(waits(&p));
     }
 
+    /// A swap that the stopped wait itself returned for: the next wait has no new
+    /// generation to see, yet must return at once for the removal held back.
+    #[test]
+    fn a_swap_held_back_by_a_stop_is_reported_after_it() {
+        let p = Presence::new();
+        p.insert();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        p.remove();
+        p.insert();
+        p.stop_waiting();
+        p.wait_for_event(LONG);
+        assert!(p.check(), "held");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(
+            t.elapsed() < LONG,
+            "the held removal ends the next wait at once"
+        );
+        assert!(!p.check(), "the removal");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG);
+        assert!(p.check(), "then the new card");
+    }
+
     #[test]
     fn a_stop_with_nothing_held_back_does_not_shorten_the_next_wait() {
         let p = Presence::new();
