@@ -9,6 +9,15 @@
 //!
 //! A removal that pcscd has not seen yet is reported once as "absent" even if a new
 //! card has already taken its place, so a quick swap is never missed.
+//!
+//! pcscd calls the stop callback in two places: when it tears a reader down (it has
+//! marked the polling thread to exit, and a removal reported now would clear that mark
+//! and keep the thread, and pcscd's shutdown, waiting) and after a client's last
+//! SCardDisconnect (to restart the wait with another timeout). It cannot tell us
+//! which, so a stop holds the presence reports at what pcscd last heard until the
+//! polling thread starts its next wait: in a teardown it never does, and otherwise the
+//! change held back is reported right after, at the next wait, which returns at once.
+//! Nothing a client can ask for freezes a slot.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +40,11 @@ struct State {
     closing: bool,
     /// No more insertions or removals are reported (the reader is being removed).
     frozen: bool,
+    /// What the last presence check reported.
+    reported: bool,
+    /// A stop holds the reports at `reported` until the next wait after the one that
+    /// consumed it starts.
+    held: bool,
 }
 
 #[derive(Debug, Default)]
@@ -80,14 +94,19 @@ impl Presence {
     /// pcscd's presence check: what to report now.
     pub fn check(&self) -> bool {
         let mut s = self.state.lock();
-        if s.removal_unreported {
+        if s.held {
+            return s.reported;
+        }
+        s.reported = if s.removal_unreported {
             s.removal_unreported = false;
             // If a new card is already in, report the old one gone now, and make the
             // next wait return at once so pcscd sees the new one.
             s.recheck = s.present;
-            return false;
-        }
-        s.present
+            false
+        } else {
+            s.present
+        };
+        s.reported
     }
 
     /// pcscd's polling callback: blocks until something pcscd has not seen happens,
@@ -95,6 +114,15 @@ impl Presence {
     pub fn wait_for_event(&self, timeout: Duration) {
         let deadline = Instant::now().checked_add(timeout);
         let mut s = self.state.lock();
+        if s.held && s.stops_seen == s.stop_requests {
+            // The polling thread went on after a stop: not a teardown. What the stop
+            // held back is reported now.
+            s.held = false;
+            if s.removal_unreported || s.present != s.reported {
+                s.waited = s.generation;
+                return;
+            }
+        }
         loop {
             if s.closing || s.recheck || s.generation != s.waited || s.stop_requests != s.stops_seen
             {
@@ -114,9 +142,13 @@ impl Presence {
         }
     }
 
-    /// pcscd's stop callback: ends the current wait, or the next one if none runs.
+    /// pcscd's stop callback: ends the current wait, or the next one if none runs, and
+    /// holds the reports until the wait after it starts (see the module's doc).
     pub fn stop_waiting(&self) {
-        self.state.lock().stop_requests += 1;
+        let mut s = self.state.lock();
+        s.stop_requests += 1;
+        s.held = true;
+        drop(s);
         self.changed.notify_all();
     }
 
@@ -263,6 +295,107 @@ mod tests {
         let t = Instant::now();
         p.wait_for_event(LONG);
         assert!(t.elapsed() < LONG);
+    }
+
+    /// pcscd's teardown: the stop comes, the polling thread wakes, checks presence once
+    /// and exits. A removal meanwhile must not be reported (it would keep the thread).
+    #[test]
+    fn a_stop_holds_reports_until_the_polling_thread_waits_again() {
+        let p = Presence::new();
+        p.insert();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        // The stop arrives while no wait runs (pcscd between two waits).
+        p.stop_waiting();
+        p.remove();
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG, "the stop ends the wait");
+        assert!(p.check(), "held: the removal is not reported after a stop");
+        assert!(p.check(), "still held for every check until the next wait");
+        // Not a teardown after all (a client's last SCardDisconnect): the next wait
+        // releases the hold and returns at once for the change held back.
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(
+            t.elapsed() < LONG,
+            "the held removal ends the next wait at once"
+        );
+        assert!(!p.check(), "and is reported");
+        assert!(waits(&p), "then nothing more");
+    }
+
+    #[test]
+    fn a_stop_during_a_wait_holds_until_the_next_one_and_loses_no_insertion() {
+        let p = Arc::new(Presence::new());
+        assert!(!p.check());
+        let waiter = {
+            let p = Arc::clone(&p);
+            std::thread::spawn(move || p.wait_for_event(Duration::from_secs(600)))
+        };
+        p.stop_waiting();
+        waiter.join().unwrap();
+        p.insert();
+        assert!(!p.check(), "held");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG);
+        assert!(
+            p.check(),
+            "the insertion, once the polling thread waits again"
+        );
+        assert!(waits(&p));
+    }
+
+    /// A swap that the stopped wait itself returned for: the next wait has no new
+    /// generation to see, yet must return at once for the removal held back.
+    #[test]
+    fn a_swap_held_back_by_a_stop_is_reported_after_it() {
+        let p = Presence::new();
+        p.insert();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        p.remove();
+        p.insert();
+        p.stop_waiting();
+        p.wait_for_event(LONG);
+        assert!(p.check(), "held");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(
+            t.elapsed() < LONG,
+            "the held removal ends the next wait at once"
+        );
+        assert!(!p.check(), "the removal");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG);
+        assert!(p.check(), "then the new card");
+    }
+
+    #[test]
+    fn a_stop_with_nothing_held_back_does_not_shorten_the_next_wait() {
+        let p = Presence::new();
+        p.insert();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        p.stop_waiting();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        assert!(waits(&p), "nothing changed: the wait after the stop blocks");
+    }
+
+    #[test]
+    fn is_present_says_what_is_in_without_consuming_a_removal() {
+        let p = Presence::new();
+        assert!(!p.is_present());
+        p.insert();
+        assert!(p.is_present());
+        p.remove();
+        assert!(!p.is_present());
+        p.insert();
+        assert!(p.is_present(), "the new card");
+        assert!(!p.check(), "the removal is still pcscd's to hear");
     }
 
     #[test]
