@@ -9,6 +9,8 @@
 //!   it is a card before pcscd hears of it, and watches the card's connection for the
 //!   peer going away. It never reads a card's data, so it cannot race an exchange for
 //!   the bytes of a reply.
+//!   Nor does it ever wait: not for an exchange (a PIN entry holds the I/O lock for
+//!   minutes), not for a name server (reversed mode resolves on a thread of its own).
 //!
 //! A peer is a card only once it has answered GET ATR with a valid ATR, within
 //! [`PROBE_TIMEOUT`], read by the watcher on a non-blocking socket outside every pcscd
