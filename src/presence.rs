@@ -10,6 +10,14 @@
 //! A removal that pcscd has not seen yet is reported once as "absent" even if a new
 //! card has already taken its place, so a quick swap is never missed.
 //!
+//! Only the polling thread (the thread that waits in the polling callback) takes a
+//! removal as reported. pcscd's event handler compares each presence with what *it*
+//! last saw, in a variable of its own: another thread's check that learns of the
+//! removal first (IFDPowerICC checks presence before a client's SCardDisconnect
+//! resets the card) makes pcscd mark the reader empty, and if that check took the
+//! removal, the polling thread would find the next card present, unchanged to it, and
+//! never report it. Other threads are told "absent" while a removal is unreported.
+//!
 //! pcscd calls the stop callback in two places: when it tears a reader down (it has
 //! marked the polling thread to exit, and a removal reported now would clear that mark
 //! and keep the thread, and pcscd's shutdown, waiting) and after a client's last
@@ -19,6 +27,7 @@
 //! change held back is reported right after, at the next wait, which returns at once.
 //! Nothing a client can ask for freezes a slot.
 
+use std::thread::{self, ThreadId};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -33,14 +42,18 @@ struct State {
     /// The next wait returns at once: a presence check reported a removal while the
     /// next card was already in.
     recheck: bool,
+    /// A removal the polling thread has not heard of yet.
     removal_unreported: bool,
+    /// The polling thread: the last one that waited. `None` before the first wait, when
+    /// every check counts as the polling thread's.
+    poller: Option<ThreadId>,
     /// Calls of pcscd's stop callback, and how many a wait has consumed.
     stop_requests: u64,
     stops_seen: u64,
     closing: bool,
     /// No more insertions or removals are reported (the reader is being removed).
     frozen: bool,
-    /// What the last presence check reported.
+    /// What the polling thread's last presence check reported.
     reported: bool,
     /// A stop holds the reports at `reported` until the next wait after the one that
     /// consumed it starts.
@@ -97,6 +110,12 @@ impl Presence {
         if s.held {
             return s.reported;
         }
+        if s.poller
+            .is_some_and(|poller| poller != thread::current().id())
+        {
+            // Not the polling thread: the removal stays the polling thread's to hear.
+            return s.present && !s.removal_unreported;
+        }
         s.reported = if s.removal_unreported {
             s.removal_unreported = false;
             // If a new card is already in, report the old one gone now, and make the
@@ -114,6 +133,7 @@ impl Presence {
     pub fn wait_for_event(&self, timeout: Duration) {
         let deadline = Instant::now().checked_add(timeout);
         let mut s = self.state.lock();
+        s.poller = Some(thread::current().id());
         if s.held && s.stops_seen == s.stop_requests {
             // The polling thread went on after a stop: not a teardown. What the stop
             // held back is reported now.
@@ -371,6 +391,74 @@ mod tests {
         p.wait_for_event(LONG);
         assert!(t.elapsed() < LONG);
         assert!(p.check(), "then the new card");
+    }
+
+    /// A presence check on another thread than the polling thread.
+    fn checked_elsewhere(p: &Arc<Presence>) -> bool {
+        let p = Arc::clone(p);
+        std::thread::spawn(move || p.check()).join().unwrap()
+    }
+
+    /// Another pcscd thread (IFDPowerICC before a client's SCardDisconnect(RESET))
+    /// checks presence after a removal before the polling thread does: pcscd marks the
+    /// reader empty, but its polling thread must still hear the removal, then the next
+    /// card. Before the fix, the other thread's check took the removal and the polling
+    /// thread saw the new card as no change: an empty reader with a card in it.
+    #[test]
+    fn a_removal_another_thread_sees_first_is_still_reported_to_the_polling_thread() {
+        let p = Arc::new(Presence::new());
+        p.insert();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        assert!(waits(&p));
+        p.remove();
+        assert!(
+            !checked_elsewhere(&p),
+            "another thread hears of the removal"
+        );
+        p.insert();
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG);
+        assert!(!p.check(), "the polling thread hears the removal");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG, "then looks again at once");
+        assert!(p.check(), "and hears the new card");
+        assert!(checked_elsewhere(&p), "which the other threads now see too");
+        assert!(waits(&p));
+    }
+
+    #[test]
+    fn other_threads_see_no_card_until_the_polling_thread_heard_the_removal() {
+        let p = Arc::new(Presence::new());
+        p.insert();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        p.remove();
+        p.insert();
+        assert!(
+            !checked_elsewhere(&p),
+            "the old card is gone, the new one not yet announced"
+        );
+        p.wait_for_event(LONG);
+        assert!(!p.check(), "the removal");
+        p.wait_for_event(LONG);
+        assert!(p.check(), "the new card");
+        assert!(checked_elsewhere(&p));
+    }
+
+    #[test]
+    fn a_removal_the_polling_thread_heard_is_absent_to_everyone() {
+        let p = Arc::new(Presence::new());
+        p.insert();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        p.remove();
+        p.wait_for_event(LONG);
+        assert!(!p.check());
+        assert!(!checked_elsewhere(&p));
+        assert!(waits(&p), "another thread's check is no event");
     }
 
     #[test]
