@@ -13,13 +13,17 @@
 //! - `readers`: the table of open slots by Lun.
 //! - `slot`: the slot contract (`CardSlot`: power, transmit, presence, limits, PIN
 //!   entry) and the slot kinds: `slot::vpcd` (one vicc per slot; PIN entry by a vicc
-//!   that said HELLO, docs/PINPAD.md) and `slot::vscard` (QEMU's VSCard).
+//!   that said HELLO, docs/PINPAD.md) and `slot::vscard` (QEMU's VSCard); the
+//!   connection bookkeeping they share (`slot::conn`) and the vpcd slot's decisions
+//!   apart from its I/O (`slot::decide`). docs/SLOTS.md: how a slot lives.
 //! - `presence`: card presence as pcscd sees it, and the polling callback's wait.
-//! - `net`: listening and peer socket setup, bounded writes, and the watcher thread
-//!   skeleton every slot kind runs on.
+//! - `net`: listening (with a backoff when accept fails) and peer socket setup,
+//!   bounded writes, and the watcher thread skeleton every slot kind runs on.
 //! - `tls`: the secure link of a `tls=yes` reader (docs/TLS.md): its key and trust
 //!   list, and a peer's TLS session, handshaking on the watcher's side.
-//! - `sys`: `poll(2)`, the one system call std does not wrap.
+//! - `sys`: `poll(2)` and pinning the library in memory, the system calls std does
+//!   not wrap.
+//! - `test_log` (tests only): a logger that lets unit tests count log lines.
 //!
 //! `unsafe` is denied everywhere but in `ifd` and `sys`.
 #![deny(unsafe_code)]
@@ -32,6 +36,8 @@ mod readers;
 mod slot;
 #[allow(unsafe_code)]
 mod sys;
+#[cfg(test)]
+mod test_log;
 mod tls;
 
 /// The macOS bundle's `Contents/Info.plist`, rendered by build.rs from Info.plist.in.

@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,11 @@ pub fn listen(at: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
         socket.set_only_v6(v6only)?;
     }
     socket.bind(&at.into())?;
-    // A burst of connections beyond the backlog would leave clients half-open,
-    // connected to nothing; each is accepted and refused or taken instead.
+    // The longest accept queue the system allows (SOMAXCONN, capped by
+    // net.core.somaxconn). A connection that finds the queue full is not refused:
+    // Linux drops its handshake's last step, and the client, connected as far as it
+    // knows, waits with nobody at the other end. The watcher empties the queue on
+    // every wake-up, refusing or taking each peer.
     socket.listen(libc::SOMAXCONN)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
@@ -45,22 +49,99 @@ pub fn configure_peer(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// Accepts every pending connection of a non-blocking listener and hands it on.
-pub fn accept_all(
-    listener: &TcpListener,
-    label: &str,
-    mut take: impl FnMut(TcpStream, SocketAddr),
-) {
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => take(stream, peer),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EMFILE and friends: do not spin on a listener we cannot serve.
-                log::error!("{label}: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(50));
-                return;
+/// First wait after a failed accept, and the cap of its backoff.
+const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(50);
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Waits that double after each failure in a row, up to a cap; a success starts over.
+/// Time is passed in, so the decisions are tested without waiting.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    pub const fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff {
+            first,
+            max,
+            next: first,
+            until: None,
+        }
+    }
+
+    /// A failure at `now`: no new attempt before `now` + the returned wait.
+    pub fn fail(&mut self, now: Instant) -> Duration {
+        let wait = self.next;
+        self.until = Some(now + wait);
+        self.next = self.next.saturating_mul(2).min(self.max);
+        wait
+    }
+
+    /// A success: the next failure waits the first wait again.
+    pub fn succeed(&mut self) {
+        self.next = self.first;
+        self.until = None;
+    }
+
+    /// Until when to wait, if a wait is still running at `now`.
+    pub fn waiting(&self, now: Instant) -> Option<Instant> {
+        self.until.filter(|until| now < *until)
+    }
+}
+
+/// A non-blocking listener that stops being polled for a while after accept fails
+/// (EMFILE and friends persist until a descriptor frees up: retrying at once would spin
+/// and fill pcscd's log).
+pub(crate) struct Acceptor {
+    listener: TcpListener,
+    backoff: Backoff,
+}
+
+impl Acceptor {
+    pub fn new(listener: TcpListener) -> Acceptor {
+        Acceptor {
+            listener,
+            backoff: Backoff::new(ACCEPT_RETRY_FIRST, ACCEPT_RETRY_MAX),
+        }
+    }
+
+    /// The listener to poll at `now`, or, while backing off, when to look again.
+    pub fn armed(&self, now: Instant) -> Result<BorrowedFd<'_>, Instant> {
+        match self.backoff.waiting(now) {
+            Some(until) => Err(until),
+            None => Ok(self.listener.as_fd()),
+        }
+    }
+
+    /// Accepts every pending connection and hands it on. A failure is logged within
+    /// `budget` and backs off.
+    pub fn accept_all(
+        &mut self,
+        label: &str,
+        budget: &mut LogBudget,
+        mut take: impl FnMut(TcpStream, SocketAddr),
+    ) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => {
+                    self.backoff.succeed();
+                    take(stream, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let wait = self.backoff.fail(Instant::now());
+                    budget.log(
+                        log::Level::Error,
+                        label,
+                        &format!("accept failed: {e}; not accepting for {wait:?}"),
+                    );
+                    return;
+                }
             }
         }
     }
@@ -118,13 +199,27 @@ pub(crate) trait Watch: Send + 'static {
     fn on_ready(&mut self, ready: &[Ready]);
     /// Runs once the loop has ended.
     fn finish(&mut self) {}
+    /// Receives, before the thread starts, a handle that wakes it from other threads.
+    fn attach(&mut self, waker: Waker) {
+        let _ = waker;
+    }
+}
+
+/// Wakes a watcher thread from another thread (one it started, say).
+#[derive(Clone)]
+pub(crate) struct Waker(Arc<UnixStream>);
+
+impl Waker {
+    pub fn wake(&self) {
+        let _ = (&*self.0).write(&[1]);
+    }
 }
 
 /// A thread running a [`Watch`], woken by [`Watcher::wake`], joined by
 /// [`Watcher::stop`].
 pub(crate) struct Watcher {
     label: String,
-    wake: UnixStream,
+    wake: Waker,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -133,6 +228,8 @@ impl Watcher {
         let (wake, wake_rx) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         wake_rx.set_nonblocking(true)?;
+        let wake = Waker(Arc::new(wake));
+        watch.attach(wake.clone());
         let thread_label = label.clone();
         let thread = std::thread::Builder::new()
             .name(name)
@@ -146,7 +243,7 @@ impl Watcher {
 
     /// Makes the thread look at its state again now.
     pub fn wake(&self) {
-        let _ = (&self.wake).write(&[1]);
+        self.wake.wake();
     }
 
     /// Wakes the thread and joins it; its [`Watch::arm`] must end the loop from now on.
@@ -283,6 +380,91 @@ mod tests {
         assert_eq!(reader.join().unwrap(), 4 << 20);
     }
 
+    /// A write that cannot start (the peer's window is already full) is a timeout too.
+    #[test]
+    fn a_write_that_cannot_start_times_out() {
+        let timeout = Duration::from_millis(200);
+        let (ours, _theirs) = pair(timeout);
+        let full = write_all_within(&ours, &vec![7u8; 64 << 20], timeout).unwrap_err();
+        assert_eq!(full.kind(), io::ErrorKind::TimedOut);
+        // Byte by byte until not even one fits.
+        let e = (0..1_000_000)
+            .find_map(|_| write_all_within(&ours, &[1], timeout).err())
+            .expect("the window fills");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    /// A broken connection is reported as such, not as a timeout.
+    #[test]
+    fn a_write_to_a_peer_that_left_fails_as_a_broken_connection() {
+        let timeout = Duration::from_secs(5);
+        let (ours, theirs) = pair(timeout);
+        // An RST: the peer closes with a zero linger time.
+        SockRef::from(&theirs)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(theirs);
+        let deadline = Instant::now() + timeout;
+        let e = loop {
+            match write_all_within(&ours, &[1, 2, 3], timeout) {
+                Err(e) => break e,
+                Ok(()) => assert!(Instant::now() < deadline, "the write never failed"),
+            }
+        };
+        assert_ne!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    #[test]
+    fn an_idle_listener_is_served_without_backing_off() {
+        let listener = listen((Ipv4Addr::LOCALHOST, 0).into(), false).unwrap();
+        let at = listener.local_addr().unwrap();
+        let mut acceptor = Acceptor::new(listener);
+        let mut budget = LogBudget::new(10, Duration::from_secs(60));
+        let mut taken = vec![];
+        acceptor.accept_all("t", &mut budget, |_, peer| taken.push(peer));
+        assert!(taken.is_empty());
+        assert!(
+            acceptor.armed(Instant::now()).is_ok(),
+            "no backoff when idle"
+        );
+        let a = TcpStream::connect(at).unwrap();
+        let b = TcpStream::connect(at).unwrap();
+        // Both are in the accept queue once connect returns (loopback).
+        acceptor.accept_all("t", &mut budget, |_, peer| taken.push(peer));
+        assert_eq!(
+            taken,
+            [a.local_addr().unwrap(), b.local_addr().unwrap()],
+            "every pending peer, in order"
+        );
+        assert!(acceptor.armed(Instant::now()).is_ok());
+        assert_eq!(budget.spend(Instant::now()), Budget::Log { suppressed: 0 });
+    }
+
+    #[test]
+    fn a_failing_listener_backs_off_and_resumes() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let mut acceptor = Acceptor::new(socket.into());
+        let mut budget = LogBudget::new(1, Duration::from_secs(60));
+        let before = Instant::now();
+        acceptor.accept_all("t", &mut budget, |_, _| panic!("nothing to accept"));
+        let until = acceptor.armed(Instant::now()).unwrap_err();
+        assert!(until >= before + ACCEPT_RETRY_FIRST);
+        assert!(until <= Instant::now() + ACCEPT_RETRY_FIRST);
+        assert!(
+            acceptor.armed(until).is_ok(),
+            "polled again once it is over"
+        );
+        assert_eq!(
+            budget.spend(Instant::now()),
+            Budget::Suppress,
+            "logged once"
+        );
+    }
+
     #[test]
     fn a_peer_that_never_reads_cannot_stretch_the_write_past_the_timeout() {
         let timeout = Duration::from_millis(300);
@@ -300,6 +482,57 @@ mod tests {
             Some(timeout),
             "timeout restored"
         );
+    }
+
+    #[test]
+    fn a_backoff_doubles_up_to_its_cap_and_a_success_starts_over() {
+        let first = Duration::from_millis(50);
+        let max = Duration::from_millis(300);
+        let mut b = Backoff::new(first, max);
+        let t0 = Instant::now();
+        assert_eq!(b.waiting(t0), None, "no wait before a failure");
+        let waits: Vec<_> = (0..5).map(|_| b.fail(t0).as_millis()).collect();
+        assert_eq!(waits, [50, 100, 200, 300, 300]);
+        let until = t0 + max;
+        assert_eq!(b.waiting(t0), Some(until));
+        assert_eq!(b.waiting(until - Duration::from_nanos(1)), Some(until));
+        assert_eq!(b.waiting(until), None, "over at its end");
+        b.succeed();
+        assert_eq!(b.waiting(t0), None);
+        assert_eq!(b.fail(t0), first);
+    }
+
+    proptest::proptest! {
+        /// Whatever the failures and successes, a wait is never longer than the cap
+        /// nor shorter than the first, and it grows while failures go on.
+        #[test]
+        fn a_backoff_stays_within_its_bounds(
+            steps in proptest::collection::vec(proptest::bool::ANY, 1..64),
+            first_ms in 1u64..1000,
+            factor in 1u64..100,
+        ) {
+            let first = Duration::from_millis(first_ms);
+            let max = first * factor as u32;
+            let mut b = Backoff::new(first, max);
+            let now = Instant::now();
+            let mut last: Option<Duration> = None;
+            for fail in steps {
+                if fail {
+                    let wait = b.fail(now);
+                    proptest::prop_assert!(wait >= first && wait <= max);
+                    if let Some(last) = last {
+                        proptest::prop_assert!(wait >= last);
+                        proptest::prop_assert!(wait == max || wait == last * 2);
+                    }
+                    proptest::prop_assert_eq!(b.waiting(now), Some(now + wait));
+                    last = Some(wait);
+                } else {
+                    b.succeed();
+                    proptest::prop_assert_eq!(b.waiting(now), None);
+                    last = None;
+                }
+            }
+        }
     }
 
     #[test]
@@ -364,8 +597,32 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(wakes.load(Ordering::SeqCst) >= 1, "woken");
+        // One wake-up is one round: the wake byte is drained, the thread does not
+        // spin. (Watching for nothing to happen takes a while.)
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(wakes.load(Ordering::SeqCst), 1, "woken once per wake()");
         closing.store(true, Ordering::SeqCst);
         assert!(watcher.stop());
         assert!(!watcher.stop(), "joined once");
+    }
+
+    #[test]
+    fn the_log_budget_logs_what_it_allows_and_counts_the_rest() {
+        crate::test_log::init();
+        let thread = "budget-test";
+        std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(|| {
+                let mut budget = LogBudget::new(2, Duration::from_secs(60));
+                for i in 0..5 {
+                    budget.log(log::Level::Warn, "slot", &format!("peer {i} misbehaved"));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(crate::test_log::count(thread, "slot: peer "), 2);
+        assert_eq!(crate::test_log::count(thread, "slot: peer 1 misbehaved"), 1);
+        assert_eq!(crate::test_log::count(thread, "suppressed"), 0);
     }
 }

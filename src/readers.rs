@@ -37,7 +37,43 @@ impl OpenSlot {
     }
 }
 
-static SLOTS: Mutex<Option<HashMap<u32, Arc<OpenSlot>>>> = Mutex::new(None);
+/// The open slots by Lun, and what pcscd did with each reader's slots.
+#[derive(Default)]
+struct Table {
+    slots: HashMap<u32, Arc<OpenSlot>>,
+    /// By reader (`lun >> 16`), since pcscd last opened its slot 0.
+    tallies: HashMap<u32, Tally>,
+}
+
+static SLOTS: Mutex<Option<Table>> = Mutex::new(None);
+
+/// How far pcscd got opening a reader's slots (it opens them in order).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    /// One past the highest slot index opened.
+    reached: u16,
+    /// The driver refused to open one of them (and said why).
+    refused: bool,
+}
+
+impl Tally {
+    /// Slot `index` opened (or, `ok` false, the driver refused it).
+    fn opened(&mut self, index: u16, ok: bool) {
+        if ok {
+            self.reached = self.reached.max(index.saturating_add(1));
+        } else {
+            self.refused = true;
+        }
+    }
+
+    /// When slot 0 closes: `Some(n)` if pcscd is dropping the reader after opening only
+    /// `n` of its `slots` slots by its own choice, which is its reader limit (it does not
+    /// log it). At shutdown every slot had been opened, whatever order pcscd closes them
+    /// in (lun 1 before lun 0 on some versions); a slot the driver refused was logged.
+    fn short_of(&self, slots: u16) -> Option<u16> {
+        (!self.refused && self.reached < slots).then_some(self.reached)
+    }
+}
 
 /// Reader contexts (slots) pcsc-lite before 2.5 serves in all.
 const OLD_PCSCD_MAX_SLOTS: usize = 16;
@@ -46,19 +82,24 @@ const OLD_PCSCD_MAX_SLOTS: usize = 16;
 pub(crate) fn open(lun: u32, config: ReaderConfig) -> std::io::Result<()> {
     // A Lun pcscd opens again replaces the old slot, whose port must be free first.
     close(lun);
-    let slot = slot::open(&config, lun)?;
+    let (reader, index) = (lun >> 16, (lun & 0xFFFF) as u16);
+    let opened = slot::open(&config, lun);
+    let mut guard = SLOTS.lock();
+    let table = guard.get_or_insert_with(Table::default);
+    if index == 0 {
+        table.tallies.remove(&reader);
+    }
+    let tally = table.tallies.entry(reader).or_default();
+    tally.opened(index, opened.is_ok());
     let open = Arc::new(OpenSlot {
         lun,
-        slot,
+        slot: opened?,
         config,
         protocol: AtomicU32::new(0),
     });
-    let total = {
-        let mut table = SLOTS.lock();
-        let map = table.get_or_insert_with(HashMap::new);
-        map.insert(lun, open);
-        map.len()
-    };
+    table.slots.insert(lun, open);
+    let total = table.slots.len();
+    drop(guard);
     if total == OLD_PCSCD_MAX_SLOTS {
         log::info!(
             "lun {lun:#x}: pcscd now has {total} vpcd slots open: pcsc-lite before 2.5 \
@@ -71,7 +112,7 @@ pub(crate) fn open(lun: u32, config: ReaderConfig) -> std::io::Result<()> {
 
 /// The open slot `lun`, if any.
 pub(crate) fn get(lun: u32) -> Option<Arc<OpenSlot>> {
-    SLOTS.lock().as_ref()?.get(&lun).cloned()
+    SLOTS.lock().as_ref()?.slots.get(&lun).cloned()
 }
 
 /// Closes slot `lun`: its thread is joined before this returns. Returns whether it
@@ -83,26 +124,29 @@ pub(crate) fn get(lun: u32) -> Option<Arc<OpenSlot>> {
 /// on its sibling slots: the whole reader is going away. Their presence is frozen
 /// first, so pcscd sees no card removal in the middle of its teardown.
 pub(crate) fn close(lun: u32) -> bool {
-    let (removed, siblings) = {
+    let (removed, siblings, tally) = {
         let mut table = SLOTS.lock();
-        let Some(map) = table.as_mut() else {
+        let Some(table) = table.as_mut() else {
             return false;
         };
-        let removed = map.remove(&lun);
-        let siblings: Vec<_> = map
+        let removed = table.slots.remove(&lun);
+        let siblings: Vec<_> = table
+            .slots
             .iter()
             .filter(|(other, _)| *other >> 16 == lun >> 16)
             .map(|(_, open)| Arc::clone(open))
             .collect();
-        (removed, siblings)
+        let tally = if removed.is_some() && lun & 0xFFFF == 0 {
+            table.tallies.remove(&(lun >> 16))
+        } else {
+            None
+        };
+        (removed, siblings, tally)
     };
     let Some(open) = removed else {
         return false;
     };
-    let opened = siblings.len() + 1;
-    if lun & 0xFFFF == 0 && opened < usize::from(open.config.slots) {
-        // pcscd opens a reader's slots in order and drops the whole reader when it
-        // cannot add one: that is its reader limit, which it does not log.
+    if let Some(opened) = tally.and_then(|t| t.short_of(open.config.slots)) {
         log::error!(
             "lun {lun:#x}: pcscd closes this reader after opening {opened} of its {} slots: \
              it has no room for more (pcsc-lite before 2.5 serves at most 16 slots in all, \
@@ -117,4 +161,44 @@ pub(crate) fn close(lun: u32) -> bool {
         sibling.slot.drop_peer("its reader is closing");
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally(opens: &[(u16, bool)]) -> Tally {
+        let mut t = Tally::default();
+        for &(index, ok) in opens {
+            t.opened(index, ok);
+        }
+        t
+    }
+
+    #[test]
+    fn a_reader_pcscd_stopped_opening_is_short_of_slots() {
+        // pcsc-lite before 2.5: room for 6 more contexts, a reader of 10 slots.
+        let t = tally(&(0..6).map(|i| (i, true)).collect::<Vec<_>>());
+        assert_eq!(t.short_of(10), Some(6));
+    }
+
+    /// At shutdown pcscd may close lun 1 before lun 0: by then every slot had been
+    /// opened, so lun 0's close is no reader limit (the line used to count the slots
+    /// still open).
+    #[test]
+    fn a_reader_that_had_all_its_slots_is_not_short_whatever_the_closing_order() {
+        assert_eq!(tally(&[(0, true), (1, true)]).short_of(2), None);
+        assert_eq!(tally(&[(0, true)]).short_of(1), None);
+        assert_eq!(
+            tally(&[(0, true), (1, true), (1, true)]).short_of(2),
+            None,
+            "a slot opened again"
+        );
+    }
+
+    #[test]
+    fn a_slot_the_driver_refused_is_no_reader_limit() {
+        // Its port was taken, say: the driver said so, and pcscd drops the reader.
+        assert_eq!(tally(&[(0, true), (1, false)]).short_of(3), None);
+    }
 }

@@ -1,5 +1,6 @@
-//! The operating-system boundary: the one libc call std and socket2 do not wrap
-//! (`poll`). Together with `ifd/` this is the only place with `unsafe`.
+//! The operating-system boundary: the libc calls std and socket2 do not wrap (`poll`,
+//! and pinning the library in memory). Together with `ifd/` this is the only place
+//! with `unsafe`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -83,6 +84,37 @@ pub fn poll(
             hangup: p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL | rdhup()) != 0,
         })
         .collect())
+}
+
+/// Keeps this library mapped until the process ends, even once pcscd unloads it.
+///
+/// A thread that cannot be joined (one inside getaddrinfo, which has no way to be
+/// interrupted) must not return into unmapped code after pcscd's dlclose. Marking the
+/// library RTLD_NODELETE costs nothing but its pages staying mapped. Returns whether
+/// the library is pinned now (or was already).
+pub fn pin_library() -> bool {
+    static PINNED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PINNED.get_or_init(|| {
+        // SAFETY: an all-zero Dl_info (null pointers) is a valid value to pass for
+        // dladdr to fill in.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: the address is one of this library's functions; `info` is valid for
+        // writes.
+        let found = unsafe { libc::dladdr(pin_library as *const libc::c_void, &mut info) };
+        if found == 0 || info.dli_fname.is_null() {
+            return false;
+        }
+        // SAFETY: dli_fname is the NUL-terminated path the dynamic linker holds for
+        // this loaded object. RTLD_NOLOAD only looks it up (it is loaded: we run in it)
+        // and adds a reference that is never dropped, with RTLD_NODELETE on top.
+        let handle = unsafe {
+            libc::dlopen(
+                info.dli_fname,
+                libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+            )
+        };
+        !handle.is_null()
+    })
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -98,3 +98,40 @@ fn attributes_and_controls_with_and_without_a_card() {
     // Both slots of the reader share its serial number and have their own channel.
     assert!(!pcscd.log_text().contains("no room for more"));
 }
+
+/// Any local client may read any attribute id: pcscd passes SCardGetAttrib to the
+/// driver unfiltered, and a SCARD_SHARE_DIRECT connection needs no card. Reading
+/// TAG_IFD_POLLING_THREAD_KILLABLE (0x0FB1), which pcscd itself reads when it tears a
+/// reader down, once froze the slot: a vicc connecting afterwards was never seen. The
+/// disconnect that follows is the client's last, so pcscd calls the stop callback too.
+#[test]
+fn reading_the_polling_thread_capabilities_changes_nothing() {
+    let port = free_ports(2);
+    let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("/dev/null:{port}"))]);
+    let reader = reader_name(NAME, 0, 0);
+    pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
+    // pyscard's raw API: the `pcsc` crate only reads the attributes it names.
+    let script = format!(
+        r#"
+from smartcard.scard import *
+rv, ctx = SCardEstablishContext(SCARD_SCOPE_USER)
+assert rv == 0, rv
+rv, card, _ = SCardConnect(ctx, "{reader}", SCARD_SHARE_DIRECT, 0)
+assert rv == 0, SCardGetErrorMessage(rv)
+for tag in (0x0FB1, 0x0FB2, 0x0FB3, 0x0FAD):
+    rv, value = SCardGetAttrib(card, tag)
+    print("ATTR %04X %s %d" % (tag, "ok" if rv == 0 else SCardGetErrorMessage(rv), len(value)))
+assert SCardDisconnect(card, SCARD_LEAVE_CARD) == 0
+assert SCardReleaseContext(ctx) == 0
+"#
+    );
+    let (ok, out) = run(std::process::Command::new("/usr/bin/python3").args(["-c", &script]));
+    assert!(ok, "{out}");
+    assert!(out.contains("ATTR 0FB1 ok 1"), "KILLABLE answered: {out}");
+
+    let ctx = pcscd.context();
+    let _vicc = Vicc::connect(port, Behaviour::Echo);
+    wait_card(&ctx, &reader, true, std::time::Duration::from_secs(5));
+    let card = connect(&ctx, &reader);
+    assert_eq!(attr(&card, Attribute::AtrString), TEST_ATR);
+}

@@ -137,6 +137,17 @@ fn repo_paths(text: &str) -> Vec<String> {
             w.trim_start_matches(['"', '\'', '('])
                 .trim_end_matches(['"', '\'', ')', ',', ';', ':', '.'])
         })
+        // `path:LINE` and `path:LINE:COLUMN` (a mutant's place) name the file.
+        .map(|w| {
+            let mut w = w;
+            while let Some((head, tail)) = w.rsplit_once(':') {
+                if tail.is_empty() || !tail.bytes().all(|b| b.is_ascii_digit()) {
+                    break;
+                }
+                w = head;
+            }
+            w
+        })
         .filter(|w| ROOTS.iter().any(|r| w.starts_with(r)) || ROOT_FILES.contains(w))
         .filter(|w| {
             !GENERATED.iter().any(|g| {

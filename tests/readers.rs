@@ -241,3 +241,65 @@ fn listen_ipv6_only() {
 fn the_default_listens_on_ipv4_only() {
     listen_case("slots=1", &["127.0.0.1"], &["[::1]"]);
 }
+
+/// At shutdown pcscd closes a slot only once no client thread holds it: with an
+/// exchange in flight on slot 0, slot 1 closes first (which ends that exchange), then
+/// the client's thread closes slot 0, unless pcscd exits first (it mostly does, on
+/// 1.9.9 and 2.5.1: then this shows the order and the line only when the client's
+/// thread wins). Every slot had been opened, so the driver must not blame pcscd's
+/// reader limit (it used to count the slots still open when lun 0 closed). The
+/// decision itself: `readers::tests`.
+#[test]
+fn shutting_down_a_reader_whose_slot_0_closes_last_blames_no_reader_limit() {
+    let port = free_ports(2);
+    let mut pcscd = Pcscd::builder()
+        .entry(&Entry::device("Two", &format!("/dev/null:{port}/slots=2")))
+        .driver_log("debug")
+        .start();
+    let readers = [reader_name("Two", 0, 0), reader_name("Two", 0, 1)];
+    pcscd.wait_readers(&readers);
+    let stalled = Vicc::connect(port, Behaviour::StallOnApdu);
+    let ctx = pcscd.context();
+    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let reader = readers[0].clone();
+    let client = std::thread::spawn(move || {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+        let card = connect(&ctx, &reader);
+        let failed = transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x00]).is_err();
+        // Hold the handles until pcscd is gone (pcscd 1.9.9 can crash when a client
+        // disconnects while it removes that reader: tests/driver.rs).
+        let _ = done_rx.recv();
+        std::mem::forget(card);
+        std::mem::forget(ctx);
+        failed
+    });
+    stalled.wait_apdus(1, 5 * SECOND);
+    // pcscd 2.x may crash in its own cleanup here (tests/driver.rs): only the log counts.
+    let _ = pcscd.stop_with_status();
+    done_tx.send(()).unwrap();
+    assert!(client.join().unwrap(), "the stalled transmit must fail");
+    let log = pcscd.log_text();
+    let closed = format!("lun 0x1 listen 0.0.0.0:{}: slot closed", port + 1);
+    assert!(log.contains(&closed), "slot 1 closed:\n{log}");
+    assert!(!log.contains("no room for more"), "{log}");
+}
+
+/// The plain shutdown: pcscd closes slot 0, then slot 1.
+#[test]
+fn shutting_down_a_reader_of_two_slots_blames_no_reader_limit() {
+    let port = free_ports(2);
+    let mut pcscd = Pcscd::builder()
+        .entry(&Entry::device("Two", &format!("/dev/null:{port}/slots=2")))
+        .driver_log("debug")
+        .start();
+    pcscd.wait_readers(&[reader_name("Two", 0, 0), reader_name("Two", 0, 1)]);
+    pcscd.stop();
+    let log = pcscd.log_text();
+    assert_eq!(
+        log.matches("slot closed").count(),
+        2,
+        "both slots closed:\n{log}"
+    );
+    assert!(!log.contains("no room for more"), "{log}");
+}

@@ -141,13 +141,10 @@ fn capability(open: &OpenSlot, tag: Dword) -> Option<Vec<u8>> {
         // Readers share no state but a short lookup lock, and every slot has its own
         // connection and lock: pcscd may call us for different readers and slots at once.
         TAG_IFD_THREAD_SAFE | TAG_IFD_SLOT_THREAD_SAFE => vec![1],
-        TAG_IFD_POLLING_THREAD_KILLABLE => {
-            // pcscd asks this only when it tears the slot down, right after marking
-            // its polling thread to exit; a removal reported now would clear that mark
-            // and keep the thread (and pcscd's shutdown) waiting. Report no more.
-            open.slot.presence().freeze();
-            vec![0]
-        }
+        // Reading a capability never changes anything: pcscd passes any client's
+        // SCardGetAttrib here unfiltered (a SCARD_SHARE_DIRECT connection needs no
+        // card). What pcscd's teardown needs is done by the stop callback.
+        TAG_IFD_POLLING_THREAD_KILLABLE => vec![0],
         TAG_IFD_POLLING_THREAD_WITH_TIMEOUT => {
             (poll_for_event as PollFn as usize).to_ne_bytes().to_vec()
         }
@@ -558,7 +555,9 @@ extern "C" fn poll_for_event(lun: Dword, timeout_ms: c_int) -> ResponseCode {
     })
 }
 
-/// pcscd's stop callback (TAG_IFD_STOP_POLLING_THREAD): ends the current wait only.
+/// pcscd's stop callback (TAG_IFD_STOP_POLLING_THREAD), called in a reader's teardown
+/// and after the last SCardDisconnect: ends the current wait and holds the presence
+/// reports until the next wait ([`Presence::stop_waiting`](crate::presence::Presence)).
 extern "C" fn stop_polling(lun: Dword) -> ResponseCode {
     ifd_export!("stop_polling", lun, debug, |lun| {
         with_slot(lun, IFD_NO_SUCH_DEVICE, |open| {

@@ -5,12 +5,19 @@
 //! - [`vscard`]: a slot whose card a VSCard client (libcacard's `vscclient`) offers;
 //!   the slots of one reader share that client's connection.
 //!
+//! - [`conn`]: the connection bookkeeping both share (ids, the one current
+//!   connection, removal by id, APDU tracing).
+//! - `decide`: the vpcd slot's decisions apart from its I/O (a new peer's proof, the
+//!   unproven peers' bounds, idle-connection checks, reply read bounds), unit-tested.
+//!
 //! PIN entry ([`CardSlot::enter_pin`]) is a vpcd slot's, for a vicc that said HELLO;
 //! the VSCard slot keeps the default (unsupported).
 //!
 //! The FFI layer knows slots only through [`CardSlot`], [`SlotError`] and [`Limits`]:
 //! no protocol's error or size reaches it.
 
+pub(crate) mod conn;
+mod decide;
 pub(crate) mod vpcd;
 pub(crate) mod vscard;
 
@@ -127,20 +134,39 @@ pub(crate) trait CardSlot: Send + Sync {
     fn close(&self);
 }
 
-/// Opens slot `lun & 0xFFFF` of the reader `config` describes.
+/// Opens slot `lun & 0xFFFF` of the reader `config` describes. The one place a slot's
+/// range is checked: the slot kinds get an index and a port that exist.
 pub(crate) fn open(config: &ReaderConfig, lun: u32) -> io::Result<Box<dyn CardSlot>> {
     let index = (lun & 0xFFFF) as u16;
-    if index >= config.slots {
-        return Err(io::Error::new(
+    let port = config.port_of(index).ok_or_else(|| {
+        io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
                 "slot {index} does not exist: the reader has {} slot(s)",
                 config.slots
             ),
-        ));
-    }
+        )
+    })?;
     Ok(match config.protocol {
-        Protocol::Vpcd => Box::new(vpcd::VpcdSlot::open(config, lun, index)?),
+        Protocol::Vpcd => Box::new(vpcd::VpcdSlot::open(config, lun, index, port)?),
         Protocol::VsCard => Box::new(vscard::VscardSlot::open(config, lun, index)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_beyond_the_reader_is_refused_for_every_slot_kind() {
+        for kind in ["", "/protocol=vscard"] {
+            let config = ReaderConfig::parse(&format!("/dev/null:35990/slots=2{kind}")).unwrap();
+            let e = open(&config, 0xBEE8 << 16 | 2).err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(
+                e.to_string(),
+                "slot 2 does not exist: the reader has 2 slot(s)"
+            );
+        }
+    }
 }

@@ -9,6 +9,8 @@
 //!   it is a card before pcscd hears of it, and watches the card's connection for the
 //!   peer going away. It never reads a card's data, so it cannot race an exchange for
 //!   the bytes of a reply.
+//!   Nor does it ever wait: not for an exchange (a PIN entry holds the I/O lock for
+//!   minutes), not for a name server (reversed mode resolves on a thread of its own).
 //!
 //! A peer is a card only once it has answered GET ATR with a valid ATR, within
 //! [`PROBE_TIMEOUT`], read by the watcher on a non-blocking socket outside every pcscd
@@ -20,27 +22,24 @@
 //! reported at once and no traffic is sent to the vicc while nothing changes.
 
 use std::io::{self, IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use socket2::{Domain, SockRef, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 use vpcd_protocol::config::{is_allowed, AllowedNet, Endpoint, ReaderConfig};
 use vpcd_protocol::hex;
 use vpcd_protocol::part10::{Operation, PinCommand};
-use vpcd_protocol::pinpad::{
-    self, read_probe_answer, Hello, PinAnswer, PinOperation, PinParams, ProbeAnswer,
-    ANSWER_MAX_LEN, PROBE_ANSWER_MAX,
-};
+use vpcd_protocol::pinpad::{self, Hello, PinAnswer, PinOperation, PinParams, ANSWER_MAX_LEN};
 use vpcd_protocol::vpcd::{
     self as protocol, Control, ProtocolError, ReplyError, HEADER_LEN, MAX_ATR_LEN,
 };
 
+use super::conn::{self, trace_apdu, Current, Way};
+use super::decide::{self, Pending, Proof, ReadBound};
 use super::{CardSlot, Limits, PowerAction, SlotError};
 use crate::net::{self, LogBudget, Watch, Watcher};
 use crate::presence::Presence;
@@ -65,33 +64,13 @@ const MAX_CANDIDATES: usize = 8;
 /// activation takes well under a second) and answers in one network round trip.
 const ATR_TIMEOUT: Duration = Duration::from_secs(5);
 
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
-
-/// One connected vicc.
-struct Conn {
-    id: u64,
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// What it announced before its ATR (the PIN pad extension), if anything.
-    hello: Option<Hello>,
-    /// TLS hook: the session of a `tls=yes` reader's peer (src/tls.rs).
-    tls: Option<Session>,
-}
-
-impl Conn {
-    /// [`peek`] through the TLS session, if any.
-    fn peek(&self) -> io::Result<usize> {
-        let raw = peek(&self.stream);
-        match &self.tls {
-            Some(session) => session.peek(&self.stream, raw),
-            None => raw,
-        }
-    }
-}
+/// One connected vicc, with what it announced before its ATR (the PIN pad extension),
+/// if anything, and its TLS session on a `tls=yes` reader.
+type Conn = conn::Conn<Option<Hello>>;
 
 #[derive(Default)]
 struct State {
-    conn: Option<Arc<Conn>>,
+    conn: Current<Option<Hello>>,
     closing: bool,
     /// The ATR of the powered card.
     atr: Option<Vec<u8>>,
@@ -106,11 +85,15 @@ struct Shared {
     presence: Presence,
     /// Held for the whole of one command/reply exchange.
     io: Mutex<Vec<u8>>,
+    /// Runs in `power` between the card's answer and storing its ATR: the tests make
+    /// the watcher's work happen there.
+    #[cfg(test)]
+    after_atr: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 /// Where the watcher gets its vicc from.
 enum Source {
-    Listener(TcpListener),
+    Listener(net::Acceptor),
     Connector(Connector),
 }
 
@@ -120,18 +103,15 @@ pub(crate) struct VpcdSlot {
 }
 
 impl VpcdSlot {
-    /// Opens slot `index` of a reader: binds its port (or prepares to connect out)
-    /// and starts its watcher thread.
-    pub(crate) fn open(cfg: &ReaderConfig, lun: u32, index: u16) -> io::Result<VpcdSlot> {
-        let port = cfg.port_of(index).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "slot {index} does not exist: the reader has {} slot(s)",
-                    cfg.slots
-                ),
-            )
-        })?;
+    /// Opens slot `index` of a reader on `port` (that slot's port, which
+    /// [`super::open`] checked): loads its TLS files if it has `tls=yes`, binds it (or
+    /// prepares to connect out) and starts its watcher thread.
+    pub(crate) fn open(
+        cfg: &ReaderConfig,
+        lun: u32,
+        index: u16,
+        port: u16,
+    ) -> io::Result<VpcdSlot> {
         let (label, source) = match &cfg.endpoint {
             Endpoint::Listen { addr, v6only } => {
                 let at = SocketAddr::new(*addr, port);
@@ -139,17 +119,28 @@ impl VpcdSlot {
                     .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {at}: {e}")))?;
                 (
                     format!("lun {lun:#x} listen {at}"),
-                    Source::Listener(listener),
+                    Source::Listener(net::Acceptor::new(listener)),
                 )
             }
             Endpoint::Connect { host } => (
                 format!("lun {lun:#x} connect {host}:{port}"),
-                Source::Connector(Connector::new(host.clone(), port)),
+                Source::Connector(Connector::new(host.clone(), port, system_resolver())),
             ),
         };
         // TLS hook: the key and trust list, or the reason the slot stays closed.
         let tls = Setup::load(cfg, &label, index)
             .map_err(|e| io::Error::new(e.kind(), format!("{label}: {e}")))?;
+        VpcdSlot::start(cfg, lun, label, source, tls)
+    }
+
+    /// Starts the slot's watcher on `source`.
+    fn start(
+        cfg: &ReaderConfig,
+        lun: u32,
+        label: String,
+        source: Source,
+        tls: Option<Setup>,
+    ) -> io::Result<VpcdSlot> {
         let shared = Arc::new(Shared {
             label,
             timeout: cfg.timeout,
@@ -157,6 +148,8 @@ impl VpcdSlot {
             state: Mutex::new(State::default()),
             presence: Presence::new(),
             io: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            after_atr: Mutex::new(None),
         });
         let watcher = Watcher::spawn(
             format!("vpcd-{lun:x}"),
@@ -167,9 +160,10 @@ impl VpcdSlot {
                 allow: cfg.allow.clone(),
                 tls,
                 card: None,
-                candidates: Vec::new(),
+                candidates: Pending::new(MAX_CANDIDATES),
                 roles: Vec::new(),
                 budget: LogBudget::new(net::PEER_LOG_LINES, net::PEER_LOG_WINDOW),
+                card_recheck: None,
             },
         )?;
         log::info!("{}: slot open", shared.label);
@@ -206,7 +200,7 @@ impl CardSlot for VpcdSlot {
             (None, _) => return Err(SlotError::NoCard),
         };
         let mut io = self.shared.io.lock();
-        self.shared.state.lock().atr = None;
+        self.shared.set_atr(conn.id, None);
         let result = match action {
             PowerAction::Down => self
                 .shared
@@ -231,16 +225,26 @@ impl CardSlot for VpcdSlot {
                 })
             }
         };
-        drop(io);
+        #[cfg(test)]
+        if let Some(hook) = &*self.shared.after_atr.lock() {
+            hook();
+        }
         match result {
+            Ok(atr) if atr.is_empty() => Ok(atr),
             Ok(atr) => {
-                if !atr.is_empty() {
-                    log::debug!("{}: ATR {}", self.label(), hex(&atr));
-                    self.shared.state.lock().atr = Some(atr.clone());
+                // Under the exchange's lock and only for the card that gave it: the
+                // watcher may have removed that card since (it does not wait for us).
+                if !self.shared.set_atr(conn.id, Some(atr.clone())) {
+                    return Err(SlotError::NoCard);
                 }
+                drop(io);
+                log::debug!("{}: ATR {}", self.label(), hex(&atr));
                 Ok(atr)
             }
-            Err(e) => Err(self.shared.fail(&conn, e)),
+            Err(e) => {
+                drop(io);
+                Err(self.shared.fail(&conn, e))
+            }
         }
     }
 
@@ -253,9 +257,7 @@ impl CardSlot for VpcdSlot {
             log::error!("{}: refusing the command: {e}", self.label());
             return Err(e.into());
         }
-        if self.shared.trace_apdus {
-            log::info!("{}: APDU > {}", self.label(), hex(apdu));
-        }
+        trace_apdu(self.shared.trace_apdus, self.label(), Way::Command, apdu);
         let mut io = self.shared.io.lock();
         io.clear();
         let result = protocol::encode(apdu, &mut io)
@@ -269,9 +271,12 @@ impl CardSlot for VpcdSlot {
         drop(io);
         match result {
             Ok(n) => {
-                if self.shared.trace_apdus {
-                    log::info!("{}: APDU < {}", self.label(), hex(&reply[..n]));
-                }
+                trace_apdu(
+                    self.shared.trace_apdus,
+                    self.label(),
+                    Way::Reply,
+                    &reply[..n],
+                );
                 Ok(n)
             }
             Err(e) => Err(self.shared.fail(&conn, e)),
@@ -281,13 +286,13 @@ impl CardSlot for VpcdSlot {
     fn pin_entry(&self) -> bool {
         self.shared
             .current()
-            .is_some_and(|c| c.hello.is_some_and(|h| h.pin_entry()))
+            .is_some_and(|c| c.extra.is_some_and(|h| h.pin_entry()))
     }
 
     /// Asks the vicc for the PIN(s), then sends the APDU built from them to it.
     fn enter_pin(&self, command: &PinCommand, reply: &mut [u8]) -> Result<usize, SlotError> {
         let conn = self.shared.current().ok_or(SlotError::NoCard)?;
-        let Some(hello) = conn.hello.filter(Hello::pin_entry) else {
+        let Some(hello) = conn.extra.filter(Hello::pin_entry) else {
             return Err(SlotError::Unsupported);
         };
         if reply.len() < 2 {
@@ -322,9 +327,7 @@ impl CardSlot for VpcdSlot {
         {
             let mut s = self.shared.state.lock();
             s.closing = true;
-            if let Some(conn) = s.conn.take() {
-                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-            }
+            s.conn.close();
         }
         self.shared.presence.close();
         if self.watcher.stop() {
@@ -341,7 +344,17 @@ impl Drop for VpcdSlot {
 
 impl Shared {
     fn current(&self) -> Option<Arc<Conn>> {
-        self.state.lock().conn.clone()
+        self.state.lock().conn.get()
+    }
+
+    /// Sets the ATR of card `id` if it still is the slot's card; returns whether it is.
+    fn set_atr(&self, id: u64, atr: Option<Vec<u8>>) -> bool {
+        let mut s = self.state.lock();
+        let current = s.conn.is(id);
+        if current {
+            s.atr = atr;
+        }
+        current
     }
 
     fn atr_timeout(&self) -> Duration {
@@ -478,15 +491,11 @@ impl Shared {
 
     /// Logs a failed exchange; drops the vicc unless the stream is still in step.
     fn fail(&self, conn: &Conn, e: SlotError) -> SlotError {
-        match &e {
-            SlotError::Protocol(_) | SlotError::ReplyTooLarge { .. } => {
-                log::error!("{}: {e}", self.label)
-            }
-            SlotError::NoCard | SlotError::Unsupported => {}
-            SlotError::Timeout | SlotError::Io(_) => {
-                log::error!("{}: {e}; dropping vicc {}", self.label, conn.peer);
-                self.remove(conn.id, "exchange failed");
-            }
+        if decide::drops_peer(&e) {
+            log::error!("{}: {e}; dropping vicc {}", self.label, conn.peer);
+            self.remove(conn.id, "exchange failed");
+        } else if !matches!(e, SlotError::NoCard | SlotError::Unsupported) {
+            log::error!("{}: {e}", self.label);
         }
         e
     }
@@ -500,8 +509,7 @@ impl Shared {
         hello: Option<Hello>,
         tls: Option<Session>,
     ) -> Result<(), String> {
-        net::configure_peer(&stream, self.timeout)
-            .map_err(|e| format!("cannot set up connection from {peer}: {e}"))?;
+        let conn = Conn::new(stream, peer, self.timeout, hello)?.with_tls(tls);
         if let Some(active) = self.live_card() {
             return Err(format!("slot is busy with {active}"));
         }
@@ -509,13 +517,9 @@ impl Shared {
         if s.closing {
             return Err("slot is closing".into());
         }
-        s.conn = Some(Arc::new(Conn {
-            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-            stream,
-            peer,
-            hello,
-            tls,
-        }));
+        s.conn
+            .install(conn)
+            .map_err(|active| format!("slot is busy with {active}"))?;
         s.atr = None;
         self.presence.insert();
         Ok(())
@@ -524,13 +528,9 @@ impl Shared {
     /// Drops the vicc `id` if it is still the slot's card.
     fn remove(&self, id: u64, why: &str) {
         let mut s = self.state.lock();
-        if s.conn.as_ref().map(|c| c.id) != Some(id) {
-            return;
-        }
-        let Some(conn) = s.conn.take() else {
+        let Some(conn) = s.conn.remove(id) else {
             return;
         };
-        let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         s.atr = None;
         self.presence.remove();
         drop(s);
@@ -546,10 +546,8 @@ impl Shared {
 struct Candidate {
     stream: TcpStream,
     peer: SocketAddr,
-    deadline: Instant,
-    answer: [u8; PROBE_ANSWER_MAX],
-    got: usize,
-    /// What it announced before its ATR.
+    proof: Proof,
+    /// What it announced before its ATR, once proven.
     hello: Option<Hello>,
     /// TLS hook: its session, handshaking until the proof.
     tls: Option<Session>,
@@ -573,10 +571,17 @@ struct SlotWatch {
     tls: Option<Setup>,
     /// The card's connection, as of the last `arm`.
     card: Option<Arc<Conn>>,
-    candidates: Vec<Candidate>,
+    candidates: Pending<Candidate>,
     roles: Vec<Role>,
     budget: LogBudget,
+    /// The card's connection stirred during an exchange: it is not watched again
+    /// before this (the exchange handles it), so the watcher neither waits nor spins.
+    card_recheck: Option<Instant>,
 }
+
+/// How long the watcher leaves the card's connection to a running exchange before it
+/// looks again.
+const BUSY_RECHECK: Duration = Duration::from_millis(100);
 
 impl Watch for SlotWatch {
     fn arm<'a>(
@@ -588,7 +593,7 @@ impl Watch for SlotWatch {
             if s.closing {
                 return None;
             }
-            self.card = s.conn.clone();
+            self.card = s.conn.get();
         }
         if self.card.is_some() && !self.candidates.is_empty() {
             self.drop_candidates("the slot has a card");
@@ -604,30 +609,37 @@ impl Watch for SlotWatch {
         let mut deadline: Option<Instant> = None;
         self.roles.clear();
         match &self.source {
-            Source::Listener(l) => {
-                fds.push((l.as_fd(), Interest::Read));
-                self.roles.push(Role::Listener);
-            }
-            Source::Connector(c) if self.card.is_none() && self.candidates.is_empty() => {
-                match &c.pending {
-                    Some((socket, at)) => {
-                        fds.push((socket.as_fd(), Interest::Write));
-                        self.roles.push(Role::Connecting);
-                        deadline = Some(*at);
-                    }
-                    None => deadline = Some(c.next_try),
+            Source::Listener(acceptor) => match acceptor.armed(now) {
+                Ok(fd) => {
+                    fds.push((fd, Interest::Read));
+                    self.roles.push(Role::Listener);
                 }
+                Err(until) => deadline = Some(until),
+            },
+            Source::Connector(c) if self.card.is_none() && self.candidates.is_empty() => {
+                if let Some((socket, _)) = &c.pending {
+                    fds.push((socket.as_fd(), Interest::Write));
+                    self.roles.push(Role::Connecting);
+                }
+                deadline = c.next_step(now);
             }
             Source::Connector(_) => {}
         }
-        if let Some(card) = &self.card {
+        if self.card.is_none() || self.card_recheck.is_some_and(|at| now >= at) {
+            self.card_recheck = None;
+        }
+        if let Some(at) = self.card_recheck {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        } else if let Some(card) = &self.card {
             fds.push((card.stream.as_fd(), Interest::Hangup));
             self.roles.push(Role::Card);
         }
         for (i, candidate) in self.candidates.iter().enumerate() {
             fds.push((candidate.stream.as_fd(), Interest::Read));
             self.roles.push(Role::Candidate(i));
-            deadline = Some(deadline.map_or(candidate.deadline, |d| d.min(candidate.deadline)));
+        }
+        if let Some(due) = self.candidates.next_deadline() {
+            deadline = Some(deadline.map_or(due, |d| d.min(due)));
         }
         Some(deadline.map(|d| d.saturating_duration_since(now)))
     }
@@ -644,7 +656,9 @@ impl Watch for SlotWatch {
                 // before the listener in this loop's effects: see below).
                 Role::Card => {
                     if let Some(card) = &self.card {
-                        check_idle_conn(&self.shared, card);
+                        if check_idle_conn(&self.shared, card) == IdleCheck::Busy {
+                            self.card_recheck = Some(Instant::now() + BUSY_RECHECK);
+                        }
                     }
                 }
                 Role::Candidate(i) => heard.push(i),
@@ -666,13 +680,9 @@ impl Watch for SlotWatch {
                 }
             }
         }
-        let now = Instant::now();
-        let (expired, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.candidates)
-            .into_iter()
-            .partition(|c| now >= c.deadline);
-        self.candidates = live;
-        for candidate in expired {
+        for candidate in self.candidates.expire(Instant::now()) {
             let budget = self.shared.timeout.min(PROBE_TIMEOUT);
+            // TLS hook: a peer still handshaking never got as far as GET ATR.
             let why = match &candidate.tls {
                 Some(s) if s.is_handshaking() => format!(
                     "no TLS handshake within {budget:?} of connecting \
@@ -690,9 +700,9 @@ impl Watch for SlotWatch {
             .zip(ready)
             .any(|(role, r)| matches!(role, Role::Listener) && (r.readable || r.hangup))
         {
-            if let Source::Listener(listener) = &self.source {
+            if let Source::Listener(acceptor) = &mut self.source {
                 let mut accepted = vec![];
-                net::accept_all(listener, &self.shared.label, |stream, peer| {
+                acceptor.accept_all(&self.shared.label, &mut self.budget, |stream, peer| {
                     accepted.push((stream, peer))
                 });
                 for (stream, peer) in accepted {
@@ -702,11 +712,18 @@ impl Watch for SlotWatch {
         }
     }
 
-    fn finish(&mut self) {
-        self.candidates.clear();
-        if let Some(conn) = self.shared.state.lock().conn.take() {
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+    fn attach(&mut self, waker: net::Waker) {
+        if let Source::Connector(c) = &mut self.source {
+            c.waker = Some(waker);
         }
+    }
+
+    fn finish(&mut self) {
+        if let Source::Connector(c) = &mut self.source {
+            c.abandon(&self.shared.label);
+        }
+        self.candidates.clear();
+        self.shared.state.lock().conn.close();
     }
 }
 
@@ -723,13 +740,6 @@ impl SlotWatch {
             self.log_peer(&format!("refusing vicc {peer}: slot is busy with {active}"));
             return;
         }
-        if self.candidates.len() >= MAX_CANDIDATES {
-            let oldest = self.candidates.remove(0);
-            self.reject(
-                oldest,
-                "too many peers at once; the oldest unproven one goes",
-            );
-        }
         // TLS hook: the GET ATR waits in the session until the handshake is done.
         let tls = match self.tls.as_ref().map(Setup::session).transpose() {
             Ok(tls) => tls,
@@ -745,15 +755,22 @@ impl SlotWatch {
                 None => (&stream).write(&Control::GetAtr.frame()),
             });
         match asked {
-            Ok(3) => self.candidates.push(Candidate {
-                stream,
-                peer,
-                deadline: Instant::now() + self.shared.timeout.min(PROBE_TIMEOUT),
-                answer: [0; PROBE_ANSWER_MAX],
-                got: 0,
-                hello: None,
-                tls,
-            }),
+            Ok(3) => {
+                let candidate = Candidate {
+                    stream,
+                    peer,
+                    proof: Proof::default(),
+                    hello: None,
+                    tls,
+                };
+                let due = Instant::now() + self.shared.timeout.min(PROBE_TIMEOUT);
+                if let Some(oldest) = self.candidates.admit(candidate, due) {
+                    self.reject(
+                        oldest,
+                        "too many peers at once; the oldest unproven one goes",
+                    );
+                }
+            }
             Ok(_) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR")),
             Err(e) => self.log_peer(&format!("dropping {peer}: cannot ask for its ATR: {e}")),
         }
@@ -761,33 +778,14 @@ impl SlotWatch {
 
     /// Reads what candidate `i` sent; `Some` once its answer is decided.
     fn read_candidate(&mut self, i: usize) -> Option<Result<(), String>> {
-        let c = &mut self.candidates[i];
+        let c = self.candidates.get_mut(i);
+        // TLS hook: each read advances the handshake; application bytes come after it.
         let read = match &c.tls {
-            Some(session) => session.read_nonblocking(&c.stream, &mut c.answer[c.got..]),
-            None => (&c.stream).read(&mut c.answer[c.got..]),
+            Some(session) => session.read_nonblocking(&c.stream, c.proof.space()),
+            None => (&c.stream).read(c.proof.space()),
         };
-        let n = match read {
-            Ok(0) => return Some(Err("closed the connection before sending its ATR".into())),
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                return None
-            }
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        c.got += n;
-        match read_probe_answer(&c.answer[..c.got]) {
-            ProbeAnswer::Incomplete => None,
-            ProbeAnswer::Card { hello, .. } => {
-                c.hello = hello;
-                Some(Ok(()))
-            }
-            ProbeAnswer::Refused(e) => Some(Err(format!("answered GET ATR badly: {e}"))),
-        }
+        let hello = c.proof.received(read)?;
+        Some(hello.map(|hello| c.hello = hello))
     }
 
     fn promote(&mut self, candidate: Candidate) {
@@ -837,7 +835,7 @@ impl SlotWatch {
     }
 
     fn drop_candidates(&mut self, why: &str) {
-        for candidate in std::mem::take(&mut self.candidates) {
+        for candidate in self.candidates.clear() {
             log::debug!("{}: dropping {}: {why}", self.shared.label, candidate.peer);
         }
     }
@@ -853,48 +851,78 @@ impl SlotWatch {
     }
 }
 
-/// The watched connection stirred while no exchange was running: the peer went away
-/// or sent bytes nobody asked for. Either way it is no longer a usable card.
-fn check_idle_conn(shared: &Shared, conn: &Conn) {
-    // Wait for a running exchange to finish: its reply is what woke us on systems
-    // without POLLRDHUP, and it reads that reply itself.
-    let _io = shared.io.lock();
-    match conn.peek() {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Ok(0) => shared.remove(conn.id, "vicc closed the connection"),
-        Ok(_) => {
-            log::error!(
-                "{}: vicc {} sent data nobody asked for",
-                shared.label,
-                conn.peer
-            );
-            shared.remove(conn.id, "protocol violation");
-        }
-        Err(e) => shared.remove(conn.id, &e.to_string()),
+/// What the watcher learnt of the card's connection when it stirred.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdleCheck {
+    /// No exchange ran: the connection was checked (and the card removed if it left).
+    Checked,
+    /// An exchange runs: it reads its connection itself, and sees the peer leave.
+    Busy,
+}
+
+/// The card's connection stirred: if no exchange runs, the peer went away or sent
+/// bytes nobody asked for, and either way it is no longer a usable card. The watcher
+/// never waits for an exchange (a PIN entry holds the lock for minutes): when one
+/// runs, its reply is what woke us on systems without POLLRDHUP, or the exchange meets
+/// the peer's hangup itself.
+fn check_idle_conn(shared: &Shared, conn: &Conn) -> IdleCheck {
+    let Some(_io) = shared.io.try_lock() else {
+        return IdleCheck::Busy;
+    };
+    // TLS hook: the peek goes through the session (a close_notify is a hangup).
+    if let Some(why) = decide::idle_verdict(conn.peek()) {
+        shared.remove(conn.id, &why);
     }
+    IdleCheck::Checked
+}
+
+/// How a reversed-mode slot finds the addresses of its vicc's host: getaddrinfo, or a
+/// test's stand-in.
+type Resolve = Arc<dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>> + Send + Sync>;
+
+fn system_resolver() -> Resolve {
+    Arc::new(|host, port| Ok((host, port).to_socket_addrs()?.collect()))
+}
+
+/// After this long, a name resolution still running is logged (once).
+const RESOLVE_SLOW: Duration = Duration::from_secs(5);
+
+/// A name resolution running on its own thread: getaddrinfo blocks for as long as the
+/// system's resolver lets it (10 to 30 s for a DNS server that does not answer), and
+/// neither the watcher nor pcscd's close may wait for that.
+struct Lookup {
+    thread: std::thread::JoinHandle<()>,
+    answer: Arc<Mutex<Option<io::Result<Vec<SocketAddr>>>>>,
+    since: Instant,
+    slow_logged: bool,
 }
 
 /// Reversed mode: connects out with a non-blocking connect and capped backoff, so
-/// neither pcscd nor the watcher ever blocks on an absent vicc.
+/// neither pcscd nor the watcher ever blocks on an absent vicc, and resolves the host
+/// on a thread of its own ([`Lookup`]).
 struct Connector {
     host: String,
     port: u16,
+    resolve: Resolve,
+    waker: Option<net::Waker>,
     pending: Option<(Socket, Instant)>,
+    lookup: Option<Lookup>,
     candidates: Vec<SocketAddr>,
-    next_try: Instant,
-    backoff: Duration,
+    backoff: net::Backoff,
     failures: u32,
 }
 
 impl Connector {
-    fn new(host: String, port: u16) -> Connector {
+    fn new(host: String, port: u16, resolve: Resolve) -> Connector {
         Connector {
             host,
             port,
+            resolve,
+            waker: None,
             pending: None,
+            lookup: None,
             candidates: Vec::new(),
-            next_try: Instant::now(),
-            backoff: RECONNECT_FIRST,
+            backoff: net::Backoff::new(RECONNECT_FIRST, RECONNECT_MAX),
             failures: 0,
         }
     }
@@ -904,6 +932,19 @@ impl Connector {
             .first()
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], self.port)))
+    }
+
+    /// When the watcher must call [`Connector::step`] again if nothing wakes it
+    /// (`None`: a lookup's end wakes it).
+    fn next_step(&self, now: Instant) -> Option<Instant> {
+        if let Some((_, deadline)) = &self.pending {
+            return Some(*deadline);
+        }
+        match &self.lookup {
+            Some(l) if !l.slow_logged => Some(l.since + RESOLVE_SLOW),
+            Some(_) => None,
+            None => Some(self.backoff.waiting(now).unwrap_or(now)),
+        }
     }
 
     /// Advances the connection attempt; returns the stream once connected.
@@ -920,25 +961,26 @@ impl Connector {
                 Ok(Some(e)) | Err(e) => self.failed(label, &e),
             }
         }
-        if now < self.next_try {
+        if self.backoff.waiting(now).is_some() {
             return None;
         }
         if self.candidates.is_empty() {
-            match (self.host.as_str(), self.port).to_socket_addrs() {
-                Ok(addrs) => self.candidates = addrs.collect(),
+            match self.resolved(label, now)? {
+                Ok(addrs) if addrs.is_empty() => {
+                    self.failed(
+                        label,
+                        &io::Error::new(io::ErrorKind::NotFound, "no address"),
+                    );
+                    return None;
+                }
+                Ok(addrs) => self.candidates = addrs,
                 Err(e) => {
                     self.failed(label, &e);
                     return None;
                 }
             }
         }
-        let Some(addr) = self.candidates.first().copied() else {
-            self.failed(
-                label,
-                &io::Error::new(io::ErrorKind::NotFound, "no address"),
-            );
-            return None;
-        };
+        let addr = self.candidates[0];
         let attempt = Socket::new(Domain::for_address(addr), Type::STREAM, None).and_then(|s| {
             s.set_nonblocking(true)?;
             match s.connect(&addr.into()) {
@@ -955,9 +997,72 @@ impl Connector {
         None
     }
 
+    /// The addresses of the host once a lookup has them; starts one if none runs.
+    fn resolved(&mut self, label: &str, now: Instant) -> Option<io::Result<Vec<SocketAddr>>> {
+        let Some(lookup) = &mut self.lookup else {
+            let answer = Arc::new(Mutex::new(None));
+            let (resolve, host, port) = (Arc::clone(&self.resolve), self.host.clone(), self.port);
+            let (waker, done) = (self.waker.clone(), Arc::clone(&answer));
+            let spawned = std::thread::Builder::new()
+                .name("vpcd-resolve".into())
+                .spawn(move || {
+                    let addrs = resolve(&host, port);
+                    *done.lock() = Some(addrs);
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                });
+            match spawned {
+                Ok(thread) => {
+                    self.lookup = Some(Lookup {
+                        thread,
+                        answer,
+                        since: now,
+                        slow_logged: false,
+                    })
+                }
+                Err(e) => return Some(Err(e)),
+            }
+            return None;
+        };
+        let answer = lookup.answer.lock().take();
+        if answer.is_none() {
+            if !lookup.slow_logged && now >= lookup.since + RESOLVE_SLOW {
+                lookup.slow_logged = true;
+                log::info!(
+                    "{label}: resolving {} takes more than {RESOLVE_SLOW:?}; still waiting",
+                    self.host
+                );
+            }
+            return None;
+        }
+        let lookup = self.lookup.take()?;
+        // It has answered: only its return is left.
+        let _ = lookup.thread.join();
+        answer
+    }
+
+    /// The slot closes: a lookup that has not answered is left to finish on its own.
+    fn abandon(&mut self, label: &str) {
+        let Some(lookup) = self.lookup.take() else {
+            return;
+        };
+        if lookup.answer.lock().is_some() {
+            let _ = lookup.thread.join();
+            return;
+        }
+        // getaddrinfo cannot be interrupted. The thread ends when the resolver gives
+        // up; pcscd may unload us before, so the library stays mapped for it.
+        let pinned = crate::sys::pin_library();
+        log::debug!(
+            "{label}: leaving the resolution of {} to finish on its own (library pinned: {pinned})",
+            self.host
+        );
+    }
+
     fn failed(&mut self, label: &str, e: &io::Error) {
         self.pending = None;
-        // Try the host's next address; re-resolve once all failed.
+        // Try the host's next address; resolve again once all failed.
         if !self.candidates.is_empty() {
             self.candidates.remove(0);
         }
@@ -968,8 +1073,7 @@ impl Connector {
         }
         self.failures += 1;
         if self.candidates.is_empty() {
-            self.next_try = Instant::now() + self.backoff;
-            self.backoff = (self.backoff * 2).min(RECONNECT_MAX);
+            self.backoff.fail(Instant::now());
         }
     }
 
@@ -979,16 +1083,9 @@ impl Connector {
             self.failures
         );
         self.failures = 0;
-        self.backoff = RECONNECT_FIRST;
+        self.backoff.succeed();
         self.candidates.clear();
-        self.next_try = Instant::now();
     }
-}
-
-/// Looks at the next byte without taking it and without blocking.
-fn peek(stream: &TcpStream) -> io::Result<usize> {
-    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-    SockRef::from(stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
 /// Reads one reply from a vicc socket before a deadline, however slowly the bytes
@@ -998,8 +1095,7 @@ fn peek(stream: &TcpStream) -> io::Result<usize> {
 struct DeadlineReader<'a> {
     stream: &'a TcpStream,
     full: Duration,
-    deadline: Instant,
-    first: bool,
+    bound: ReadBound,
     rearmed: bool,
     /// TLS hook: reads go through the card's session.
     tls: Option<&'a Session>,
@@ -1011,10 +1107,7 @@ impl<'a> DeadlineReader<'a> {
         DeadlineReader {
             stream,
             full,
-            deadline: Instant::now() + within,
-            // The socket already times out after `full`: only another bound (a shorter
-            // one, or a PIN entry's longer one) costs a system call up front.
-            first: within == full,
+            bound: ReadBound::new(Instant::now(), full, within),
             rearmed: false,
             tls: None,
         }
@@ -1023,11 +1116,7 @@ impl<'a> DeadlineReader<'a> {
     /// One read into `bufs`; at least one byte, or an error (EOF is an error here).
     fn read(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
         loop {
-            if !std::mem::replace(&mut self.first, false) {
-                let remaining = self.deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
+            if let Some(remaining) = self.bound.next(Instant::now())? {
                 self.stream.set_read_timeout(Some(remaining))?;
                 self.rearmed = true;
             }
@@ -1089,5 +1178,227 @@ fn pin_params(command: &PinCommand, vicc_version: u8) -> PinParams {
         max_digits: command.max_digits,
         timeout_secs: command.timeout_secs,
         message: command.message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::sync::atomic::Ordering;
+
+    /// A free loopback port (bound, then released).
+    fn free_port() -> u16 {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn config(extra: &str) -> (ReaderConfig, u16) {
+        let port = free_port();
+        let cfg = ReaderConfig::parse(&format!(
+            "/dev/null:{port}/listen=127.0.0.1/timeout=5{extra}"
+        ))
+        .unwrap();
+        (cfg, port)
+    }
+
+    const ATR: [u8; 5] = [0x3B, 0x80, 0x80, 0x01, 0x01];
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn read_frame(stream: &mut TcpStream) -> Vec<u8> {
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).unwrap();
+        let mut payload = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut payload).unwrap();
+        payload
+    }
+
+    /// A vicc on `port` that has answered the watcher's GET ATR.
+    fn vicc(port: u16) -> TcpStream {
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(read_frame(&mut stream), [4], "GET ATR");
+        stream.write_all(&frame(&ATR)).unwrap();
+        stream
+    }
+
+    fn wait_present(slot: &VpcdSlot, present: bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while slot.presence().is_present() != present {
+            assert!(Instant::now() < deadline, "presence never became {present}");
+            slot.presence().wait_for_event(Duration::from_millis(50));
+        }
+    }
+
+    /// The watcher removes the card while power() has its ATR in hand: the departed
+    /// card's ATR must not be stored (TAG_IFD_ATR, ICC_INTERFACE_STATUS and the
+    /// current protocol would describe a card that is not there).
+    #[test]
+    fn an_atr_that_arrives_as_its_card_leaves_is_not_kept() {
+        let (cfg, port) = config("");
+        let slot = VpcdSlot::open(&cfg, 0xA70 << 16, 0, port).unwrap();
+        let mut card = vicc(port);
+        wait_present(&slot, true);
+        let answer = std::thread::spawn(move || {
+            assert_eq!(read_frame(&mut card), [1], "power on");
+            assert_eq!(read_frame(&mut card), [4], "GET ATR");
+            card.write_all(&frame(&ATR)).unwrap();
+            card
+        });
+        let shared = Arc::clone(&slot.shared);
+        *slot.shared.after_atr.lock() = Some(Box::new(move || {
+            let id = shared.current().unwrap().id;
+            shared.remove(id, "left during power up");
+        }));
+        assert!(matches!(
+            slot.power(PowerAction::Up),
+            Err(SlotError::NoCard)
+        ));
+        assert!(!slot.presence().is_present());
+        assert_eq!(slot.atr(), None, "the departed card's ATR was stored");
+        drop(answer.join().unwrap());
+    }
+
+    /// An exchange holds the slot's I/O lock for as long as the card takes (a PIN
+    /// entry: up to 120 s and the timeout). The watcher must go on serving the port
+    /// meanwhile, even when the card's connection stirs.
+    #[test]
+    fn the_watcher_serves_new_peers_while_an_exchange_runs() {
+        let (cfg, port) = config("");
+        let slot = VpcdSlot::open(&cfg, 0xA71 << 16, 0, port).unwrap();
+        let card = vicc(port);
+        wait_present(&slot, true);
+        let exchange = slot.shared.io.lock();
+        // The card's connection stirs (its peer half-closes) during the exchange.
+        card.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut next = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+        next.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let started = Instant::now();
+        let mut got = [0u8; 3];
+        let heard = next.read(&mut got);
+        let waited = started.elapsed();
+        drop(exchange);
+        // Refused (closed) or asked for its ATR: either way, handled.
+        assert!(
+            matches!(heard, Ok(0) | Ok(3)),
+            "the new peer was not served while the exchange ran: {heard:?} after {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(2), "took {waited:?}");
+    }
+
+    /// A listener whose accept keeps failing (EMFILE when pcscd runs out of
+    /// descriptors) must not flood pcscd's log nor be retried in a tight loop. A
+    /// socket bound but not listening fails every accept (EINVAL) and polls as hung
+    /// up, the same persistent failure without touching the process's limits.
+    #[test]
+    fn a_failing_accept_backs_off_and_stays_within_the_log_budget() {
+        crate::test_log::init();
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let (cfg, _) = config("");
+        let lun = 0xA72 << 16;
+        let slot = VpcdSlot::start(
+            &cfg,
+            lun,
+            "broken listener".into(),
+            Source::Listener(net::Acceptor::new(socket.into())),
+            None,
+        )
+        .unwrap();
+        // A rate, measured over a while: 20 lines a second before the backoff.
+        std::thread::sleep(Duration::from_millis(1500));
+        slot.close();
+        let lines = crate::test_log::count(&format!("vpcd-{lun:x}"), "accept failed");
+        assert!(lines >= 1, "the failure is logged");
+        assert!(lines <= 6, "{lines} lines about a failing accept in 1.5 s");
+    }
+
+    /// Reversed mode resolves the vicc's host name, which may take as long as the
+    /// system's resolver lets it (a DNS server that does not answer: 10 to 30 s).
+    /// Closing the slot (pcscd's shutdown, a reader's removal) must not wait for it.
+    #[test]
+    fn closing_a_reversed_slot_does_not_wait_for_name_resolution() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let resolve: Resolve = Arc::new(move |_, _| {
+            let _ = entered_tx.send(());
+            // Stalls like a resolver whose server never answers, for the test's sake
+            // at most 5 s.
+            let _ = released.lock().recv_timeout(Duration::from_secs(5));
+            Err(io::Error::new(io::ErrorKind::TimedOut, "resolver stalled"))
+        });
+        let cfg = ReaderConfig::parse("stalled.invalid:35999/timeout=5").unwrap();
+        let slot = VpcdSlot::start(
+            &cfg,
+            0xA73 << 16,
+            "stalled resolver".into(),
+            Source::Connector(Connector::new("stalled.invalid".into(), 35999, resolve)),
+            None,
+        )
+        .unwrap();
+        entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the slot resolves its host");
+        let started = Instant::now();
+        slot.close();
+        let took = started.elapsed();
+        let _ = release.send(());
+        assert!(
+            took < Duration::from_secs(1),
+            "close waited {took:?} for DNS"
+        );
+    }
+
+    /// The lookup's thread wakes the watcher with its answer: a failed one backs off
+    /// and resolves again, a good one is connected to.
+    #[test]
+    fn a_reversed_slot_connects_to_what_its_lookup_thread_found() {
+        let vicc_side = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = vicc_side.local_addr().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = Arc::clone(&calls);
+        let resolve: Resolve = Arc::new(move |host, port| {
+            assert_eq!((host, port), ("vicc.test", 35998));
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(io::Error::new(io::ErrorKind::NotFound, "not yet"));
+            }
+            // Slower than a poll round, so the answer has to wake the watcher.
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(vec![addr])
+        });
+        let cfg = ReaderConfig::parse("vicc.test:35998/timeout=5").unwrap();
+        let slot = VpcdSlot::start(
+            &cfg,
+            0xA74 << 16,
+            "reversed".into(),
+            Source::Connector(Connector::new("vicc.test".into(), 35998, resolve)),
+            None,
+        )
+        .unwrap();
+        let (mut card, _) = vicc_side.accept().unwrap();
+        card.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(read_frame(&mut card), [4], "GET ATR");
+        card.write_all(&frame(&ATR)).unwrap();
+        wait_present(&slot, true);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "resolved again after a failure"
+        );
+        slot.close();
     }
 }

@@ -18,9 +18,8 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +33,7 @@ use vpcd_protocol::vscard::{
     VERSION,
 };
 
+use super::conn::{self, next_id, trace_apdu, Current, Way};
 use super::{CardSlot, Limits, PowerAction, SlotError};
 use crate::net::{self, LogBudget, Watch, Watcher};
 use crate::presence::Presence;
@@ -41,12 +41,6 @@ use crate::sys::{Interest, Ready};
 
 /// How much the connection thread reads at a time.
 const READ_CHUNK: usize = 16 * 1024;
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn next_id() -> u64 {
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
 
 /// The hubs of open vscard readers by reader index, with how many slots use each.
 static HUBS: Mutex<Option<HashMap<u32, Registered>>> = Mutex::new(None);
@@ -74,7 +68,7 @@ struct Shared {
 
 struct State {
     closing: bool,
-    conn: Option<Arc<Conn>>,
+    conn: Current<Mutex<()>>,
     /// One per slot of the reader; the index is the VSCard reader id.
     readers: Vec<Reader>,
 }
@@ -112,20 +106,19 @@ enum Failure {
     ClientError(ErrorCode),
     /// The card was removed or reset (a new ATR) while the APDU was out.
     CardGone,
-    /// The client was dropped.
-    ClientGone,
-    /// The slot or reader is closing.
-    Closing,
+    /// The client was dropped (why).
+    ClientDropped(String),
+    /// pcscd closed the slot.
+    SlotClosed,
+    /// The hub stopped: the reader's last slot closed.
+    ReaderClosed,
+    /// The exchange was no longer the slot's when its outcome was due (a bug).
+    Lost,
 }
 
-/// The connected client.
-struct Conn {
-    id: u64,
-    stream: TcpStream,
-    peer: SocketAddr,
-    /// Held for each whole message written, so messages never interleave.
-    write: Mutex<()>,
-}
+/// The connected client, with the lock held for each whole message written to it, so
+/// messages never interleave.
+type Conn = conn::Conn<Mutex<()>>;
 
 impl Reader {
     /// Removes the card, if any: pcscd sees a removal, and an exchange in flight fails.
@@ -167,7 +160,7 @@ impl Hub {
             trace_apdus: cfg.trace_apdus,
             state: Mutex::new(State {
                 closing: false,
-                conn: None,
+                conn: Current::default(),
                 readers: (0..cfg.slots).map(|_| Reader::default()).collect(),
             }),
             answered: Condvar::new(),
@@ -177,7 +170,8 @@ impl Hub {
             shared.label.clone(),
             HubWatch {
                 shared: Arc::clone(&shared),
-                listener,
+                acceptor: net::Acceptor::new(listener),
+                listening: false,
                 allow: cfg.allow.clone(),
                 budget: LogBudget::new(net::PEER_LOG_LINES, net::PEER_LOG_WINDOW),
                 decoder: Decoder::new(),
@@ -196,11 +190,9 @@ impl Hub {
         {
             let mut s = self.shared.state.lock();
             s.closing = true;
-            if let Some(conn) = s.conn.take() {
-                let _ = conn.stream.shutdown(Shutdown::Both);
-            }
+            s.conn.close();
             for r in &mut s.readers {
-                r.fail_exchange(Failure::Closing);
+                r.fail_exchange(Failure::ReaderClosed);
             }
         }
         self.shared.answered.notify_all();
@@ -360,11 +352,13 @@ impl CardSlot for VscardSlot {
     fn transmit(&self, apdu: &[u8], reply: &mut [u8]) -> Result<usize, SlotError> {
         let hub = self.hub().ok_or(SlotError::NoCard)?;
         if apdu.is_empty() || apdu.len() > MAX_PAYLOAD {
-            log::error!("{}: refusing a {}-byte APDU", self.label, apdu.len());
-            return Err(SlotError::Io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a {}-byte APDU cannot travel in VSCard", apdu.len()),
-            )));
+            // Nothing was sent and the client stays: the command cannot travel.
+            let e = SlotError::Protocol(format!(
+                "a {}-byte APDU cannot travel in VSCard (1 to {MAX_PAYLOAD} bytes)",
+                apdu.len()
+            ));
+            log::error!("{}: refusing the command: {e}", self.label);
+            return Err(e);
         }
         let _io = self.cell.io.lock();
         let outcome = hub.shared.exchange(self.index, apdu, &self.label)?;
@@ -381,7 +375,7 @@ impl CardSlot for VscardSlot {
     /// card of the reader, so all of them are removed.
     fn drop_peer(&self, why: &str) {
         if let Some(hub) = self.hub() {
-            let conn = hub.shared.state.lock().conn.clone();
+            let conn = hub.shared.state.lock().conn.get();
             if let Some(conn) = conn {
                 hub.shared.drop_client(conn.id, why);
             }
@@ -401,7 +395,7 @@ impl CardSlot for VscardSlot {
                     .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
                 {
                     reader.cell = None;
-                    reader.fail_exchange(Failure::Closing);
+                    reader.fail_exchange(Failure::SlotClosed);
                 }
             }
         }
@@ -424,7 +418,7 @@ impl Shared {
         let id = next_id();
         let conn = {
             let mut s = self.state.lock();
-            let conn = s.conn.clone();
+            let conn = s.conn.get();
             let reader = s.readers.get_mut(index).ok_or(SlotError::NoCard)?;
             let conn = match conn {
                 Some(conn) if reader.attached && reader.atr.is_some() => conn,
@@ -433,9 +427,7 @@ impl Shared {
             reader.exchange = Some(Exchange { id, outcome: None });
             conn
         };
-        if self.trace_apdus {
-            log::info!("{label}: APDU > {}", hex(apdu));
-        }
+        trace_apdu(self.trace_apdus, label, Way::Command, apdu);
         let mut frame = Vec::with_capacity(HEADER_LEN + apdu.len());
         let sent = codec::encode(index as u32, &Message::Apdu(apdu), &mut frame)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
@@ -453,7 +445,7 @@ impl Shared {
         let mut s = self.state.lock();
         let outcome = loop {
             let Some(reader) = s.readers.get_mut(index) else {
-                break Err(Failure::Closing);
+                break Err(Failure::Lost);
             };
             match &mut reader.exchange {
                 Some(x) if x.id == id => {
@@ -462,8 +454,9 @@ impl Shared {
                         break outcome;
                     }
                 }
-                // Replaced or cleared: someone else ended this exchange.
-                _ => break Err(Failure::Closing),
+                // Replaced or cleared: exchanges on a slot are serialized and only
+                // their own thread clears them, so this is a bug; fail it plainly.
+                _ => break Err(Failure::Lost),
             }
             if Instant::now() >= deadline {
                 reader.exchange = None;
@@ -481,9 +474,7 @@ impl Shared {
         drop(s);
         match outcome {
             Ok(reply) => {
-                if self.trace_apdus {
-                    log::info!("{label}: APDU < {}", hex(&reply));
-                }
+                trace_apdu(self.trace_apdus, label, Way::Reply, &reply);
                 Ok(reply)
             }
             Err(Failure::ClientError(code)) => {
@@ -493,14 +484,24 @@ impl Shared {
                 ))))
             }
             Err(Failure::CardGone) => Err(SlotError::NoCard),
-            Err(Failure::ClientGone) => Err(SlotError::Io(io::Error::new(
+            Err(Failure::ClientDropped(why)) => Err(SlotError::Io(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                "the VSCard client went away",
+                format!("the VSCard client was dropped while the APDU was out ({why})"),
             ))),
-            Err(Failure::Closing) => Err(SlotError::Io(io::Error::new(
+            Err(Failure::SlotClosed) => Err(SlotError::Io(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                "the reader is closing",
+                "pcscd closed the slot while its APDU was out",
             ))),
+            Err(Failure::ReaderClosed) => Err(SlotError::Io(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the reader closed while the APDU was out",
+            ))),
+            Err(Failure::Lost) => {
+                log::error!("{label}: internal error: the APDU's exchange was lost");
+                Err(SlotError::Io(io::Error::other(
+                    "internal error: the APDU's exchange was lost",
+                )))
+            }
         }
     }
 
@@ -516,7 +517,7 @@ impl Shared {
 
     /// Writes one whole message within the reader's timeout.
     fn send(&self, conn: &Conn, bytes: &[u8]) -> io::Result<()> {
-        let _write = conn.write.lock();
+        let _write = conn.extra.lock();
         net::write_all_within(&conn.stream, bytes, self.timeout)
     }
 
@@ -537,16 +538,12 @@ impl Shared {
     fn drop_client(&self, id: u64, why: &str) {
         let conn = {
             let mut s = self.state.lock();
-            if s.conn.as_ref().map(|c| c.id) != Some(id) {
-                return;
-            }
-            let Some(conn) = s.conn.take() else {
+            let Some(conn) = s.conn.remove(id) else {
                 return;
             };
-            let _ = conn.stream.shutdown(Shutdown::Both);
             for r in &mut s.readers {
                 r.remove_card();
-                r.fail_exchange(Failure::ClientGone);
+                r.fail_exchange(Failure::ClientDropped(why.to_owned()));
                 r.attached = false;
                 r.name.clear();
             }
@@ -560,27 +557,16 @@ impl Shared {
         );
     }
 
-    /// Makes a new connection the client, unless one is connected already.
     /// Makes a new connection the reader's client, unless it has one; says why not.
     fn accept(&self, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
-        net::configure_peer(&stream, self.timeout)
-            .map_err(|e| format!("cannot set up connection from {peer}: {e}"))?;
+        let conn = Conn::new(stream, peer, self.timeout, Mutex::new(()))?;
         let mut s = self.state.lock();
         if s.closing {
             return Ok(());
         }
-        if let Some(active) = &s.conn {
-            return Err(format!(
-                "refusing client {peer}: client {} is connected",
-                active.peer
-            ));
-        }
-        s.conn = Some(Arc::new(Conn {
-            id: next_id(),
-            stream,
-            peer,
-            write: Mutex::new(()),
-        }));
+        s.conn
+            .install(conn)
+            .map_err(|active| format!("refusing client {peer}: client {active} is connected"))?;
         drop(s);
         log::info!("{}: client {peer} connected", self.label);
         Ok(())
@@ -778,7 +764,9 @@ impl Shared {
 /// The connection thread: accepts the client and reads every message it sends.
 struct HubWatch {
     shared: Arc<Shared>,
-    listener: TcpListener,
+    acceptor: net::Acceptor,
+    /// Whether the last `arm` polls the listener (not while accept backs off).
+    listening: bool,
     allow: Vec<AllowedNet>,
     budget: LogBudget,
     decoder: Decoder,
@@ -800,7 +788,7 @@ impl Watch for HubWatch {
             if s.closing {
                 return None;
             }
-            s.conn.clone()
+            s.conn.get()
         };
         if conn.as_ref().map(|c| c.id) != self.reading {
             self.decoder.clear();
@@ -808,41 +796,57 @@ impl Watch for HubWatch {
             self.reading = conn.as_ref().map(|c| c.id);
         }
         self.conn = conn;
-        fds.push((self.listener.as_fd(), Interest::Read));
+        let now = Instant::now();
+        let mut deadline = self.partial_since.map(|t| t + self.shared.timeout);
+        match self.acceptor.armed(now) {
+            Ok(fd) => {
+                fds.push((fd, Interest::Read));
+                self.listening = true;
+            }
+            Err(until) => {
+                deadline = Some(deadline.map_or(until, |d| d.min(until)));
+                self.listening = false;
+            }
+        }
         if let Some(conn) = &self.conn {
             fds.push((conn.stream.as_fd(), Interest::Read));
         }
-        let timeout = self.shared.timeout;
-        Some(
-            self.partial_since
-                .map(|t| (t + timeout).saturating_duration_since(Instant::now())),
-        )
+        Some(deadline.map(|d| d.saturating_duration_since(now)))
     }
 
     fn on_ready(&mut self, ready: &[Ready]) {
         // The old client's goodbye before a new one's hello: a client that replaces
         // another in quick succession must not find the port still busy.
+        let (listener, client) = if self.listening {
+            (ready[0], ready.get(1))
+        } else {
+            (Ready::default(), ready.first())
+        };
         if let Some(conn) = self.conn.take() {
-            self.on_client(&conn, ready[1]);
+            self.on_client(&conn, client.copied().unwrap_or_default());
         }
         let shared = &*self.shared;
-        if ready[0].readable || ready[0].hangup {
-            let (allow, budget) = (&self.allow, &mut self.budget);
-            net::accept_all(&self.listener, &shared.label, |stream, peer| {
-                let refused = if is_allowed(allow, peer.ip()) {
+        if listener.readable || listener.hangup {
+            let mut accepted = vec![];
+            self.acceptor
+                .accept_all(&shared.label, &mut self.budget, |stream, peer| {
+                    accepted.push((stream, peer))
+                });
+            for (stream, peer) in accepted {
+                let refused = if is_allowed(&self.allow, peer.ip()) {
                     shared.accept(stream, peer).err()
                 } else {
                     Some(format!("refusing {peer}: not in the reader's allow list"))
                 };
                 if let Some(why) = refused {
-                    budget.log(log::Level::Warn, &shared.label, &why);
+                    self.budget.log(log::Level::Warn, &shared.label, &why);
                 }
-            });
+            }
         }
     }
 
     fn finish(&mut self) {
-        let conn = self.shared.state.lock().conn.clone();
+        let conn = self.shared.state.lock().conn.get();
         if let Some(conn) = conn {
             self.shared.drop_client(conn.id, "reader closing");
         }
@@ -1099,7 +1103,68 @@ mod tests {
         recv(&mut client);
         let start = Instant::now();
         slot.close();
-        assert!(exchange.join().unwrap().is_err());
+        let e = exchange.join().unwrap().unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(2));
+        assert!(
+            e.to_string()
+                .contains("pcscd closed the slot while its APDU was out"),
+            "{e}"
+        );
+    }
+
+    /// A command VSCard cannot carry is refused before anything is sent: a protocol
+    /// error, not a failed connection, and the client and its card stay.
+    #[test]
+    fn an_apdu_that_cannot_travel_is_refused_and_the_card_stays() {
+        let (cfg, port) = config("");
+        let slot = VscardSlot::open(&cfg, 0xBEE5 << 16, 0).unwrap();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        send(
+            &mut client,
+            UNDEFINED_READER_ID,
+            &Message::ReaderAdd { name: b"" },
+        );
+        assert_eq!(ack(&mut client), (0, ErrorCode::Success));
+        send(&mut client, 0, &Message::Atr(&[0x3B, 0x00]));
+        assert_eq!(ack(&mut client), (0, ErrorCode::Success));
+        wait_present(&slot, true);
+        let mut reply = [0u8; 16];
+        for apdu in [vec![], vec![0u8; MAX_PAYLOAD + 1]] {
+            match slot.transmit(&apdu, &mut reply) {
+                Err(SlotError::Protocol(e)) => assert!(e.contains("cannot travel"), "{e}"),
+                other => panic!("{}-byte APDU: {other:?}", apdu.len()),
+            }
+        }
+        assert!(slot.atr().is_some(), "the card stays");
+        assert!(slot.hub().unwrap().shared.state.lock().conn.get().is_some());
+    }
+
+    /// An exchange whose client is dropped fails as its card's removal (the card goes
+    /// with the client), at once.
+    #[test]
+    fn an_exchange_cut_by_a_dropped_client_fails_as_a_removal() {
+        let (cfg, port) = config("");
+        let slot = Arc::new(VscardSlot::open(&cfg, 0xBEE6 << 16, 0).unwrap());
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        send(
+            &mut client,
+            UNDEFINED_READER_ID,
+            &Message::ReaderAdd { name: b"" },
+        );
+        assert_eq!(ack(&mut client), (0, ErrorCode::Success));
+        send(&mut client, 0, &Message::Atr(&[0x3B, 0x00]));
+        assert_eq!(ack(&mut client), (0, ErrorCode::Success));
+        wait_present(&slot, true);
+        let exchange = {
+            let slot = Arc::clone(&slot);
+            std::thread::spawn(move || {
+                let mut reply = [0u8; 16];
+                slot.transmit(&[0x00, 0xB0, 0x00, 0x00], &mut reply)
+            })
+        };
+        recv(&mut client);
+        slot.drop_peer("a test drops it");
+        assert!(matches!(exchange.join().unwrap(), Err(SlotError::NoCard)));
+        assert!(slot.atr().is_none());
     }
 }

@@ -118,8 +118,8 @@ fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
 }
 
 /// Blocks these signals in the calling thread (and threads it starts later), so that
-/// [`wait_signal`] takes them. Children started with std's `Command` get an empty
-/// mask again.
+/// [`wait_signal`] takes them. Children inherit the mask through fork and exec (std's
+/// `Command` keeps it): start them with [`unblock_signals_in_child`].
 pub fn block_signals(signals: &[libc::c_int]) -> io::Result<()> {
     let set = sigset(signals);
     // SAFETY: set is a valid sigset_t; the old mask is not asked for (NULL).
