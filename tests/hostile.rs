@@ -929,7 +929,7 @@ enum Fate {
 #[test]
 fn two_hundred_connections_at_once_on_one_port() {
     let mut bed = Bed::start();
-    let fds_before = proc_stats(bed.pcscd.pid()).fds;
+    let fds_before = steady_fds(bed.pcscd.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let resolved = Arc::new(AtomicUsize::new(0));
     let barrier = Arc::new(std::sync::Barrier::new(201));
@@ -1131,6 +1131,22 @@ fn proc_stats(pid: u32) -> ProcStats {
 }
 
 /// Waits up to 5 s for pcscd's open file count to come back to `want`.
+/// pcscd's open files once the count holds still for 250 ms (at most 5 s): the
+/// harness's waits use short-lived PC/SC contexts of their own, and pcscd closes its
+/// end of one a moment after the client released it.
+fn steady_fds(pid: u32) -> usize {
+    let deadline = Instant::now() + 5 * SECOND;
+    let mut last = proc_stats(pid).fds;
+    let mut same = 0;
+    while same < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = proc_stats(pid).fds;
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
 fn settle_fds(pid: u32, want: usize) -> usize {
     let deadline = Instant::now() + 5 * SECOND;
     loop {
