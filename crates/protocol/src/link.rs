@@ -403,6 +403,25 @@ mod tests {
     }
 
     #[test]
+    fn debug_and_display_show_fingerprints_only() {
+        let file = KeyFile::parse(READER_KEY).unwrap();
+        let r = Identity::from_key_file(&file).unwrap();
+        let text = format!("{r:?}");
+        assert_eq!(text, format!("Identity({})", r.fingerprint));
+        // Not one byte of the private key, in any common rendering.
+        let key_hex: String = file.key_pkcs8.iter().map(|b| format!("{b:02x}")).collect();
+        let key_b64 = crate::tls::base64_encode(&file.key_pkcs8);
+        for secret in [&key_hex[40..72], &key_b64[40..72]] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let fp = Fingerprint([0xAB; 32]);
+        assert_eq!(
+            Untrusted(fp).to_string(),
+            format!("key {} is not trusted", "ab".repeat(32))
+        );
+    }
+
+    #[test]
     fn untrusted_keys_are_described_with_their_fingerprint() {
         let fp = Fingerprint([7; 32]);
         let e =

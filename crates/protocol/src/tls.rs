@@ -696,6 +696,226 @@ mod tests {
         }
     }
 
+    #[test]
+    fn fingerprint_debug_shows_the_hex() {
+        let fp = Fingerprint::parse(FP).unwrap();
+        assert_eq!(format!("{fp:?}"), format!("Fingerprint({FP})"));
+    }
+
+    /// Every byte value at every position of inputs of 0..=6 bytes, against a
+    /// reference encoder written the slow way (bit by bit).
+    #[test]
+    fn base64_exhaustive_round_trips() {
+        fn reference(data: &[u8]) -> String {
+            let bits: Vec<u8> = data
+                .iter()
+                .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1))
+                .collect();
+            let mut out: String = bits
+                .chunks(6)
+                .map(|c| {
+                    let v = (0..6).fold(0usize, |acc, i| {
+                        acc * 2 + usize::from(*c.get(i).unwrap_or(&0))
+                    });
+                    B64[v] as char
+                })
+                .collect();
+            while out.len() % 4 != 0 {
+                out.push('=');
+            }
+            out
+        }
+        for len in 0..=6usize {
+            for pos in 0..len.max(1) {
+                for v in 0..=255u8 {
+                    let mut data: Vec<u8> = (0..len)
+                        .map(|i| (i as u8).wrapping_mul(0x5B) ^ 0xA5)
+                        .collect();
+                    if len > 0 {
+                        data[pos] = v;
+                    }
+                    let b64 = base64_encode(&data);
+                    assert_eq!(b64, reference(&data), "{data:02x?}");
+                    assert_eq!(base64_decode(&b64).unwrap(), data, "{b64}");
+                }
+            }
+        }
+        assert_eq!(base64_encode(&[0xFF; 3]), "////");
+        assert_eq!(base64_decode("////").unwrap(), [0xFF; 3]);
+        assert_eq!(base64_encode(&[0xFB, 0xEF, 0xBE]), "++++");
+        assert_eq!(base64_decode("AAAA").unwrap(), [0; 3]);
+        assert_eq!(base64_decode("/w==").unwrap(), [0xFF]);
+        assert_eq!(base64_decode("//8=").unwrap(), [0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn pem_errors_name_their_line() {
+        let e = pem_blocks("-----END X-----\n").unwrap_err();
+        assert_eq!(e, "line 1: END without BEGIN");
+        let e = pem_blocks("# c\n-----BEGIN A-----\n-----END B-----\n").unwrap_err();
+        assert_eq!(e, "line 3: END B closes BEGIN A");
+        let e = pem_blocks("-----BEGIN A-----\n").unwrap_err();
+        assert_eq!(e, "line 1: the A block never ends");
+        let e = pem_blocks("-----BEGIN A-----\n-----BEGIN B-----\n").unwrap_err();
+        assert_eq!(e, "line 2: BEGIN inside the A block");
+        let e = pem_blocks("-----BEGIN A-----\nProc-Type: 4\n").unwrap_err();
+        assert!(e.starts_with("line 2: encrypted"), "{e}");
+        let e = pem_blocks("-----BEGIN A-----\nZg=\n-----END A-----").unwrap_err();
+        assert!(e.starts_with("line 3: the A block: "), "{e}");
+        // Markers need the dashes, the kind, a space and a label.
+        let blocks = pem_blocks("-----BEGIN -----\n----BEGIN A-----\n-----BEGINA-----\n").unwrap();
+        assert!(blocks.is_empty());
+    }
+
+    /// Text of exactly `len` bytes: comment lines (ignored by every parser here).
+    fn comments(len: usize) -> String {
+        let mut s = "#".repeat(99) + "\n";
+        s = s.repeat(len / 100);
+        s.push_str(&"#".repeat(len % 100));
+        assert_eq!(s.len(), len);
+        s
+    }
+
+    #[test]
+    fn files_up_to_the_size_limit() {
+        assert_eq!(MAX_FILE_LEN, 262_144);
+        let key = base64_decode(CERT_B64).unwrap();
+        let block = pem_encode("CERTIFICATE", &key);
+        let at_limit = comments(MAX_FILE_LEN - block.len()) + "\n" + &block;
+        let at_limit = &at_limit[1..];
+        assert_eq!(at_limit.len(), MAX_FILE_LEN);
+        assert_eq!(pem_blocks(at_limit).unwrap()[0].der, key);
+        for over in [MAX_FILE_LEN + 1, MAX_FILE_LEN + 2] {
+            let e = pem_blocks(&comments(over)).unwrap_err();
+            assert_eq!(e, format!("longer than {MAX_FILE_LEN} bytes"));
+            let e = TrustList::parse(&comments(over)).unwrap_err();
+            assert_eq!(e, format!("longer than {MAX_FILE_LEN} bytes"));
+        }
+        let line = format!("{FP} bob\n");
+        let at_limit = comments(MAX_FILE_LEN - line.len() - 1) + "\n" + &line;
+        assert_eq!(at_limit.len(), MAX_FILE_LEN);
+        assert_eq!(TrustList::parse(&at_limit).unwrap().entries[0].name, "bob");
+    }
+
+    #[test]
+    fn trust_list_limits() {
+        let key = |i: usize| {
+            Fingerprint({
+                let mut b = [0u8; 32];
+                b[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                b
+            })
+        };
+        // The shortest line is 64 hex digits and a newline: the file limit binds
+        // before MAX_TRUSTED can (it is a second bound, should the first grow).
+        let fits = MAX_FILE_LEN / 65;
+        assert!(fits < MAX_TRUSTED);
+        let mut text: String = (0..fits).map(|i| format!("{}\n", key(i))).collect();
+        let list = TrustList::parse(&text).unwrap();
+        assert_eq!(list.entries.len(), fits);
+        assert_eq!(list.entries[fits - 1].fingerprint, key(fits - 1));
+        text.push_str(&format!("{}\n", key(0)));
+        let e = TrustList::parse(&text).unwrap_err();
+        assert_eq!(e, format!("longer than {MAX_FILE_LEN} bytes"));
+        let e = TrustList::parse(&format!("{FP} {}", "n".repeat(65))).unwrap_err();
+        assert_eq!(e, "line 1: a name has at most 64 characters");
+    }
+
+    #[test]
+    fn names_of_at_most_64_characters() {
+        assert_eq!(check_name(""), Ok(()));
+        assert_eq!(check_name(&"é".repeat(64)), Ok(()), "characters, not bytes");
+        assert_eq!(check_name(&"x".repeat(64)), Ok(()));
+        for long in ["x".repeat(65), "x".repeat(66)] {
+            assert_eq!(
+                check_name(&long),
+                Err("a name has at most 64 characters".into())
+            );
+        }
+        assert_eq!(
+            check_name("a\tb"),
+            Err("a name has no control characters".into())
+        );
+    }
+
+    #[test]
+    fn uris_up_to_2048_bytes() {
+        let base = format!("vpcds://h:1?fp={FP}&x=");
+        let at_limit = format!("{base}{}", "y".repeat(2048 - base.len()));
+        assert_eq!(at_limit.len(), 2048);
+        assert_eq!(VpcdsUri::parse(&at_limit).unwrap().host, "h");
+        for over in [2049, 2050] {
+            let s = format!("{base}{}", "y".repeat(over - base.len()));
+            let e = VpcdsUri::parse(&s).unwrap_err();
+            assert!(e.ends_with(": too long for a vpcds URI"), "{e}");
+        }
+    }
+
+    /// A DER element: tag 0x04, the length bytes as given, then `body` bytes.
+    fn der(len_bytes: &[u8], body: usize) -> Vec<u8> {
+        let mut v = vec![0x04];
+        v.extend_from_slice(len_bytes);
+        v.extend((0..body).map(|i| i as u8));
+        v
+    }
+
+    #[test]
+    fn der_length_encodings() {
+        let ok = |input: &[u8], header: usize, len: usize| {
+            let (el, rest) = der_next(input).unwrap();
+            assert_eq!(el.tag, 0x04);
+            assert_eq!(el.contents, &input[header..header + len], "{input:02x?}");
+            assert_eq!(el.whole, &input[..header + len]);
+            assert_eq!(rest, &input[header + len..]);
+        };
+        // Short form, up to 127.
+        ok(&der(&[0], 0), 2, 0);
+        ok(&der(&[0], 3), 2, 0);
+        ok(&der(&[5], 6), 2, 5);
+        ok(&der(&[127], 127), 2, 127);
+        // Long form: 0x81, 0x82, up to 4 length bytes, leading zeros allowed.
+        ok(&der(&[0x81, 128], 128), 3, 128);
+        ok(&der(&[0x81, 255], 256), 3, 255);
+        ok(&der(&[0x82, 1, 0], 256), 4, 256);
+        ok(&der(&[0x82, 0, 0], 0), 4, 0);
+        ok(&der(&[0x82, 0x01, 0x02], 258), 4, 258);
+        ok(&der(&[0x83, 0, 1, 0], 256), 5, 256);
+        ok(&der(&[0x84, 0, 0, 0, 3], 3), 6, 3);
+        let err = |input: &[u8], what: &str| {
+            let e = der_next(input).err().unwrap();
+            assert_eq!(e, what, "{input:02x?}");
+        };
+        err(&[], "truncated DER");
+        err(&[0x04], "truncated DER");
+        err(&der(&[127], 126), "DER longer than its input");
+        err(&der(&[0x81, 128], 127), "DER longer than its input");
+        err(&der(&[0x82, 1, 0], 255), "DER longer than its input");
+        // 0x80 (indefinite) is no DER length, with or without 128 bytes after it.
+        err(&der(&[0x80], 200), "a bad DER length");
+        err(&der(&[0x80], 0), "a bad DER length");
+        err(&der(&[0x85, 0, 0, 0, 0, 1], 5), "a bad DER length");
+        err(&der(&[0x88, 0, 0, 0, 0, 0, 0, 0, 0], 5), "a bad DER length");
+        // Length bytes cut off.
+        err(&der(&[0x81], 0), "a bad DER length");
+        err(&der(&[0x82, 0], 0), "a bad DER length");
+        err(&der(&[0x84, 0, 0, 0], 0), "a bad DER length");
+        // Tags: low 5 bits all set means a multi-byte tag; anything else is one byte.
+        for tag in [0x1F, 0x3F, 0xFF, 0x9F] {
+            err(&[tag, 0], "a multi-byte DER tag");
+        }
+        for tag in [0x00, 0x1E, 0x30, 0xA0, 0x02] {
+            let input = [tag, 0, 9];
+            let (el, rest) = der_next(&input).unwrap();
+            assert_eq!((el.tag, el.contents, rest), (tag, &[][..], &[9][..]));
+        }
+    }
+
+    #[test]
+    fn der_expect_names_the_tag() {
+        let e = der_expect(&[0x02, 0], 0x30, "a certificate").err().unwrap();
+        assert_eq!(e, "expected a certificate, found tag 0x02");
+    }
+
     proptest! {
         #[test]
         fn base64_round_trips(data in proptest::collection::vec(any::<u8>(), 0..300)) {
