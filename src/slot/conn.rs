@@ -170,6 +170,31 @@ mod tests {
     }
 
     #[test]
+    fn peek_neither_waits_nor_takes_the_byte() {
+        use std::io::Write;
+        let (ours, mut theirs) = conn(0);
+        let err = ours.peek().expect_err("nothing sent yet");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        theirs.write_all(b"xy").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let seen = loop {
+            match ours.peek() {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the bytes never came");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("peek: {e}"),
+            }
+        };
+        assert_eq!(seen, 1, "peek looks at one byte");
+        let mut got = [0u8; 2];
+        (&ours.stream).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"xy", "the peeked byte is still there");
+        drop(theirs);
+    }
+
+    #[test]
     fn apdus_are_traced_only_when_asked_with_their_direction() {
         crate::test_log::init();
         let thread = "trace-test";

@@ -188,6 +188,17 @@ mod tests {
     }
 
     #[test]
+    fn pending_peers_are_counted_until_the_last_leaves() {
+        let mut pending = Pending::new(2);
+        assert!(pending.is_empty());
+        let now = Instant::now();
+        assert_eq!(pending.admit('a', now), None);
+        assert!(!pending.is_empty());
+        assert_eq!(pending.remove(0), 'a');
+        assert!(pending.is_empty());
+    }
+
+    #[test]
     fn a_valid_atr_proves_a_card_however_it_is_split() {
         for split in 0..ATR_ANSWER.len() {
             let mut proof = Proof::default();
