@@ -60,6 +60,23 @@ pub fn tool(name: &str) -> PathBuf {
     path
 }
 
+/// PATH with the built tools first, so that scripts a test runs can say `vpcd-wait`.
+pub fn path_with_tools() -> String {
+    format!(
+        "{}:{}",
+        build_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// Whether this process runs as root (its effective uid).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
 /// A fresh directory `vpcd-TAG-...` under the system's temporary one, removed on drop.
 pub fn temp_dir(tag: &str) -> TempDir {
     tempfile::Builder::new()

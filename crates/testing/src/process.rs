@@ -2,7 +2,8 @@
 //! Python vicc.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs a command, returning (success, stdout + stderr).
 pub fn run(cmd: &mut Command) -> (bool, String) {
@@ -10,6 +11,63 @@ pub fn run(cmd: &mut Command) -> (bool, String) {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text += &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// How a command started by [`spawn_logged`] ended, and what it printed.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// From the `start` given to [`finish`] to its exit.
+    pub took: Duration,
+}
+
+/// Spawns `cmd` with its output in `TAG.out` and `TAG.err` of `dir`.
+pub fn spawn_logged(cmd: &mut Command, dir: &Path, tag: &str) -> Child {
+    let out = std::fs::File::create(dir.join(format!("{tag}.out"))).unwrap();
+    let err = std::fs::File::create(dir.join(format!("{tag}.err"))).unwrap();
+    cmd.stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// Waits for a child started by [`spawn_logged`]. One that is still running `limit`
+/// after `start` gets SIGTERM (so that vpcd-run can end its environment), SIGKILL 5 s
+/// later, and the test fails with what it wrote to stderr.
+pub fn finish(
+    mut child: Child,
+    dir: &Path,
+    tag: &str,
+    start: Instant,
+    limit: Duration,
+) -> Finished {
+    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{tag}.{ext}")));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > limit {
+            crate::signal(child.id(), libc::SIGTERM);
+            let grace = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().unwrap().is_none() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{tag} still running after {limit:?}:\n{}",
+                read("err").unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Finished {
+        status,
+        stdout: read("out").unwrap(),
+        stderr: read("err").unwrap(),
+        took: start.elapsed(),
+    }
 }
 
 /// A process killed (by pid) and reaped on drop.

@@ -11,34 +11,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vpcd_testing::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_vpcd-run"))
-        .parent()
-        .unwrap()
-        .join(name)
-}
-
-fn path_with_tools() -> String {
-    format!(
-        "{}:{}",
-        bin("vpcd-run").parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-}
 
 /// The pcscd under test, as an absolute path (the user's PATH may lack sbin).
 fn pcscd() -> PathBuf {
@@ -70,16 +48,16 @@ fn vpcd_run(user: Option<(u32, u32)>, sim: bool, args: &[&str]) -> Command {
 
 fn vpcd_run_with(user: Option<(u32, u32)>, sim: bool, pcscd: &Path, args: &[&str]) -> Command {
     let mut cmd = if sim {
-        in_container(user, &bin("vpcd-run"))
+        in_container(user, &tool("vpcd-run"))
     } else if let Some((uid, gid)) = user {
         let mut c = Command::new("setpriv");
         c.arg(format!("--reuid={uid}"))
             .arg(format!("--regid={gid}"))
             .args(["--clear-groups", "--"])
-            .arg(bin("vpcd-run"));
+            .arg(tool("vpcd-run"));
         c
     } else {
-        Command::new(bin("vpcd-run"))
+        Command::new(tool("vpcd-run"))
     };
     cmd.arg("--driver")
         .arg(driver_path())
@@ -93,46 +71,11 @@ fn vpcd_run_with(user: Option<(u32, u32)>, sim: bool, pcscd: &Path, args: &[&str
     cmd
 }
 
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
 /// A directory everyone can read (for an ordinary user's cards and scripts).
 fn open_dir(tag: &str) -> tempfile::TempDir {
     let d = temp_dir(tag);
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
-}
-
-fn spawn_logged(cmd: &mut Command, dir: &Path, tag: &str) -> Child {
-    let out = std::fs::File::create(dir.join(format!("{tag}.out"))).unwrap();
-    let err = std::fs::File::create(dir.join(format!("{tag}.err"))).unwrap();
-    cmd.stdout(out).stderr(err).spawn().expect("start vpcd-run")
-}
-
-fn finish(mut child: Child, dir: &Path, tag: &str, start: Instant, limit: Duration) -> Finished {
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > limit {
-            signal(child.id(), 15);
-            let _ = child.wait();
-            panic!(
-                "{tag} still running after {limit:?}:\n{}",
-                std::fs::read_to_string(dir.join(format!("{tag}.err"))).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{tag}.{ext}"))).unwrap();
-    Finished {
-        status,
-        stdout: read("out"),
-        stderr: read("err"),
-    }
 }
 
 fn run(cmd: &mut Command) -> Finished {
@@ -358,7 +301,7 @@ fn a_system_pcscd_is_never_touched() {
     let envs = format!(
         "for i in 1 2 3; do {run} --driver {drv} --pcscd {pcscd} -- sh -c \
            'opensc-tool -l; opensc-tool -r \"$VPCD_READER\" -a' > {d}/env$i.out 2>&1 & done; wait",
-        run = bin("vpcd-run").display(),
+        run = tool("vpcd-run").display(),
         drv = driver_path().display(),
         pcscd = pcscd().display(),
         d = dir.path().display(),
@@ -507,7 +450,7 @@ fn missing_pieces_are_one_line_each() {
         }
     };
     // No pcscd binary.
-    let r = run(Command::new(bin("vpcd-run"))
+    let r = run(Command::new(tool("vpcd-run"))
         .args([
             "--no-namespaces",
             "--pcscd",
@@ -537,7 +480,7 @@ fn missing_pieces_are_one_line_each() {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
     };
-    let r = run(Command::new(bin("vpcd-run"))
+    let r = run(Command::new(tool("vpcd-run"))
         .args(["--no-namespaces", "--pcscd"])
         .arg(&no_systemd)
         .arg("--driver")
@@ -549,7 +492,7 @@ fn missing_pieces_are_one_line_each() {
     let base = free_ports(2);
     let _held = std::net::TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
     let range = format!("{base}-{}", base + 1);
-    let r = run(Command::new(bin("vpcd-run"))
+    let r = run(Command::new(tool("vpcd-run"))
         .args(["--no-namespaces", "--ports", &range, "--driver"])
         .arg(driver_path())
         .arg("--pcscd")
@@ -597,7 +540,7 @@ fn image_path() -> (tempfile::TempDir, String) {
         &wrapper,
         format!(
             "#!/bin/sh\nexec {} --driver {} --pcscd {} \"$@\"\n",
-            bin("vpcd-run").display(),
+            tool("vpcd-run").display(),
             driver_path().display(),
             pcscd().display()
         ),
@@ -851,7 +794,7 @@ fn containerfile_entrypoint_runs_in_the_container_simulation() {
                     let built = if name == "libifdvpcd.so" {
                         driver_path()
                     } else {
-                        bin(name.to_str().unwrap())
+                        build_dir().join(name)
                     };
                     assert!(built.is_file(), "{src}: no {}", built.display());
                 }
@@ -923,7 +866,7 @@ fn user_namespace_without_the_others_falls_back() {
     ensure_run_pcscd();
     let mut cmd = Command::new(repo_root().join("scripts/container-sim"));
     cmd.args(["--userns-only", "--user", &format!("{uid}:{gid}")])
-        .arg(bin("vpcd-run"))
+        .arg(tool("vpcd-run"))
         .arg("--driver")
         .arg(driver_path())
         .arg("--pcscd")
@@ -1050,7 +993,7 @@ fn run_pcscd_made_by_root_and_removed_after() {
         format!(
             "{who} {run} --no-namespaces --driver {drv} --pcscd {pcscd} -- \
                sh -c 'ls -d /run/pcscd; opensc-tool -r \"$VPCD_READER\" -a'",
-            run = bin("vpcd-run").display(),
+            run = tool("vpcd-run").display(),
             drv = driver_path().display(),
             pcscd = pcscd().display(),
         )

@@ -4,77 +4,20 @@
 //! Every vpcd-run here ends its whole environment itself (pid 1 of a PID namespace);
 //! the tests wait for each with a deadline and kill it by pid if it overstays.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vpcd_testing::*;
 
-fn bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_vpcd-run"))
-        .parent()
-        .unwrap()
-        .join(name)
-}
-
-/// PATH with the built tools first, so scripts inside can say `vpcd-wait`.
-fn path_with_tools() -> String {
-    format!(
-        "{}:{}",
-        bin("vpcd-run").parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 /// `vpcd-run --driver <the driver under test> ARGS...`
 fn vpcd_run(args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin("vpcd-run"));
+    let mut cmd = Command::new(tool("vpcd-run"));
     cmd.arg("--driver")
         .arg(driver_path())
         .args(args)
         .env("PATH", path_with_tools())
         .stdin(Stdio::null());
     cmd
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-/// Spawns `cmd` with its output in files of `dir`.
-fn spawn_logged(cmd: &mut Command, dir: &Path, tag: &str) -> Child {
-    let out = std::fs::File::create(dir.join(format!("{tag}.out"))).unwrap();
-    let err = std::fs::File::create(dir.join(format!("{tag}.err"))).unwrap();
-    cmd.stdout(out).stderr(err).spawn().expect("start vpcd-run")
-}
-
-/// Waits for a child started by [`spawn_logged`]; kills it (by pid) after `limit`.
-fn finish(mut child: Child, dir: &Path, tag: &str, start: Instant, limit: Duration) -> Finished {
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{tag} still running after {limit:?}:\n{}",
-                std::fs::read_to_string(dir.join(format!("{tag}.err"))).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let took = start.elapsed();
-    let read = |ext: &str| std::fs::read_to_string(dir.join(format!("{tag}.{ext}"))).unwrap();
-    Finished {
-        status,
-        stdout: read("out"),
-        stderr: read("err"),
-        took,
-    }
 }
 
 fn run_env(args: &[&str], limit: Duration) -> Finished {
@@ -283,7 +226,7 @@ fn vicc_control_reports_each_change_at_once() {
     let reader = reader_name("Ctl", 0, 0);
     let ctl_path = pcscd.dir().join("card.ctl");
     let mut vicc = Process::spawn(
-        Command::new(bin("vpcd-vicc"))
+        Command::new(tool("vpcd-vicc"))
             .args([
                 "-l",
                 "-H",
@@ -298,7 +241,7 @@ fn vicc_control_reports_each_change_at_once() {
     let ctx = pcscd.context();
     wait_card(&ctx, &reader, true, Duration::from_secs(10));
     let ctl = |cmd: &str| {
-        let out = Command::new(bin("vpcd-vicc"))
+        let out = Command::new(tool("vpcd-vicc"))
             .arg("ctl")
             .arg(&ctl_path)
             .arg(cmd)
@@ -529,7 +472,7 @@ fn works_without_root_through_a_user_namespace() {
     let start = Instant::now();
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(bin("vpcd-run"))
+        .arg(tool("vpcd-run"))
         .arg("--driver")
         .arg(driver_path())
         .args([
@@ -554,11 +497,4 @@ fn works_without_root_through_a_user_namespace() {
     }
     assert!(r.status.success(), "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.starts_with("0\n3b:8a"), "{}", r.stdout);
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
 }
