@@ -20,19 +20,12 @@
 //! 4. the usual recipe: the C vpcd, the vicc, then `sleep 5` (as CI scripts do).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const C_DRIVER: &str = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so";
 const READER: &str = "Virtual PCD 00 00";
-
-fn bin(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_vpcd-run"))
-        .parent()
-        .unwrap()
-        .join(name)
-}
 
 /// Inside an environment: connect, SELECT the MF, print `usable`. With `poll`, retry
 /// every 10 ms (for up to 30 s) instead of failing.
@@ -71,7 +64,7 @@ fn probe(poll: bool) -> i32 {
 /// Spawns vpcd-run with `args` (then `--` and the command), returns a handle to read
 /// the probe's line from.
 fn spawn_env(args: &[&str], command: &[&str]) -> (std::process::Child, Instant) {
-    let vpcd_run = bin("vpcd-run");
+    let vpcd_run = vpcd_testing::tool("vpcd-run");
     let mut all = vec![vpcd_run.to_str().unwrap()];
     all.extend_from_slice(args);
     spawn_cmd(&all, command)
@@ -85,14 +78,7 @@ fn spawn_cmd(args: &[&str], command: &[&str]) -> (std::process::Child, Instant) 
         .args(&args[1..])
         .arg("--")
         .args(command)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                bin("vpcd-run").parent().unwrap().display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+        .env("PATH", vpcd_testing::path_with_tools())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -141,7 +127,7 @@ fn main() {
     let me = me.to_str().unwrap();
     let driver = vpcd_testing::driver_path();
     let driver = driver.to_str().unwrap();
-    let vpcd_run = bin("vpcd-run");
+    let vpcd_run = vpcd_testing::tool("vpcd-run");
     let vpcd_run = vpcd_run.to_str().unwrap();
     // This binary again, inside the container simulation: vpcd-run as a suite in an
     // unprivileged container starts it (the simulation's own start, a filter
