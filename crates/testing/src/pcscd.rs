@@ -237,7 +237,13 @@ impl PcscdBuilder {
             socket,
             patience: Duration::from_secs(if wrapper.is_some() { 60 } else { 10 }),
             nudged: false,
+            watchdog: None,
         };
+        // Under valgrind everything is many times slower: no watchdog there.
+        let slowed = wrapper.as_deref().is_some_and(|w| w.contains("valgrind"));
+        if !slowed {
+            pcscd.watchdog = Some(Watchdog::start(pcscd.pid(), pcscd.log.clone()));
+        }
         pcscd.wait_ready();
         pcscd
     }
@@ -269,6 +275,8 @@ pub struct Pcscd {
     /// How long [`Pcscd::stop`] waits for pcscd to exit (longer under a wrapper).
     patience: Duration,
     nudged: bool,
+    /// Reports a test that hangs, with the threads of both sides; see [`Watchdog`].
+    watchdog: Option<Watchdog>,
 }
 
 impl Pcscd {
@@ -461,6 +469,8 @@ impl Pcscd {
 
 impl Drop for Pcscd {
     fn drop(&mut self) {
+        // Disarmed first: a stop that hangs is reported by stop() itself.
+        drop(self.watchdog.take());
         if std::thread::panicking() {
             // No second panic from stop(): end pcscd the hard way.
             if let Some(mut child) = self.child.take() {
@@ -474,6 +484,68 @@ impl Drop for Pcscd {
         }
         if std::thread::panicking() || std::env::var_os("VPCD_TEST_LOG").is_some() {
             eprintln!("---- pcscd log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// How long a test may run with its pcscd before the watchdog reports it: under
+/// nextest's termination (120 s), so that a hang shows where it is instead of only
+/// "timed out". `VPCD_TEST_WATCHDOG` (seconds) overrides it; 0 turns it off.
+const WATCHDOG_AFTER: Duration = Duration::from_secs(100);
+
+/// A thread that, if the test still runs after [`WATCHDOG_AFTER`], prints the
+/// backtraces of every thread of pcscd and of the test process (gdb), the kernel's
+/// wait channels, and pcscd's log; then kills pcscd and aborts the test process. A hang
+/// in the driver, in pcscd or in the client library then fails with its evidence,
+/// where nextest's timeout would show only the test's name. Dropping it disarms it.
+struct Watchdog {
+    disarm: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(pid: u32, log: PathBuf) -> Watchdog {
+        let after = std::env::var("VPCD_TEST_WATCHDOG")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or(WATCHDOG_AFTER, Duration::from_secs);
+        let (disarm, disarmed) = std::sync::mpsc::channel::<()>();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("the test")
+            .to_owned();
+        let thread = (!after.is_zero()).then(|| {
+            std::thread::spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    disarmed.recv_timeout(after)
+                {
+                    eprintln!(
+                        "==== watchdog: {test} still runs after {after:?}; pcscd (pid {pid}):"
+                    );
+                    dump_threads(pid);
+                    eprintln!("==== the test process (pid {}):", std::process::id());
+                    dump_threads(std::process::id());
+                    eprintln!(
+                        "==== pcscd log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                    signal(pid, libc::SIGKILL);
+                    std::process::abort();
+                }
+            })
+        });
+        Watchdog {
+            disarm: Some(disarm),
+            thread,
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
