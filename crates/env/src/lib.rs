@@ -435,12 +435,16 @@ impl Environment {
                     Retry::Fatal(e)
                 });
             }
+            // Listeners first, pcscd's sockets second: a socket that listens was
+            // among pcscd's files before it listened, so a driver binding between the
+            // two reads cannot pass for someone else's socket (it did, the other way
+            // round, under 49 environments starting at once).
+            let listening = ports::listening(&ports);
             let fds = sys::socket_inodes(self.pid);
             let ours = |l: &ports::Listener| match &fds {
                 Some(inodes) => inodes.contains(&l.inode),
                 None => l.uid == uid,
             };
-            let listening = ports::listening(&ports);
             let mut missing = vec![];
             for &port in &ports {
                 let owners = listening.get(&port).map(Vec::as_slice).unwrap_or(&[]);

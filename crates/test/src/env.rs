@@ -23,6 +23,7 @@ use std::time::Duration;
 use vpcd_env::{Config, Environment, Output};
 
 use crate::lease::Table;
+use crate::status::{status_change, Outcome};
 use crate::Error;
 
 /// The variables that choose what the environment runs.
@@ -183,10 +184,7 @@ fn check_client(env: &Environment) -> Result<(), Error> {
     })?;
     let want: Vec<String> = (0..env.slots()).map(|s| env.reader_name(s)).collect();
     let start = std::time::Instant::now();
-    let mut pnp = [pcsc::ReaderState::new(
-        pcsc::PNP_NOTIFICATION(),
-        pcsc::State::UNAWARE,
-    )];
+    let mut pnp = pcsc::State::UNAWARE;
     loop {
         let readers = crate::client::list_readers(&ctx);
         if !readers.contains(&want[0]) && !readers.is_empty() {
@@ -210,11 +208,11 @@ fn check_client(env: &Environment) -> Result<(), Error> {
             )));
         }
         // Woken when pcscd adds a reader.
-        if ctx
-            .get_status_change(left.min(Duration::from_millis(100)), &mut pnp)
-            .is_ok()
+        let watch = [(pcsc::PNP_NOTIFICATION().to_owned(), pnp)];
+        if let Outcome::Returned(Ok(()), seen) =
+            status_change(&watch, left.min(Duration::from_millis(100)))
         {
-            pnp[0].sync_current_state();
+            pnp = seen[0] & !pcsc::State::CHANGED;
         }
     }
 }

@@ -56,7 +56,10 @@
 //! - `env`: the process's environment (pcscd, the keeper thread, the watchdog).
 //! - `lease`: the lock-free table of leased slots.
 //! - `child`: a card in a process of its own (vpcd-vicc, any vicc).
-//! - `client`: waiting for a card with SCardGetStatusChange.
+//! - `client`: the readers pcscd lists.
+//! - [`status`]: waiting for a card to come or go (woken by pcscd's own event, no
+//!   polling), on an SCardGetStatusChange that returns even when pcsc-lite's client
+//!   library would not.
 //! - `sys`: the parent-death signal of card processes (the only `unsafe`).
 
 #![deny(unsafe_code)]
@@ -73,6 +76,7 @@ mod child;
 mod client;
 mod env;
 mod lease;
+pub mod status;
 #[allow(unsafe_code)]
 mod sys;
 
@@ -310,7 +314,7 @@ impl Slot {
     }
 
     fn wait(&self, present: bool, timeout: Duration) -> Result<(), Error> {
-        client::wait_card(&self.context, &self.reader, present, timeout)
+        status::wait_card(&self.reader, present, timeout)
             .map(|_| ())
             .map_err(|e| {
                 Error::new(format!(
@@ -364,7 +368,7 @@ impl Slot {
         const SLICE: Duration = Duration::from_millis(250);
         let start = std::time::Instant::now();
         loop {
-            match client::wait_card(&self.context, &self.reader, true, SLICE) {
+            match status::wait_card(&self.reader, true, SLICE) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.starts_with("SCardGetStatusChange") => {
                     return Err(Error::new(format!("{}: {e}", self.reader())))

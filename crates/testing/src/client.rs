@@ -2,9 +2,9 @@
 //! linker: `LD_LIBRARY_PATH` picks another one).
 
 use std::ffi::CString;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pcsc::{Context, Protocols, ReaderState, ShareMode, State};
+use pcsc::{Context, Protocols, ShareMode};
 
 /// The readers pcscd lists now (none if it cannot list them).
 pub fn list_readers(ctx: &Context) -> Vec<String> {
@@ -17,60 +17,21 @@ pub fn list_readers(ctx: &Context) -> Vec<String> {
 
 /// Waits until the card in `reader` is present (or absent); returns how long it took.
 ///
-/// The wait runs on a context of its own, not on `ctx`, and a fresh one after any
-/// error: pcsc-lite 2.x's client library can fall out of step with pcscd on a context
-/// whose status waits time out while events arrive (it reads one message for another,
-/// "should never happen" in its source), and a later wait on that context then blocks
-/// for ever in its unregistering from events (seen under the 2.5.1 sandbox: a test
-/// stuck in `unregisterFromEvents` while pcscd had nothing more to send). A context
-/// per wait keeps such a slip from reaching the next call.
+/// Not on `ctx`: every call to pcscd is a [`vpcd_test::status::status_change`], on a
+/// context of its own and a thread that may be abandoned. pcsc-lite 2.x's client
+/// library can fall out of step with pcscd when an event arrives while it fetches the
+/// readers' states, and then wait for ever in `unregisterFromEvents` (the harness's
+/// watchdog caught it so under load: pcscd idle, the test stuck there); a wait that
+/// does not return is dropped and made again on a new context.
 pub fn wait_card(ctx: &Context, reader: &str, present: bool, timeout: Duration) -> Duration {
     let _ = ctx;
-    let start = Instant::now();
     let name = CString::new(reader).unwrap();
-    let mut states = [ReaderState::new(name.clone(), State::UNAWARE)];
-    let mut own = establish_for_waiting(start, timeout);
-    loop {
-        let left = timeout.saturating_sub(start.elapsed());
-        match own.get_status_change(left, &mut states) {
-            Ok(()) => {}
-            Err(pcsc::Error::Timeout) => {}
-            // pcsc-lite 2.x: a context established a moment ago may not know a
-            // reader pcscd has just added; it will. And its client library can read
-            // pcscd's wake-up message for a reader-state size while it polls
-            // (SCARD_E_UNSUPPORTED_FEATURE): that context is out of step, so the
-            // next call gets a new one.
-            Err(pcsc::Error::UnknownReader | pcsc::Error::UnsupportedFeature)
-                if start.elapsed() < timeout =>
-            {
-                std::thread::sleep(Duration::from_millis(10));
-                own = establish_for_waiting(start, timeout);
-                states = [ReaderState::new(name.clone(), State::UNAWARE)];
-                continue;
-            }
-            Err(e) => panic!("get_status_change({reader}): {e}"),
-        }
-        let state = states[0].event_state();
-        if state.contains(State::PRESENT) == present && !state.contains(State::UNKNOWN) {
-            return start.elapsed();
-        }
-        if start.elapsed() >= timeout {
-            panic!(
-                "{reader}: card {} not seen within {timeout:?} (state {state:?})",
-                if present { "insertion" } else { "removal" }
-            );
-        }
-        states[0].sync_current_state();
-    }
-}
-
-fn establish_for_waiting(start: Instant, timeout: Duration) -> Context {
-    loop {
-        match Context::establish(pcsc::Scope::User) {
-            Ok(ctx) => return ctx,
-            Err(e) if start.elapsed() >= timeout => panic!("establish a context: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(10)),
-        }
+    match vpcd_test::status::wait_card(&name, present, timeout) {
+        Ok(took) => took,
+        Err(e) => panic!(
+            "{reader}: card {} not seen within {timeout:?}: {e}",
+            if present { "insertion" } else { "removal" }
+        ),
     }
 }
 

@@ -2,9 +2,11 @@
 //! pcsc-lite's PnP notification pseudo-reader (so readers that appear later count),
 //! with no polling once pcscd answers. Shared by `vpcd-wait` and `vpcd-run`.
 
+use std::ffi::CString;
 use std::time::{Duration, Instant};
 
-use pcsc::{Context, Error, ReaderState, Scope, State, PNP_NOTIFICATION};
+use pcsc::{Context, Error, Scope, State, PNP_NOTIFICATION};
+use vpcd_test::status::{status_change, Outcome};
 
 /// Which readers must hold (or, with `present == false`, must not hold) a card.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +107,8 @@ pub fn wait_for(
             Err(_) => std::thread::sleep(NO_SERVICE_RETRY),
         }
     };
-    let mut states: Vec<ReaderState> = vec![];
+    // (name, the state last seen): the PnP pseudo-reader first, when there is room.
+    let mut states: Vec<(CString, State)> = vec![];
     let mut rebuild = true;
     loop {
         let names = match ctx.list_readers_owned() {
@@ -113,29 +116,38 @@ pub fn wait_for(
             Err(Error::NoReadersAvailable) => vec![],
             Err(e) => return Err(format!("cannot list readers: {e}")),
         };
-        let known = states.iter().filter(|s| !is_pnp(s)).map(|s| s.name());
-        if rebuild || known.ne(names.iter().map(|n| n.as_c_str())) {
+        let known = states.iter().filter(|s| !is_pnp(s)).map(|(n, _)| n);
+        if rebuild || known.ne(names.iter()) {
             rebuild = false;
             states.clear();
             if names.len() < MAX_STATES {
-                states.push(ReaderState::new(PNP_NOTIFICATION(), State::UNAWARE));
+                states.push((PNP_NOTIFICATION().to_owned(), State::UNAWARE));
             }
-            states.extend(
-                names
-                    .into_iter()
-                    .map(|n| ReaderState::new(n, State::UNAWARE)),
-            );
+            states.extend(names.into_iter().map(|n| (n, State::UNAWARE)));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         // In slices: pcsc-lite 2.x's client may miss a wake-up (the state changed,
-        // the call still times out), which must not cost the whole timeout.
-        match ctx.get_status_change(left.min(WAKE_UP_SLICE), &mut states) {
+        // the call still times out), which must not cost the whole timeout. Each
+        // slice on a context and a thread of its own: that client can also stop
+        // answering for good (vpcd_test::status says when), which must not hang us.
+        let result = match status_change(&states, left.min(WAKE_UP_SLICE)) {
+            Outcome::Returned(result, seen) => {
+                if matches!(result, Ok(()) | Err(Error::Timeout)) {
+                    for ((_, known), seen) in states.iter_mut().zip(seen) {
+                        *known = seen & !State::CHANGED;
+                    }
+                }
+                result
+            }
+            Outcome::Stuck => {
+                rebuild = true;
+                Err(Error::Timeout)
+            }
+        };
+        match result {
             Ok(()) => {}
             Err(Error::Timeout) if Instant::now() < deadline => {}
             Err(Error::Timeout) => {
-                for s in &mut states {
-                    s.sync_current_state();
-                }
                 if done(&snapshot(&states)) {
                     return Ok(start.elapsed());
                 }
@@ -152,24 +164,21 @@ pub fn wait_for(
             }
             Err(e) => return Err(format!("waiting for a card: {e}")),
         }
-        for s in &mut states {
-            s.sync_current_state();
-        }
         if done(&snapshot(&states)) {
             return Ok(start.elapsed());
         }
     }
 }
 
-fn is_pnp(state: &ReaderState) -> bool {
-    state.name() == PNP_NOTIFICATION()
+fn is_pnp((name, _): &(CString, State)) -> bool {
+    name.as_c_str() == PNP_NOTIFICATION()
 }
 
-fn snapshot(states: &[ReaderState]) -> Vec<(String, State)> {
+fn snapshot(states: &[(CString, State)]) -> Vec<(String, State)> {
     states
         .iter()
         .filter(|s| !is_pnp(s))
-        .map(|s| (s.name().to_string_lossy().into_owned(), s.event_state()))
+        .map(|(name, state)| (name.to_string_lossy().into_owned(), *state))
         .collect()
 }
 
