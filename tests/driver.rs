@@ -126,6 +126,7 @@ fn the_c_drivers_stock_entry_works_with_only_libpath_changed() {
         "FRIENDLYNAME \"Virtual PCD\"\nDEVICENAME   /dev/null:0x8C7B\nLIBPATH      {}\nCHANNELID    0x8C7B\n",
         driver_path().display()
     );
+    wait_bindable(&DEFAULT_PORTS, 30 * SECOND);
     let pcscd = Pcscd::start_with_config(&conf);
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
@@ -305,7 +306,14 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
         driver_part < 700_000,
         "closing the readers took {driver_part} us:\n{log}"
     );
-    assert!(took < 3 * SECOND, "pcscd took {took:?} to stop");
+    // A pcscd that missed the SIGINT under load (1.9.9 and 2.5.1 both can: see
+    // Pcscd::stop) is woken 2 s later; that wait is pcscd's, not the driver's.
+    let missed = if pcscd.nudged() {
+        2 * SECOND
+    } else {
+        Duration::ZERO
+    };
+    assert!(took < 3 * SECOND + missed, "pcscd took {took:?} to stop");
 }
 
 fn apdu_trace_case(options: &str, traced: bool) {

@@ -59,6 +59,7 @@ fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_por
         "/usr/lib/pcsc",
         &format!("{}/usr/lib/pcsc", stage.path().display()),
     );
+    wait_bindable(&DEFAULT_PORTS, Duration::from_secs(30));
     let pcscd = Pcscd::start_with_config(&staged);
     let reader = reader_name("Virtual PCD", 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name("Virtual PCD", 0, 1)]);

@@ -120,3 +120,29 @@ pub fn free_ports(count: u16) -> u16 {
     }
     panic!("no {count} free consecutive ports");
 }
+
+/// The C driver's default ports, 35963 and 35964 (CHANNELID 0x8C7B, two slots).
+pub const DEFAULT_PORTS: [u16; 2] = [0x8C7B, 0x8C7C];
+
+/// Waits until every one of `ports` can be bound on all addresses, as the driver binds
+/// them; panics after `timeout`. For the tests of fixed ports: the default ones lie in
+/// the kernel's ephemeral range, where any test's outgoing connection may hold one
+/// for as long as it lives (free_ports never hands out such ports).
+pub fn wait_bindable(ports: &[u16], timeout: std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let taken: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|p| TcpListener::bind(("0.0.0.0", *p)).is_err())
+            .collect();
+        if taken.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "ports {taken:?} still in use after {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
