@@ -15,7 +15,8 @@ use pcsc::{Context, Scope};
 use crate::client::list_readers;
 use crate::paths::{driver_path, repo_root, temp_dir, TempDir};
 
-/// pcscd (1.9.9, and 2.5.1 under load) can miss a SIGINT (see [`Pcscd::stop`]); it is woken after this long.
+/// pcscd (1.9.9, and 2.5.1 under load) can miss a SIGINT (see [`Pcscd::stop`]); it is
+/// woken after this long.
 const NUDGE_AFTER: Duration = Duration::from_secs(2);
 
 /// One reader.conf.d entry.
@@ -342,8 +343,8 @@ impl Pcscd {
     /// Stops pcscd with SIGINT; returns how long it took to exit. Panics, with pcscd's
     /// threads and log, if it has not exited after 10 s (60 s under a wrapper).
     ///
-    /// pcscd 1.9.9 (and 2.5.1, seen under load) can miss a SIGINT: its main loop waits for clients in select()
-    /// without a timeout, and after the EINTR it gives its signal thread 1 ms to set the
+    /// pcscd 1.9.9 (and 2.5.1, seen under load) can miss a SIGINT: its main loop waits
+    /// for clients in select() without a timeout, and after the EINTR it gives its signal thread 1 ms to set the
     /// quit flag; on a loaded machine it misses the flag and sleeps on. So if pcscd still
     /// runs after 2 s, a connection to its socket wakes that select(), and pcscd then sees
     /// the flag and shuts down cleanly. This is the harness's only workaround for it: a
