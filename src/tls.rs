@@ -1,5 +1,6 @@
-//! The secure link of a `tls=yes` reader (docs/TLS.md): its key and trust list, loaded
-//! once when pcscd opens the slot, and the TLS session of one peer.
+//! The secure link of a `tls=yes` reader (docs/TLS.md): its key, loaded when pcscd
+//! opens the slot, its trust list, read again whenever the file changes, and the TLS
+//! session of one peer.
 //!
 //! The driver never writes a file and never generates a key: under pcsc-lite 2.x's
 //! hardened service it runs as user pcscd on a read-only file system. `vpcd-config tls`
@@ -38,13 +39,58 @@ pub(crate) fn dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from)
 }
 
-/// A secure reader's configuration: which side of the handshake its slots take.
+/// A secure slot's link: its key, and the TLS configuration built from its trust
+/// list, which follows the file: `vpcd-config tls trust` / `untrust` take effect at the
+/// next connection, without restarting pcscd. A connected card stays connected.
+pub(crate) struct Setup {
+    me: Identity,
+    /// Whether the slot listens (the vicc is the TLS client) or connects out.
+    listening: bool,
+    trust_path: PathBuf,
+    label: String,
+    current: Mutex<Current>,
+}
+
+/// The configuration in use and the trust file it was built from.
+struct Current {
+    stamp: Option<Stamp>,
+    config: Config,
+}
+
+/// Which side of the handshake the slot takes.
 #[derive(Clone)]
-pub(crate) enum Setup {
-    /// A listening reader: the vicc connects and is the TLS client.
+enum Config {
     Server(Arc<ServerConfig>),
-    /// A reversed reader: it connects out and is the TLS client.
     Client(Arc<ClientConfig>),
+}
+
+/// What tells one version of the trust file from another, without reading it: a write
+/// in place changes its time or length, a rename its inode.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+    })
+}
+
+fn configure(me: &Identity, listening: bool, trusted: TrustList) -> Result<Config, String> {
+    Ok(if listening {
+        Config::Server(link::server_config(me, trusted)?)
+    } else {
+        Config::Client(link::client_config(me, trusted)?)
+    })
 }
 
 impl Setup {
@@ -70,20 +116,16 @@ impl Setup {
                 format!("tls=yes, but {e}; the reader stays closed (no plain fallback)"),
             )
         };
+        let trust_path = dir.join(TRUST_FILE);
+        // Taken before the read: a write in between shows as a change at the next peer.
+        let trust_stamp = stamp(&trust_path);
         let (me, trusted) = load_files(&dir).map_err(refuse)?;
-        let setup = match cfg.endpoint {
-            Endpoint::Listen { .. } => {
-                Setup::Server(link::server_config(&me, trusted.clone()).map_err(refuse)?)
-            }
-            Endpoint::Connect { .. } => {
-                Setup::Client(link::client_config(&me, trusted.clone()).map_err(refuse)?)
-            }
-        };
+        let listening = matches!(cfg.endpoint, Endpoint::Listen { .. });
         if index == 0 && trusted.entries.is_empty() {
             log::warn!(
                 "{label}: {} trusts no peer key yet: every vicc will be refused \
                  (vpcd-config tls trust FINGERPRINT)",
-                dir.join(TRUST_FILE).display()
+                trust_path.display()
             );
         }
         if index == 0 {
@@ -92,19 +134,61 @@ impl Setup {
                 me.fingerprint,
                 dir.join(KEY_FILE).display(),
                 trusted.entries.len(),
-                dir.join(TRUST_FILE).display()
+                trust_path.display()
             );
         }
-        Ok(Some(setup))
+        let config = configure(&me, listening, trusted).map_err(refuse)?;
+        Ok(Some(Setup {
+            me,
+            listening,
+            trust_path,
+            label: label.to_owned(),
+            current: Mutex::new(Current {
+                stamp: trust_stamp,
+                config,
+            }),
+        }))
+    }
+
+    /// The configuration for a new peer: rebuilt first if the trust file changed
+    /// since. A trust file that became unreadable or malformed is reported once and
+    /// the last good list stays in force (it never falls open).
+    fn config(&self) -> Config {
+        let mut current = self.current.lock();
+        let now = stamp(&self.trust_path);
+        if now != current.stamp {
+            current.stamp = now;
+            let reloaded = read_small(&self.trust_path)
+                .and_then(|text| {
+                    TrustList::parse(&text)
+                        .map_err(|e| format!("{} is malformed: {e}", self.trust_path.display()))
+                })
+                .and_then(|trusted| {
+                    let n = trusted.entries.len();
+                    configure(&self.me, self.listening, trusted).map(|c| (c, n))
+                });
+            match reloaded {
+                Ok((config, n)) => {
+                    current.config = config;
+                    log::info!(
+                        "{}: trust list {} changed: trusting {n} peer key(s) from now on",
+                        self.label,
+                        self.trust_path.display()
+                    );
+                }
+                Err(e) => log::error!("{}: {e}; keeping the trust list read before", self.label),
+            }
+        }
+        current.config.clone()
     }
 
     /// A session for a new peer.
     pub(crate) fn session(&self) -> io::Result<Session> {
-        let conn: Connection = match self {
-            Setup::Server(config) => ServerConnection::new(Arc::clone(config))
+        let conn: Connection = match self.config() {
+            Config::Server(config) => ServerConnection::new(config)
                 .map_err(io::Error::other)?
                 .into(),
-            Setup::Client(config) => ClientConnection::new(Arc::clone(config), link::server_name())
+            Config::Client(config) => ClientConnection::new(config, link::server_name())
                 .map_err(io::Error::other)?
                 .into(),
         };

@@ -337,6 +337,50 @@ fn a_vicc_with_an_unknown_key_is_refused() {
 }
 
 #[test]
+fn trust_and_untrust_take_effect_at_the_next_connection_without_a_restart() {
+    let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", false);
+    let before = bed.vicc("before", &["--connect", &bed.uri()]);
+    wait_output(
+        &before,
+        "connection to vpcd failed: TLS: it refused our key",
+    );
+    drop(before);
+    bed.assert_secure_slot_empty();
+
+    // Paired while pcscd runs: the next connection is the card.
+    trust(&bed.reader, &bed.vicc.fingerprint);
+    let paired = bed.vicc("paired", &["--connect", &bed.uri()]);
+    wait_card(&bed.pcscd.context(), &bed.secure_reader, true, 3 * BOUND);
+    bed.wait_log("changed: trusting 1 peer key(s) from now on");
+    opensc_echo(&bed.secure_reader);
+
+    // Unpaired: the card connected stays, the next connection is refused.
+    let (ok, out) = run(Command::new(tool("vpcd-config"))
+        .args(["tls", "untrust", &bed.vicc.fingerprint.to_string(), "--dir"])
+        .arg(&bed.reader.dir));
+    assert!(ok, "vpcd-config tls untrust:\n{out}");
+    opensc_echo(&bed.secure_reader);
+    drop(paired);
+    bed.assert_secure_slot_empty();
+    let after = bed.vicc("after", &["--connect", &bed.uri()]);
+    wait_output(&after, "connection to vpcd failed: TLS: it refused our key");
+    bed.wait_log("changed: trusting 0 peer key(s) from now on");
+    bed.assert_secure_slot_empty();
+
+    // A trust list spoiled meanwhile never opens the slot to everyone: the last good
+    // one (no key) stays in force, and says so once.
+    std::fs::write(bed.reader.dir.join("trusted"), "not a fingerprint\n").unwrap();
+    let spoiled = bed.vicc("spoiled", &["--connect", &bed.uri()]);
+    wait_output(
+        &spoiled,
+        "connection to vpcd failed: TLS: it refused our key",
+    );
+    bed.wait_log("keeping the trust list read before");
+    bed.assert_secure_slot_empty();
+    bed.other_reader_answers();
+}
+
+#[test]
 fn a_reader_key_other_than_the_pinned_one_is_refused_by_the_vicc() {
     // A man in the middle: the vicc pinned one key, the slot proves another.
     let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", true);

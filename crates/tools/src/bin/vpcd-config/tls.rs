@@ -40,11 +40,12 @@ Options:
   -P, --port PORT   the port in the URI [default: 35963]
       --no-qr       no QR code
 
-pcscd reads the files when it opens a reader: restart it after trust/untrust
-(sudo systemctl restart pcscd). Pairing, one step on each side:
+The driver reads the trust list again at the next connection after it changed:
+trust/untrust need no pcscd restart (the key: restart after init). Pairing, one step
+on each side:
   here:     vpcd-config tls show            -> vpcds://pc:35963?fp=...
   vicc:     vpcd-vicc --connect 'vpcds://pc:35963?fp=...'   -> prints its key
-  here:     sudo vpcd-config tls trust KEY --name phone && sudo systemctl restart pcscd
+  here:     sudo vpcd-config tls trust KEY --name phone
 ";
 
 struct Options {
@@ -169,8 +170,8 @@ fn run(args: &[OsString], out: &mut dyn Write) -> Result<(), (u8, String)> {
                 .map_err(|e| fail(format!("cannot write {}: {e}", trust_path.display())))?;
             let _ = writeln!(
                 out,
-                "trusting {fingerprint}{} ({} key(s) in {}); pcscd reads it when it opens a \
-                 reader: sudo systemctl restart pcscd",
+                "trusting {fingerprint}{} ({} key(s) in {}); the driver reads it at the next \
+                 connection",
                 if o.name.is_empty() {
                     String::new()
                 } else {
