@@ -83,7 +83,7 @@ fn attributes_and_controls_with_and_without_a_card() {
 
     // With a card, powered, T=1 negotiated.
     let _vicc = Vicc::connect(port + 1, Behaviour::Echo);
-    wait_card(&ctx, &reader, true, std::time::Duration::from_secs(3));
+    wait_card(&reader, true, std::time::Duration::from_secs(3));
     let card = connect(&ctx, &reader);
     assert_eq!(attr(&card, Attribute::IccPresence), [2]);
     assert_eq!(attr(&card, Attribute::IccInterfaceStatus), [1]);
@@ -131,7 +131,7 @@ assert SCardReleaseContext(ctx) == 0
 
     let ctx = pcscd.context();
     let _vicc = Vicc::connect(port, Behaviour::Echo);
-    wait_card(&ctx, &reader, true, std::time::Duration::from_secs(5));
+    wait_card(&reader, true, std::time::Duration::from_secs(5));
     let card = connect(&ctx, &reader);
     assert_eq!(attr(&card, Attribute::AtrString), TEST_ATR);
 }

@@ -18,9 +18,8 @@ fn readers_appear_with_slot_names_and_no_card() {
     let (pcscd, _) = one_reader("");
     let names = [reader_name(NAME, 0, 0), reader_name(NAME, 0, 1)];
     pcscd.wait_readers(&names);
-    let ctx = pcscd.context();
     for name in &names {
-        wait_card(&ctx, name, false, SECOND);
+        wait_card(name, false, SECOND);
     }
 }
 
@@ -29,12 +28,11 @@ fn insertion_removal_and_reinsertion_are_seen() {
     let (pcscd, port) = one_reader("");
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
-    let ctx = pcscd.context();
     for _ in 0..3 {
         let vicc = Vicc::connect(port, Behaviour::Echo);
-        wait_card(&ctx, &reader, true, 2 * SECOND);
+        wait_card(&reader, true, 2 * SECOND);
         vicc.disconnect();
-        wait_card(&ctx, &reader, false, 2 * SECOND);
+        wait_card(&reader, false, 2 * SECOND);
     }
 }
 
@@ -45,7 +43,7 @@ fn power_up_gives_the_atr_and_apdus_of_every_size_round_trip() {
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let _vicc = Vicc::connect(port, Behaviour::Echo);
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
     let mut names = [0u8; 256];
     let mut atr = [0u8; 64];
@@ -77,7 +75,7 @@ fn both_slots_work_at_once() {
             let pcscd = &pcscd;
             s.spawn(move || {
                 let ctx = pcscd.context();
-                wait_card(&ctx, reader, true, 2 * SECOND);
+                wait_card(reader, true, 2 * SECOND);
                 let card = connect(&ctx, reader);
                 for n in 0..200u32 {
                     let apdu = [0x00, 0xB0, i as u8, n as u8, 0x00];
@@ -97,13 +95,13 @@ fn reversed_mode_connects_to_a_listening_vicc() {
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
     let apdu = [0x00, 0xA4, 0x00, 0x0C, 0x02, 0x3F, 0x00];
     assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
     drop(card);
     drop(vicc);
-    wait_card(&ctx, &reader, false, 2 * SECOND);
+    wait_card(&reader, false, 2 * SECOND);
 }
 
 #[test]
@@ -116,7 +114,7 @@ fn channel_id_alone_listens_on_that_port() {
     let reader = reader_name(NAME, 0, 1);
     pcscd.wait_readers(&[reader_name(NAME, 0, 0), reader.clone()]);
     let _vicc = Vicc::connect(port + 1, Behaviour::Echo);
-    wait_card(&pcscd.context(), &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
 }
 
 #[test]
@@ -132,7 +130,7 @@ fn the_c_drivers_stock_entry_works_with_only_libpath_changed() {
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let _vicc = Vicc::connect(0x8C7B, Behaviour::Echo);
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
     assert_eq!(
         transmit(&card, &[0, 0xB0, 0, 0, 0]).unwrap(),
@@ -160,7 +158,7 @@ fn a_bad_devicename_fails_its_reader_with_a_clear_log_line_and_spares_the_others
     let good = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[good.clone(), reader_name(NAME, 0, 1)]);
     let _vicc = Vicc::connect(port, Behaviour::Echo);
-    wait_card(&pcscd.context(), &good, true, 2 * SECOND);
+    wait_card(&good, true, 2 * SECOND);
 }
 
 #[test]
@@ -183,7 +181,7 @@ fn broken_vicc_case(behaviour: Behaviour) {
     let ctx = pcscd.context();
     let _healthy = Vicc::connect(port + 1, Behaviour::Echo);
     let bad = Vicc::connect(port, behaviour);
-    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    wait_card(&readers[0], true, 2 * SECOND);
     let card = connect(&ctx, &readers[0]);
     let apdu = [0x00, 0xB0, 0x00, 0x00, 0x10];
     assert!(
@@ -192,16 +190,16 @@ fn broken_vicc_case(behaviour: Behaviour) {
     );
     assert!(pcscd.is_running(), "pcscd died");
     // The broken vicc is dropped: a card removal.
-    wait_card(&ctx, &readers[0], false, 3 * SECOND);
+    wait_card(&readers[0], false, 3 * SECOND);
     drop(card);
     drop(bad);
     // The other slot never noticed.
-    wait_card(&ctx, &readers[1], true, SECOND);
+    wait_card(&readers[1], true, SECOND);
     let other = connect(&ctx, &readers[1]);
     assert_eq!(transmit(&other, &apdu).unwrap(), echo_reply(&apdu));
     // The slot takes a good vicc afterwards.
     let _good = Vicc::connect(port, Behaviour::Echo);
-    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    wait_card(&readers[0], true, 2 * SECOND);
     let card = connect(&ctx, &readers[0]);
     assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
 }
@@ -234,9 +232,8 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
     pcscd.wait_readers(&readers);
     let _a = Vicc::connect(port, Behaviour::Echo);
     let stalled = Vicc::connect(port + 1, Behaviour::StallOnApdu);
-    let ctx = pcscd.context();
-    wait_card(&ctx, &readers[0], true, 2 * SECOND);
-    wait_card(&ctx, &readers[1], true, 2 * SECOND);
+    wait_card(&readers[0], true, 2 * SECOND);
+    wait_card(&readers[1], true, 2 * SECOND);
     let stuck_reader = readers[1].clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
@@ -322,7 +319,7 @@ fn apdu_trace_case(options: &str, traced: bool) {
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let _vicc = Vicc::connect(port, Behaviour::Echo);
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
     // A VERIFY with a PIN: exactly what must not reach a log unasked.
     let verify = [0x00, 0x20, 0x00, 0x81, 0x04, 0x31, 0x32, 0x33, 0x34];
@@ -356,7 +353,7 @@ fn control_lists_the_tlv_feature_and_attributes_describe_the_reader() {
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let _vicc = Vicc::connect(port, Behaviour::Echo);
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
     let mut buf = [0u8; 256];
 
@@ -400,7 +397,7 @@ fn an_apdu_too_long_for_a_frame_fails_alone_and_the_card_stays() {
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let vicc = Vicc::connect(port, Behaviour::Echo);
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
     // 65536 bytes: one more than a vpcd frame carries (pcscd itself takes up to 65548).
     let too_long = extended_apdu(65535 - 7 + 1);

@@ -59,7 +59,7 @@ impl Bed {
         pcscd.wait_readers(&readers);
         let healthy = Vicc::connect(port + 1, Behaviour::Echo);
         let ctx = pcscd.context();
-        wait_card(&ctx, &readers[1], true, 3 * SECOND);
+        wait_card(&readers[1], true, 3 * SECOND);
         let other = connect(&ctx, &readers[1]);
         let mut bed = Bed {
             pcscd,
@@ -109,7 +109,7 @@ impl Bed {
     /// (c): slot 0 takes a good vicc and an APDU round-trips through it.
     fn assert_slot_recovers(&mut self) {
         let vicc = attach_vicc(self.port, 5 * SECOND);
-        wait_card(&self.ctx, &self.readers[0], true, 3 * SECOND);
+        wait_card(&self.readers[0], true, 3 * SECOND);
         let card = connect(&self.ctx, &self.readers[0]);
         assert_eq!(
             transmit(&card, &APDU),
@@ -485,7 +485,7 @@ fn round(bed: &mut Bed, label: &str, stage: Stage, act: Act, expect: Expect) -> 
     };
     let peer = Peer::connect(bed.port, stage, act);
     let client = (stage == Stage::Apdu).then(|| {
-        wait_card(&bed.ctx, &bed.readers[0], true, 3 * SECOND);
+        wait_card(&bed.readers[0], true, 3 * SECOND);
         spawn_client(&bed.readers[0], apdu)
     });
     let acted = peer.wait_acted(5 * SECOND);
@@ -539,7 +539,7 @@ fn round(bed: &mut Bed, label: &str, stage: Stage, act: Act, expect: Expect) -> 
     }
     peer.close();
     bed.wait_released(addr, 3 * SECOND);
-    wait_card(&bed.ctx, &bed.readers[0], false, 3 * SECOND);
+    wait_card(&bed.readers[0], false, 3 * SECOND);
     bed.assert_healthy(&format!("after the hostile peer left ({label})"));
     dropped
 }
@@ -884,7 +884,7 @@ fn random_bytes_unasked_on_connect() {
 fn a_reply_larger_than_the_clients_buffer() {
     let mut bed = Bed::start();
     let _vicc = attach_vicc(bed.port, 5 * SECOND);
-    wait_card(&bed.ctx, &bed.readers[0], true, 3 * SECOND);
+    wait_card(&bed.readers[0], true, 3 * SECOND);
     let card = connect(&bed.ctx, &bed.readers[0]);
     // A 4 kB reply into a 258-byte buffer, and a full 65535-byte frame into one byte
     // less than it needs.
@@ -965,7 +965,7 @@ fn two_hundred_connections_at_once_on_one_port() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The one that won the slot is a working card.
-    wait_card(&bed.ctx, &bed.readers[0], true, 3 * SECOND);
+    wait_card(&bed.readers[0], true, 3 * SECOND);
     let card = connect(&bed.ctx, &bed.readers[0]);
     assert_eq!(
         transmit(&card, &APDU),
@@ -986,7 +986,7 @@ fn two_hundred_connections_at_once_on_one_port() {
     );
     assert_eq!(count(Fate::Card), 1, "{fates:?}");
     assert_eq!(count(Fate::NoConnect), 0, "{fates:?}");
-    wait_card(&bed.ctx, &bed.readers[0], false, 3 * SECOND);
+    wait_card(&bed.readers[0], false, 3 * SECOND);
     bed.assert_healthy("after 200 connections");
     bed.assert_slot_recovers();
     let fds_after = settle_fds(bed.pcscd.pid(), fds_before);
@@ -1062,7 +1062,7 @@ fn the_listen_backlog_holds_a_burst_of_200() {
 fn a_second_vicc_on_a_busy_slot_is_refused_cleanly() {
     let mut bed = Bed::start();
     let _first = attach_vicc(bed.port, 5 * SECOND);
-    wait_card(&bed.ctx, &bed.readers[0], true, 3 * SECOND);
+    wait_card(&bed.readers[0], true, 3 * SECOND);
     let card = connect(&bed.ctx, &bed.readers[0]);
     assert_eq!(transmit(&card, &APDU), Ok(echo_reply(&APDU)));
     for i in 0..20 {
@@ -1217,11 +1217,11 @@ fn ten_thousand_connect_disconnect_cycles_leak_nothing() {
     );
     // Warm up pcscd's and the driver's allocations, then measure.
     churn(bed.port, 500);
-    wait_card(&bed.ctx, &bed.readers[0], false, 3 * SECOND);
+    wait_card(&bed.readers[0], false, 3 * SECOND);
     std::thread::sleep(SECOND);
     let before = proc_stats(pid);
     let churned = churn(bed.port, 10_000);
-    wait_card(&bed.ctx, &bed.readers[0], false, 3 * SECOND);
+    wait_card(&bed.readers[0], false, 3 * SECOND);
     std::thread::sleep(SECOND);
     let fds = settle_fds(pid, before.fds);
     let after = proc_stats(pid);

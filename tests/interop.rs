@@ -23,8 +23,7 @@ fn opensc_tool_talks_to_the_python_vicc_through_our_driver() {
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let vicc = python_vicc(pcscd.dir(), &["-t", "iso7816", "-P", &port.to_string()]);
-    let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, Duration::from_secs(10));
+    wait_card(&reader, true, Duration::from_secs(10));
 
     let atr = opensc_tool(&reader, &["-a"]);
     assert!(
@@ -54,7 +53,7 @@ fn pyscard_lists_and_uses_the_card() {
         pcscd.dir(),
         &["-t", "iso7816", "-P", &(port + 1).to_string()],
     );
-    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(10));
+    wait_card(&reader, true, Duration::from_secs(10));
     let script = format!(
         r#"
 from smartcard.System import readers
@@ -86,7 +85,7 @@ fn reversed_mode_reaches_a_listening_python_vicc() {
     let pcscd = Pcscd::start(&[Entry::device(NAME, &format!("localhost:{port}"))]);
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
-    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(10));
+    wait_card(&reader, true, Duration::from_secs(10));
     let atr = opensc_tool(&reader, &["-a"]);
     assert!(atr.to_lowercase().contains(PY_ATR), "{atr}");
 }
@@ -98,7 +97,7 @@ fn pcsc_scan_and_opensc_tool_list_the_readers_and_the_card() {
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(&[reader.clone(), reader_name(NAME, 0, 1)]);
     let _vicc = Vicc::connect(port, Behaviour::Echo);
-    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(5));
+    wait_card(&reader, true, Duration::from_secs(5));
 
     let (ok, readers) = run(Command::new("pcsc_scan").arg("-r"));
     assert!(ok, "{readers}");
@@ -129,7 +128,7 @@ fn opensc_explorer_browses_the_built_in_card() {
         Command::new(tool("vpcd-vicc")).args(["-H", "127.0.0.1", "-P", &port.to_string()]),
         pcscd.dir().join("vicc.log"),
     );
-    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(5));
+    wait_card(&reader, true, Duration::from_secs(5));
 
     let script = pcscd.dir().join("explorer.txt");
     std::fs::write(&script, "cd 5000\ncat 5001\napdu 00 84 00 00 08\nquit\n").unwrap();

@@ -74,7 +74,7 @@ fn install_into_destdir_then_a_pcscd_runs_the_installed_files_on_the_default_por
         log,
     );
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, Duration::from_secs(5));
+    wait_card(&reader, true, Duration::from_secs(5));
     let card = connect(&ctx, &reader);
     let reply = transmit(&card, &[0x00, 0xA4, 0x00, 0x0C, 0x02, 0x3F, 0x00]).unwrap();
     assert_eq!(reply, [0x90, 0x00]);

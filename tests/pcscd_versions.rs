@@ -43,7 +43,7 @@ fn forty_slots_on_pcsc_lite_2_5_and_a_clear_line_where_older_ones_stop() {
             (high + 7, reader_name("Many C", 2, 7)),
         ] {
             let _vicc = Vicc::connect(vicc_port, Behaviour::Echo);
-            wait_card(&ctx, &reader, true, 3 * SECOND);
+            wait_card(&reader, true, 3 * SECOND);
             let card = connect(&ctx, &reader);
             let apdu = [0x00, 0xB0, 0x00, 0x00, 0x02];
             assert_eq!(transmit(&card, &apdu), Ok(echo_reply(&apdu)), "{reader}");
@@ -73,7 +73,7 @@ fn forty_slots_on_pcsc_lite_2_5_and_a_clear_line_where_older_ones_stop() {
         assert!(list_readers(&ctx).iter().all(|r| r.starts_with("Many A")));
         let reader = reader_name("Many A", 0, 9);
         let _vicc = Vicc::connect(port + 9, Behaviour::Echo);
-        wait_card(&ctx, &reader, true, 3 * SECOND);
+        wait_card(&reader, true, 3 * SECOND);
         let card = connect(&ctx, &reader);
         let apdu = [0x00, 0xB0, 0x00, 0x00, 0x02];
         assert_eq!(transmit(&card, &apdu), Ok(echo_reply(&apdu)));

@@ -42,7 +42,7 @@ fn setup(options: &str, vicc_args: &[&str]) -> Setup {
             .env_remove("VPCD_PIN"),
         log.clone(),
     );
-    wait_card(&pcscd.context(), &reader, true, Duration::from_secs(10));
+    wait_card(&reader, true, Duration::from_secs(10));
     Setup {
         _vicc: vicc,
         vicc_log: log,
@@ -310,7 +310,7 @@ fn legacy_vicc_gets_no_pin_pad_and_nothing_new() {
     pcscd.wait_readers(std::slice::from_ref(&reader));
     let vicc = Vicc::connect(port, Behaviour::Echo);
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, Duration::from_secs(10));
+    wait_card(&reader, true, Duration::from_secs(10));
     let card = connect(&ctx, &reader);
     let f = features(&card);
     assert!(!f.contains_key(&FEATURE_VERIFY_PIN_DIRECT), "{f:?}");

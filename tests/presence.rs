@@ -86,11 +86,11 @@ fn present(state: State) -> bool {
 fn insertion_is_reported_with_the_atr_and_counted() {
     let (pcscd, port, reader) = one_reader();
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, false, 2 * SECOND);
+    wait_card(&reader, false, 2 * SECOND);
     let (state, before) = snapshot(&ctx, &reader);
     assert!(state.contains(State::EMPTY), "{state:?}");
     let _vicc = Vicc::connect(port, Behaviour::Echo);
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let mut states = [ReaderState::new(
         CString::new(reader.as_str()).unwrap(),
         State::UNAWARE,
@@ -109,10 +109,10 @@ fn removal_is_reported_and_counted() {
     let (pcscd, port, reader) = one_reader();
     let ctx = pcscd.context();
     let vicc = Vicc::connect(port, Behaviour::Echo);
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let (_, before) = snapshot(&ctx, &reader);
     vicc.disconnect();
-    wait_card(&ctx, &reader, false, 2 * SECOND);
+    wait_card(&reader, false, 2 * SECOND);
     let (state, after) = snapshot(&ctx, &reader);
     assert!(state.contains(State::EMPTY), "{state:?}");
     assert_eq!(after, before + 1, "one event: the removal");
@@ -125,7 +125,7 @@ fn reinsertion_after_removal_is_reported_and_talks_to_the_new_vicc() {
     let (_, start) = snapshot(&ctx, &reader);
     for round in 1..=3u32 {
         let vicc = Vicc::connect(port, Behaviour::Echo);
-        wait_card(&ctx, &reader, true, 2 * SECOND);
+        wait_card(&reader, true, 2 * SECOND);
         let card = connect(&ctx, &reader);
         assert_eq!(transmit(&card, APDU).unwrap(), echo_reply(APDU));
         assert_eq!(
@@ -135,7 +135,7 @@ fn reinsertion_after_removal_is_reported_and_talks_to_the_new_vicc() {
         );
         drop(card);
         vicc.disconnect();
-        wait_card(&ctx, &reader, false, 2 * SECOND);
+        wait_card(&reader, false, 2 * SECOND);
         let (_, count) = snapshot(&ctx, &reader);
         assert_eq!(
             count,
@@ -155,7 +155,7 @@ fn quick_swap_is_seen_as_a_removal_then_an_insertion() {
         let a_stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let a_close = a_stream.try_clone().unwrap();
         let a = Vicc::serve(a_stream, Behaviour::Echo);
-        wait_card(&ctx, &reader, true, 2 * SECOND);
+        wait_card(&reader, true, 2 * SECOND);
         let card = connect(&ctx, &reader);
         assert_eq!(transmit(&card, APDU).unwrap(), echo_reply(APDU));
         let (_, before) = snapshot(&ctx, &reader);
@@ -193,7 +193,7 @@ fn quick_swap_is_seen_as_a_removal_then_an_insertion() {
         );
         drop(card);
         b.disconnect();
-        wait_card(&ctx, &reader, false, 2 * SECOND);
+        wait_card(&reader, false, 2 * SECOND);
     }
 }
 
@@ -202,7 +202,7 @@ fn removal_during_a_transmit_fails_it_and_reports_the_card_absent() {
     let (mut pcscd, port, reader) = one_reader();
     let ctx = pcscd.context();
     let vicc = Vicc::connect(port, Behaviour::StallOnApdu);
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let (result, elapsed) = std::thread::scope(|s| {
         let client = s.spawn(|| {
             let ctx = pcscd.context();
@@ -219,11 +219,11 @@ fn removal_during_a_transmit_fails_it_and_reports_the_card_absent() {
     assert!(result.is_err(), "the transmit must fail, got {result:?}");
     // Well before the reader's 30 s response timeout: the removal ended it.
     assert!(elapsed < 10 * SECOND, "transmit took {elapsed:?}");
-    wait_card(&ctx, &reader, false, 2 * SECOND);
+    wait_card(&reader, false, 2 * SECOND);
     assert!(pcscd.is_running(), "pcscd died");
     // The slot takes a new card afterwards.
     let _next = Vicc::connect(port, Behaviour::Echo);
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
     assert_eq!(transmit(&card, APDU).unwrap(), echo_reply(APDU));
 }
@@ -237,7 +237,7 @@ fn removal_wakes_pcscd_waiting_in_the_polling_callback() {
     let (pcscd, port, reader) = one_reader_of(Pcscd::builder().driver_log("trace"));
     let ctx = pcscd.context();
     let vicc = Vicc::connect(port, Behaviour::Echo);
-    wait_card(&ctx, &reader, true, 2 * SECOND);
+    wait_card(&reader, true, 2 * SECOND);
     let card = connect(&ctx, &reader);
     assert_eq!(transmit(&card, APDU).unwrap(), echo_reply(APDU));
     let (state, before) = snapshot(&ctx, &reader);
@@ -257,7 +257,7 @@ fn removal_wakes_pcscd_waiting_in_the_polling_callback() {
     vicc.disconnect();
     // Left waiting, pcscd would look again 5 s after the callback began at the
     // earliest; it is at most a few milliseconds into it now.
-    wait_card(&ctx, &reader, false, 4 * SECOND);
+    wait_card(&reader, false, 4 * SECOND);
     let (_, after) = snapshot(&ctx, &reader);
     assert_eq!(after, before + 1);
     let err = transmit(&card, APDU).expect_err("the removed card's handle must fail");

@@ -34,7 +34,7 @@ fn four_readers_of_four_slots_each_work_in_parallel() {
             let pcscd = &pcscd;
             scope.spawn(move || {
                 let ctx = pcscd.context();
-                wait_card(&ctx, name, true, 5 * SECOND);
+                wait_card(name, true, 5 * SECOND);
                 let card = connect(&ctx, name);
                 for n in 0..100u8 {
                     let apdu = [0x00, 0xB0, i as u8, n, 0x04];
@@ -66,7 +66,7 @@ fn a_stalled_slot_does_not_delay_other_slots_or_readers() {
     let _o = Vicc::connect(base + 2, Behaviour::Echo);
     let ctx = pcscd.context();
     for r in [&stalled, &sibling, &other] {
-        wait_card(&ctx, r, true, 2 * SECOND);
+        wait_card(r, true, 2 * SECOND);
     }
     let stuck = stalled.clone();
     let blocked = std::thread::spawn(move || {
@@ -125,7 +125,7 @@ fn reversed_mode_heals(device_name: &str, bind: SocketAddr) {
         })
     };
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, false, SECOND);
+    wait_card(&reader, false, SECOND);
     for round in 0..3 {
         // The vicc comes (back) after the driver failed to reach it 1, 3, then 5 times,
         // at different points of its backoff (20 ms doubling up to 1 s).
@@ -136,13 +136,13 @@ fn reversed_mode_heals(device_name: &str, bind: SocketAddr) {
             pcscd.log_text()
         );
         let vicc = ListeningVicc::start(bind);
-        wait_card(&ctx, &reader, true, 5 * SECOND);
+        wait_card(&reader, true, 5 * SECOND);
         let card = connect(&ctx, &reader);
         let apdu = [0x00, 0xB0, 0x00, round, 0x00];
         assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
         drop(card);
         drop(vicc);
-        wait_card(&ctx, &reader, false, 5 * SECOND);
+        wait_card(&reader, false, 5 * SECOND);
     }
     stop.store(true, Ordering::Relaxed);
     // A hang detector, not a latency bound: a stall of pcscd behind the driver's
@@ -202,14 +202,13 @@ fn listen_case(option: &str, must: &[&str], must_not: &[&str]) {
     )]);
     let reader = reader_name("L", 0, 0);
     pcscd.wait_readers(std::slice::from_ref(&reader));
-    let ctx = pcscd.context();
     for host in must {
         let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
         let vicc = Vicc::connect_to(addr, Behaviour::Echo)
             .unwrap_or_else(|e| panic!("{option}: {addr} must accept: {e}"));
-        wait_card(&ctx, &reader, true, 2 * SECOND);
+        wait_card(&reader, true, 2 * SECOND);
         vicc.disconnect();
-        wait_card(&ctx, &reader, false, 2 * SECOND);
+        wait_card(&reader, false, 2 * SECOND);
     }
     for host in must_not {
         let addr: SocketAddr = format!("{host}:{port}").parse().unwrap();
@@ -259,8 +258,7 @@ fn shutting_down_a_reader_whose_slot_0_closes_last_blames_no_reader_limit() {
     let readers = [reader_name("Two", 0, 0), reader_name("Two", 0, 1)];
     pcscd.wait_readers(&readers);
     let stalled = Vicc::connect(port, Behaviour::StallOnApdu);
-    let ctx = pcscd.context();
-    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    wait_card(&readers[0], true, 2 * SECOND);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let reader = readers[0].clone();
     let client = std::thread::spawn(move || {

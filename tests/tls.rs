@@ -107,7 +107,7 @@ impl Bed {
         let other_reader = reader_name(OTHER, 1, 0);
         let card = Vicc::connect(port + 2, Behaviour::Echo);
         pcscd.wait_readers(&[secure_reader.clone(), other_reader.clone()]);
-        wait_card(&pcscd.context(), &other_reader, true, 3 * BOUND);
+        wait_card(&other_reader, true, 3 * BOUND);
         Bed {
             pcscd,
             tmp,
@@ -162,7 +162,7 @@ impl Bed {
     }
 
     fn assert_secure_slot_empty(&self) {
-        wait_card(&self.pcscd.context(), &self.secure_reader, false, BOUND);
+        wait_card(&self.secure_reader, false, BOUND);
     }
 }
 
@@ -208,12 +208,7 @@ fn the_built_in_card_over_tls_through_opensc() {
     bed.wait_log(&format!("TLS 1.3 with key {}", bed.reader.fingerprint));
     let vicc = bed.vicc("card", &["--connect", &bed.uri()]);
     wait_output(&vicc, &bed.vicc.fingerprint.to_string());
-    wait_card(
-        &bed.pcscd.context(),
-        &bed.secure_reader,
-        true,
-        Duration::from_secs(5),
-    );
+    wait_card(&bed.secure_reader, true, Duration::from_secs(5));
     bed.wait_log(&format!("over TLS 1.3, key {}", bed.vicc.fingerprint));
     opensc_echo(&bed.secure_reader);
     // Extended APDUs and many round trips, through PC/SC.
@@ -238,7 +233,7 @@ fn the_built_in_card_over_tls_through_opensc() {
     // The vicc goes: the card is removed at once.
     drop(card);
     drop(vicc);
-    wait_card(&ctx, &bed.secure_reader, false, BOUND);
+    wait_card(&bed.secure_reader, false, BOUND);
     bed.wait_log("card removed");
 }
 
@@ -252,12 +247,7 @@ fn a_relayed_card_over_tls() {
         &["--relay", &bed.other_reader, "--connect", &bed.uri()],
     );
     wait_output(&relay, "over TLS 1.3");
-    wait_card(
-        &bed.pcscd.context(),
-        &bed.secure_reader,
-        true,
-        Duration::from_secs(5),
-    );
+    wait_card(&bed.secure_reader, true, Duration::from_secs(5));
     let (ok, out) = run(Command::new("opensc-tool").args([
         "-r",
         &bed.secure_reader,
@@ -290,8 +280,7 @@ fn reversed_mode_over_tls() {
         ],
     );
     wait_output(&vicc, "waiting for vpcd");
-    let ctx = bed.pcscd.context();
-    wait_card(&ctx, &bed.secure_reader, true, Duration::from_secs(10));
+    wait_card(&bed.secure_reader, true, Duration::from_secs(10));
     wait_output(&vicc, "TLS 1.3 with the pinned reader key");
     opensc_echo(&bed.secure_reader);
     bed.other_reader_answers();
@@ -350,7 +339,7 @@ fn trust_and_untrust_take_effect_at_the_next_connection_without_a_restart() {
     // Paired while pcscd runs: the next connection is the card.
     trust(&bed.reader, &bed.vicc.fingerprint);
     let paired = bed.vicc("paired", &["--connect", &bed.uri()]);
-    wait_card(&bed.pcscd.context(), &bed.secure_reader, true, 3 * BOUND);
+    wait_card(&bed.secure_reader, true, 3 * BOUND);
     bed.wait_log("changed: trusting 1 peer key(s) from now on");
     opensc_echo(&bed.secure_reader);
 
@@ -443,12 +432,7 @@ fn stalled_and_garbage_handshakes_cost_nobody_anything() {
     bed.assert_secure_slot_empty();
     // A good vicc still gets the slot afterwards.
     let vicc = bed.vicc("good", &["--connect", &bed.uri()]);
-    wait_card(
-        &bed.pcscd.context(),
-        &bed.secure_reader,
-        true,
-        Duration::from_secs(5),
-    );
+    wait_card(&bed.secure_reader, true, Duration::from_secs(5));
     opensc_echo(&bed.secure_reader);
     drop(vicc);
 }
@@ -489,7 +473,7 @@ fn refused_at_start(spoil: impl Fn(&Path), needle: &str) {
     );
     // Nothing listens on its port: no plain fallback.
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
-    wait_card(&ctx, &other_reader, true, 3 * BOUND);
+    wait_card(&other_reader, true, 3 * BOUND);
     let (ok, out) =
         run(Command::new("opensc-tool").args(["-r", &other_reader, "-s", "80 EE 00 00 01 01"]));
     assert!(ok && out.contains("SW1=0x90, SW2=0x00"), "{out}");
@@ -571,17 +555,16 @@ fn live_removal_and_insertion_over_tls() {
         "control",
         &["--connect", &bed.uri(), "--control", control_arg],
     );
-    let ctx = bed.pcscd.context();
-    wait_card(&ctx, &bed.secure_reader, true, Duration::from_secs(5));
+    wait_card(&bed.secure_reader, true, Duration::from_secs(5));
     let ctl = |command: &str| {
         let (ok, out) = run(Command::new(tool("vpcd-vicc")).args(["ctl", control_arg, command]));
         assert!(ok, "vpcd-vicc ctl {command}:\n{out}");
         out
     };
     assert!(ctl("remove").contains("removed"));
-    wait_card(&ctx, &bed.secure_reader, false, BOUND);
+    wait_card(&bed.secure_reader, false, BOUND);
     assert!(ctl("insert").contains("inserted"));
-    wait_card(&ctx, &bed.secure_reader, true, BOUND);
+    wait_card(&bed.secure_reader, true, BOUND);
     opensc_echo(&bed.secure_reader);
     let inserted = bed.pcscd.log_text().matches("over TLS 1.3, key").count();
     assert_eq!(inserted, 2, "two secure connections");
@@ -667,12 +650,7 @@ fn a_vicc_on_another_tls_stack_pairs_as_documented() {
         bed.tmp.path().join("python.log"),
     );
     wait_output(&vicc, "TLSv1.3, reader key pinned");
-    wait_card(
-        &bed.pcscd.context(),
-        &bed.secure_reader,
-        true,
-        Duration::from_secs(5),
-    );
+    wait_card(&bed.secure_reader, true, Duration::from_secs(5));
     bed.wait_log(&format!("over TLS 1.3, key {}", bed.vicc.fingerprint));
     let (ok, out) = run(Command::new("opensc-tool").args([
         "-r",
@@ -683,7 +661,7 @@ fn a_vicc_on_another_tls_stack_pairs_as_documented() {
     assert!(ok && out.contains("AB CD"), "{out}\n{}", vicc.output());
     bed.other_reader_answers();
     drop(vicc);
-    wait_card(&bed.pcscd.context(), &bed.secure_reader, false, BOUND);
+    wait_card(&bed.secure_reader, false, BOUND);
     // Pinning a wrong key, it refuses the reader before a single frame.
     let wrong = bed.vicc.fingerprint.to_string();
     let refusing = Process::spawn(

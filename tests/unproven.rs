@@ -44,7 +44,7 @@ impl Bed {
             other_reader.clone(),
         ]);
         let card = Vicc::connect(port + 2, Behaviour::Echo);
-        wait_card(&pcscd.context(), &other_reader, true, 3 * BOUND);
+        wait_card(&other_reader, true, 3 * BOUND);
         Bed {
             pcscd,
             port,
@@ -73,12 +73,7 @@ impl Bed {
     }
 
     fn assert_no_card_in_slot_0(&self) {
-        wait_card(
-            &self.pcscd.context(),
-            &reader_name(UNPROVEN, 0, 0),
-            false,
-            BOUND,
-        );
+        wait_card(&reader_name(UNPROVEN, 0, 0), false, BOUND);
     }
 }
 
@@ -288,7 +283,7 @@ fn a_slow_but_honest_vicc_still_works() {
     assert!(list < BOUND && atr < BOUND, "-l {list:?}, -a {atr:?}");
     let ctx = bed.pcscd.context();
     let reader = reader_name(UNPROVEN, 0, 0);
-    wait_card(&ctx, &reader, true, Duration::from_secs(10));
+    wait_card(&reader, true, Duration::from_secs(10));
     let seen = started.elapsed();
     assert!(seen >= Duration::from_secs(2), "card seen after {seen:?}");
     let card = connect(&ctx, &reader);
@@ -340,19 +335,19 @@ fn the_allow_list_refuses_other_addresses_and_takes_allowed_ones() {
 
     // 127.0.0.2 is: its card works.
     let allowed = vicc_from([127, 0, 0, 2].into(), to);
-    wait_card(&ctx, &reader, true, 3 * BOUND);
+    wait_card(&reader, true, 3 * BOUND);
     let card = connect(&ctx, &reader);
     let apdu = [0x00, 0xB0, 0x00, 0x00, 0x04];
     assert_eq!(transmit(&card, &apdu), Ok(echo_reply(&apdu)));
     drop(card);
     allowed.disconnect();
-    wait_card(&ctx, &reader, false, 3 * BOUND);
+    wait_card(&reader, false, 3 * BOUND);
 
     // So is ::1, through the dual-stack listener.
     let v6 = vicc_from(
         "::1".parse().unwrap(),
         SocketAddr::new("::1".parse().unwrap(), bed.port),
     );
-    wait_card(&ctx, &reader, true, 3 * BOUND);
+    wait_card(&reader, true, 3 * BOUND);
     v6.disconnect();
 }

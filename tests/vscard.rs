@@ -240,12 +240,12 @@ fn atr_of(card: &pcsc::Card) -> Vec<u8> {
 }
 
 /// A client with reader id 0 holding a TEST_ATR card, seen by pcscd.
-fn client_with_card(port: u16, mode: Apdus, pcscd: &Pcscd, reader: &str) -> Client {
+fn client_with_card(port: u16, mode: Apdus, reader: &str) -> Client {
     let client = Client::connect(port, mode);
     client.init();
     assert_eq!(client.add_reader("first"), (0, VSC_SUCCESS));
     client.insert(0, TEST_ATR);
-    wait_card(&pcscd.context(), reader, true, 2 * SECOND);
+    wait_card(reader, true, 2 * SECOND);
     client
 }
 
@@ -254,7 +254,7 @@ fn readers_cards_and_apdus_of_one_client() {
     let (mut pcscd, port, readers) = vscard_reader("");
     let ctx = pcscd.context();
     for r in &readers {
-        wait_card(&ctx, r, false, SECOND);
+        wait_card(r, false, SECOND);
     }
     let client = Client::connect(port, Apdus::Echo);
     client.init();
@@ -283,12 +283,12 @@ fn readers_cards_and_apdus_of_one_client() {
         "SCARD_ATTR_ICC_PRESENCE: no card"
     );
     drop(direct);
-    wait_card(&ctx, &readers[0], false, SECOND);
+    wait_card(&readers[0], false, SECOND);
 
     client.insert(0, TEST_ATR);
     client.insert(1, OTHER_ATR);
-    wait_card(&ctx, &readers[0], true, 2 * SECOND);
-    wait_card(&ctx, &readers[1], true, 2 * SECOND);
+    wait_card(&readers[0], true, 2 * SECOND);
+    wait_card(&readers[1], true, 2 * SECOND);
 
     // Both cards at once, each over the one connection.
     std::thread::scope(|s| {
@@ -343,9 +343,9 @@ fn readers_cards_and_apdus_of_one_client() {
 
     // Card removal and re-insertion.
     client.remove(0);
-    wait_card(&ctx, &readers[0], false, 2 * SECOND);
+    wait_card(&readers[0], false, 2 * SECOND);
     client.insert(0, OTHER_ATR);
-    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    wait_card(&readers[0], true, 2 * SECOND);
     let card = connect(&ctx, &readers[0]);
     assert_eq!(atr_of(&card), OTHER_ATR);
     assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
@@ -359,24 +359,24 @@ fn readers_cards_and_apdus_of_one_client() {
     // ReaderRemove takes the card with it and frees the slot for the next ReaderAdd.
     client.send(VSC_READER_REMOVE, 1, &[]);
     assert_eq!(client.ack(), (1, VSC_SUCCESS));
-    wait_card(&ctx, &readers[1], false, 2 * SECOND);
+    wait_card(&readers[1], false, 2 * SECOND);
     assert_eq!(client.add_reader("Reader C"), (1, VSC_SUCCESS));
     client.insert(1, TEST_ATR);
-    wait_card(&ctx, &readers[1], true, 2 * SECOND);
+    wait_card(&readers[1], true, 2 * SECOND);
 
     // An abrupt disconnect removes every card of the client.
     client.disconnect();
-    wait_card(&ctx, &readers[0], false, 2 * SECOND);
-    wait_card(&ctx, &readers[1], false, 2 * SECOND);
+    wait_card(&readers[0], false, 2 * SECOND);
+    wait_card(&readers[1], false, 2 * SECOND);
     assert!(pcscd.is_running());
 
     // The port takes a new client, whose first reader gets slot 0 again.
-    let client = client_with_card(port, Apdus::Echo, &pcscd, &readers[0]);
+    let client = client_with_card(port, Apdus::Echo, &readers[0]);
     let card = connect(&ctx, &readers[0]);
     assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
     drop(card);
     drop(client);
-    wait_card(&ctx, &readers[0], false, 2 * SECOND);
+    wait_card(&readers[0], false, 2 * SECOND);
     assert!(pcscd.stop() < 5 * SECOND);
 }
 
@@ -406,7 +406,7 @@ fn events_for_readers_not_added_are_refused_and_the_client_kept() {
     client.send(VSC_APDU, 0, &[0x90, 0x00]);
     client.insert(0, TEST_ATR);
     let ctx = pcscd.context();
-    wait_card(&ctx, &readers[0], true, 2 * SECOND);
+    wait_card(&readers[0], true, 2 * SECOND);
     let card = connect(&ctx, &readers[0]);
     let apdu = [0x00, 0xB0, 0x00, 0x00, 0x04];
     assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
@@ -415,7 +415,7 @@ fn events_for_readers_not_added_are_refused_and_the_client_kept() {
 #[test]
 fn a_second_client_is_refused_while_the_first_is_connected() {
     let (pcscd, port, readers) = vscard_reader("");
-    let first = client_with_card(port, Apdus::Echo, &pcscd, &readers[0]);
+    let first = client_with_card(port, Apdus::Echo, &readers[0]);
     let second = Client::connect(port, Apdus::Echo);
     assert!(
         second.wait_closed(2 * SECOND),
@@ -427,8 +427,8 @@ fn a_second_client_is_refused_while_the_first_is_connected() {
     assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
     drop(card);
     drop(first);
-    wait_card(&ctx, &readers[0], false, 2 * SECOND);
-    let _third = client_with_card(port, Apdus::Echo, &pcscd, &readers[0]);
+    wait_card(&readers[0], false, 2 * SECOND);
+    let _third = client_with_card(port, Apdus::Echo, &readers[0]);
 }
 
 #[test]
@@ -452,28 +452,28 @@ fn broken_clients_are_dropped_and_the_port_serves_the_next() {
         ),
     ];
     for (what, bytes) in cases {
-        let client = client_with_card(port, Apdus::Echo, &pcscd, &readers[0]);
+        let client = client_with_card(port, Apdus::Echo, &readers[0]);
         let _ = client.send_raw(&bytes);
         assert!(client.wait_closed(3 * SECOND), "{what}: client not dropped");
-        wait_card(&ctx, &readers[0], false, 2 * SECOND);
+        wait_card(&readers[0], false, 2 * SECOND);
     }
 
     // Half a message, then silence: dropped after the timeout.
-    let client = client_with_card(port, Apdus::Echo, &pcscd, &readers[0]);
+    let client = client_with_card(port, Apdus::Echo, &readers[0]);
     client.send_raw(&frame(VSC_ATR, 1, TEST_ATR)[..7]).unwrap();
     assert!(client.wait_closed(10 * SECOND), "half a message");
-    wait_card(&ctx, &readers[0], false, 2 * SECOND);
+    wait_card(&readers[0], false, 2 * SECOND);
 
     // Disconnect in the middle of a message.
-    let client = client_with_card(port, Apdus::Echo, &pcscd, &readers[0]);
+    let client = client_with_card(port, Apdus::Echo, &readers[0]);
     client
         .send_raw(&frame(VSC_APDU, 0, &[0x90; 100])[..50])
         .unwrap();
     client.disconnect();
-    wait_card(&ctx, &readers[0], false, 2 * SECOND);
+    wait_card(&readers[0], false, 2 * SECOND);
 
     // A card that never answers: the exchange times out and the client is dropped.
-    let client = client_with_card(port, Apdus::Ignore, &pcscd, &readers[0]);
+    let client = client_with_card(port, Apdus::Ignore, &readers[0]);
     let card = connect(&ctx, &readers[0]);
     let start = Instant::now();
     assert!(transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x04]).is_err());
@@ -485,11 +485,11 @@ fn broken_clients_are_dropped_and_the_port_serves_the_next() {
         pcscd.log_text()
     );
     assert!(client.wait_closed(5 * SECOND));
-    wait_card(&ctx, &readers[0], false, 2 * SECOND);
+    wait_card(&readers[0], false, 2 * SECOND);
     drop(card);
 
     // A card that answers with an Error: that exchange fails, the card stays.
-    let client = client_with_card(port, Apdus::Error, &pcscd, &readers[0]);
+    let client = client_with_card(port, Apdus::Error, &readers[0]);
     let card = connect(&ctx, &readers[0]);
     assert!(transmit(&card, &[0x00, 0xB0, 0x00, 0x00, 0x04]).is_err());
     // The host answers the client's next message: it kept the connection (it reads a
@@ -501,7 +501,7 @@ fn broken_clients_are_dropped_and_the_port_serves_the_next() {
 
     // After all that, pcscd is up and a good client works.
     assert!(pcscd.is_running());
-    let _client = client_with_card(port, Apdus::Echo, &pcscd, &readers[0]);
+    let _client = client_with_card(port, Apdus::Echo, &readers[0]);
     let card = connect(&ctx, &readers[0]);
     let apdu = [0x00, 0xB0, 0x00, 0x00, 0x04];
     assert_eq!(transmit(&card, &apdu).unwrap(), echo_reply(&apdu));
@@ -514,7 +514,7 @@ fn closing_interrupts_an_exchange_in_flight() {
     // The client never answers and the timeout is long: pcscd's shutdown must not
     // wait for it.
     let (mut pcscd, port, readers) = vscard_reader("/timeout=60");
-    let client = client_with_card(port, Apdus::Ignore, &pcscd, &readers[0]);
+    let client = client_with_card(port, Apdus::Ignore, &readers[0]);
     let exchange = {
         let reader = readers[0].clone();
         let ctx = pcscd.context();
@@ -565,8 +565,8 @@ fn readers_do_not_share_clients_or_trouble() {
         b.clone(),
         reader_name("B", 1, 1),
     ]);
-    let _good = client_with_card(ports[1], Apdus::Echo, &pcscd, &b);
-    let stalled = client_with_card(ports[0], Apdus::Ignore, &pcscd, &a);
+    let _good = client_with_card(ports[1], Apdus::Echo, &b);
+    let stalled = client_with_card(ports[0], Apdus::Ignore, &a);
     std::thread::scope(|s| {
         s.spawn(|| {
             let card = connect(&pcscd.context(), &a);
@@ -703,5 +703,5 @@ fn libcacard_cac_card_is_recognised_by_opensc() {
         assert!(certs.contains(serial), "serial {serial}:\n{certs}");
     }
     drop(cac);
-    wait_card(&ctx, &readers[0], false, 2 * SECOND);
+    wait_card(&readers[0], false, 2 * SECOND);
 }

@@ -50,7 +50,7 @@ fn starts_serves_a_client_and_leaves_nothing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    vpcd_testing::wait_card(&ctx, "Virtual PCD 00 01", true, Duration::from_secs(10));
+    vpcd_testing::wait_card("Virtual PCD 00 01", true, Duration::from_secs(10));
     drop(ctx);
     let (dir, pid) = (env.dir().to_path_buf(), env.pcscd_pid());
     env.stop();

@@ -17,14 +17,13 @@ pub fn list_readers(ctx: &Context) -> Vec<String> {
 
 /// Waits until the card in `reader` is present (or absent); returns how long it took.
 ///
-/// Not on `ctx`: every call to pcscd is a [`vpcd_test::status::status_change`], on a
-/// context of its own and a thread that may be abandoned. pcsc-lite 2.x's client
-/// library can fall out of step with pcscd when an event arrives while it fetches the
-/// readers' states, and then wait for ever in `unregisterFromEvents` (the harness's
-/// watchdog caught it so under load: pcscd idle, the test stuck there); a wait that
-/// does not return is dropped and made again on a new context.
-pub fn wait_card(ctx: &Context, reader: &str, present: bool, timeout: Duration) -> Duration {
-    let _ = ctx;
+/// Every call to pcscd is a [`vpcd_test::status::status_change`], on a context of its
+/// own and a thread that may be abandoned. pcsc-lite 2.x's client library can fall out
+/// of step with pcscd when an event arrives while it fetches the readers' states, and
+/// then wait for ever in `unregisterFromEvents` (the harness's watchdog caught it so
+/// under load: pcscd idle, the test stuck there); a wait that does not return is
+/// dropped and made again on a new context.
+pub fn wait_card(reader: &str, present: bool, timeout: Duration) -> Duration {
     let name = CString::new(reader).unwrap();
     match vpcd_test::status::wait_card(&name, present, timeout) {
         Ok(took) => took,

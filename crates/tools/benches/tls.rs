@@ -180,17 +180,17 @@ fn main() {
         {
             let start = Instant::now();
             let peer = Peer::start(port + i as u16, tls);
-            wait_card(&ctx, reader, true, Duration::from_secs(5));
+            wait_card(reader, true, Duration::from_secs(5));
             present[i].push(start.elapsed());
             drop(peer);
-            wait_card(&ctx, reader, false, Duration::from_secs(5));
+            wait_card(reader, false, Duration::from_secs(5));
         }
     }
 
     let _plain_peer = Peer::start(port, None);
     let _secure_peer = Peer::start(port + 1, Some(&tls));
-    wait_card(&ctx, &plain, true, Duration::from_secs(5));
-    wait_card(&ctx, &secure, true, Duration::from_secs(5));
+    wait_card(&plain, true, Duration::from_secs(5));
+    wait_card(&secure, true, Duration::from_secs(5));
     let cards = [connect(&ctx, &plain), connect(&ctx, &secure)];
 
     // Round trips, interleaved in rounds of 10 so drift hits both alike.

@@ -239,7 +239,7 @@ fn vicc_control_reports_each_change_at_once() {
         pcscd.dir().join("vicc.log"),
     );
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, Duration::from_secs(10));
+    wait_card(&reader, true, Duration::from_secs(10));
     let ctl = |cmd: &str| {
         let out = Command::new(tool("vpcd-vicc"))
             .arg("ctl")
@@ -257,10 +257,10 @@ fn vicc_control_reports_each_change_at_once() {
     let mut worst = Duration::ZERO;
     for _ in 0..5 {
         assert_eq!(ctl("remove"), "removed\n");
-        worst = worst.max(wait_card(&ctx, &reader, false, Duration::from_secs(2)));
+        worst = worst.max(wait_card(&reader, false, Duration::from_secs(2)));
         assert_eq!(ctl("status"), "removed\n");
         assert_eq!(ctl("insert"), "inserted\n");
-        worst = worst.max(wait_card(&ctx, &reader, true, Duration::from_secs(2)));
+        worst = worst.max(wait_card(&reader, true, Duration::from_secs(2)));
         let card = connect(&ctx, &reader);
         assert_eq!(
             transmit(&card, &[0x80, 0xEE, 0, 0, 1, 0x42]).unwrap(),
@@ -273,9 +273,9 @@ fn vicc_control_reports_each_change_at_once() {
     );
     // Signals: USR1 removes, USR2 inserts.
     signal(vicc.child.id(), 10);
-    wait_card(&ctx, &reader, false, Duration::from_secs(2));
+    wait_card(&reader, false, Duration::from_secs(2));
     signal(vicc.child.id(), 12);
-    wait_card(&ctx, &reader, true, Duration::from_secs(2));
+    wait_card(&reader, true, Duration::from_secs(2));
     // Reset: the reader sees a removal and an insertion (two more events).
     let mut states = [pcsc::ReaderState::new(
         std::ffi::CString::new(reader.clone()).unwrap(),
@@ -285,7 +285,7 @@ fn vicc_control_reports_each_change_at_once() {
         .unwrap();
     let before = states[0].event_count();
     assert_eq!(ctl("reset"), "inserted\n");
-    wait_card(&ctx, &reader, true, Duration::from_secs(2));
+    wait_card(&reader, true, Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         states[0].sync_current_state();

@@ -101,7 +101,7 @@ fn vicc_is_the_builtin_card_in_a_listening_slot() {
     let p = port.to_string();
     let vicc = vicc(pcscd.dir(), "card", &["-H", "127.0.0.1", "-P", &p, "-v"]);
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, WAIT);
+    wait_card(&reader, true, WAIT);
     let card = connect(&ctx, &reader);
 
     let out = wait_output(&vicc, "connected to vpcd");
@@ -135,7 +135,7 @@ fn vicc_is_the_builtin_card_in_a_listening_slot() {
 
     drop(card);
     drop(vicc);
-    wait_card(&ctx, &reader, false, WAIT);
+    wait_card(&reader, false, WAIT);
 }
 
 #[test]
@@ -153,14 +153,14 @@ fn vicc_reversed_is_reached_by_a_reversed_reader() {
     let reader = reader_name(NAME, 0, 0);
     pcscd.wait_readers(std::slice::from_ref(&reader));
     let ctx = pcscd.context();
-    wait_card(&ctx, &reader, true, WAIT);
+    wait_card(&reader, true, WAIT);
     let card = connect(&ctx, &reader);
     assert_eq!(card_atr(&card), VICC_ATR);
     read_hello(&card);
     wait_output(&vicc, "driver connected from 127.0.0.1");
     drop(card);
     drop(vicc);
-    wait_card(&ctx, &reader, false, WAIT);
+    wait_card(&reader, false, WAIT);
 }
 
 #[test]
@@ -175,7 +175,7 @@ fn vicc_relays_a_card_of_one_slot_into_another() {
     // The real card: a vpcd-vicc in slot 0.
     let p0 = port.to_string();
     let card0 = vicc(dir, "slot0", &["-H", "127.0.0.1", "-P", &p0]);
-    wait_card(&ctx, &slot0, true, WAIT);
+    wait_card(&slot0, true, WAIT);
 
     // The readers as the tool lists them: slot 0 with its card.
     let (ok, list) = run(Command::new(VICC).arg("--list-readers"));
@@ -193,7 +193,7 @@ fn vicc_relays_a_card_of_one_slot_into_another() {
         "relay",
         &["--relay", &slot0, "-H", "127.0.0.1", "-P", &p1, "-v"],
     );
-    wait_card(&ctx, &slot1, true, WAIT);
+    wait_card(&slot1, true, WAIT);
     let out = wait_output(&relay, "connected to vpcd");
     assert_eq!(printed_atr(&out), VICC_ATR, "{out}");
 
@@ -219,13 +219,13 @@ fn vicc_relays_a_card_of_one_slot_into_another() {
     // The real card goes: the relay answers 6F 00.
     drop(direct);
     drop(card0);
-    wait_card(&ctx, &slot0, false, WAIT);
+    wait_card(&slot0, false, WAIT);
     assert_eq!(tx(&relayed, READ_BINARY), [0x6F, 0x00]);
     wait_output(&relay, "cannot transmit to the card");
 
     // It comes back: a reset of the relayed card connects to it again.
     let _card0 = vicc(dir, "slot0-again", &["-H", "127.0.0.1", "-P", &p0]);
-    wait_card(&ctx, &slot0, true, WAIT);
+    wait_card(&slot0, true, WAIT);
     let mut relayed = relayed;
     relayed
         .reconnect(ShareMode::Shared, Protocols::ANY, Disposition::ResetCard)
@@ -234,7 +234,7 @@ fn vicc_relays_a_card_of_one_slot_into_another() {
 
     drop(relayed);
     drop(relay);
-    wait_card(&ctx, &slot1, false, WAIT);
+    wait_card(&slot1, false, WAIT);
 }
 
 #[test]
@@ -252,7 +252,7 @@ fn vicc_relay_of_an_unknown_reader_fails_and_lists_the_readers() {
     assert!(err.contains("no PC/SC reader \"No Such Reader\""), "{err}");
     assert!(err.contains(&reader), "{err}");
     // Nothing connected to the slot.
-    wait_card(&pcscd.context(), &reader, false, Duration::from_secs(1));
+    wait_card(&reader, false, Duration::from_secs(1));
 }
 
 #[test]
