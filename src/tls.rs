@@ -109,7 +109,11 @@ impl Setup {
             }
             return Ok(None);
         }
-        let dir = dir();
+        // A key set of its own (`keys=NAME`): the TLS directory's sub-directory NAME.
+        let dir = match &cfg.tls_keys {
+            Some(name) => dir().join(name),
+            None => dir(),
+        };
         let refuse = |e: String| {
             io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -29,15 +29,26 @@ struct Keys {
 }
 
 fn init_keys(dir: &Path) -> Keys {
+    init_key_set(
+        dir.parent().unwrap(),
+        dir.file_name().unwrap().to_str().unwrap(),
+    )
+}
+
+/// `vpcd-config tls init --keys NAME --dir BASE`: the key set of readers with
+/// `keys=NAME`, in BASE/NAME.
+fn init_key_set(base: &Path, name: &str) -> Keys {
+    let dir = base.join(name);
     if sandboxed() {
         // pcscd runs as user pcscd there and must reach the directory.
         use std::os::unix::fs::PermissionsExt;
         let open = std::fs::Permissions::from_mode(0o755);
-        std::fs::set_permissions(dir.parent().unwrap(), open).unwrap();
+        std::fs::set_permissions(base, open).unwrap();
     }
     let (ok, out) = run(Command::new(tool("vpcd-config"))
-        .args(["tls", "init", "--dir"])
-        .arg(dir));
+        .args(["tls", "init", "--keys", name, "--dir"])
+        .arg(base));
+    let dir = dir.as_path();
     assert!(ok, "vpcd-config tls init:\n{out}");
     let key = KeyFile::parse(&std::fs::read_to_string(dir.join("key.pem")).unwrap()).unwrap();
     let fingerprint = cert_fingerprint(&key.cert).unwrap();
@@ -367,6 +378,71 @@ fn trust_and_untrust_take_effect_at_the_next_connection_without_a_restart() {
     bed.wait_log("keeping the trust list read before");
     bed.assert_secure_slot_empty();
     bed.other_reader_answers();
+}
+
+#[test]
+fn readers_with_key_sets_of_their_own_trust_only_their_own_peers() {
+    let tmp = temp_dir("tls-keys");
+    let base = tmp.path().join("tls");
+    std::fs::create_dir_all(&base).unwrap();
+    let alice = init_key_set(&base, "alice");
+    let bob = init_key_set(&base, "bob");
+    assert_ne!(alice.fingerprint, bob.fingerprint);
+    let vicc = init_keys(&tmp.path().join("vicc"));
+    trust(&alice, &vicc.fingerprint);
+    std::env::set_var("VPCD_TLS_DIR", &base);
+    let port = free_ports(2);
+    let pcscd = Pcscd::start(&[
+        Entry::device(
+            "Alice PCD",
+            &format!("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes/keys=alice"),
+        ),
+        Entry::device(
+            "Bob PCD",
+            &format!(
+                "/dev/null:{}/slots=1/listen=127.0.0.1/tls=yes/keys=bob",
+                port + 1
+            ),
+        ),
+    ]);
+    let (alice_reader, bob_reader) = (reader_name("Alice PCD", 0, 0), reader_name("Bob PCD", 1, 0));
+    pcscd.wait_readers(&[alice_reader.clone(), bob_reader.clone()]);
+    let card = |tag: &str, port: u16, reader: &Keys| {
+        let mut cmd = Command::new(tool("vpcd-vicc"));
+        cmd.args([
+            "--connect",
+            &format!("vpcds://127.0.0.1:{port}?fp={}", reader.fingerprint),
+        ])
+        .arg("--tls-key")
+        .arg(vicc.dir.join("key.pem"));
+        Process::spawn(&mut cmd, tmp.path().join(format!("{tag}.log")))
+    };
+    // Alice's reader: its own key, its own trust list, which has the vicc.
+    let _at_alice = card("alice", port, &alice);
+    wait_card(&alice_reader, true, 3 * BOUND);
+    opensc_echo(&alice_reader);
+    // Bob's reader proves Bob's key and trusts nobody: the same vicc is refused.
+    let at_bob = card("bob", port + 1, &bob);
+    wait_output(
+        &at_bob,
+        "connection to vpcd failed: TLS: it refused our key",
+    );
+    assert!(
+        pcscd.wait_log(
+            &format!("its key {} is not trusted", vicc.fingerprint),
+            Duration::from_secs(10)
+        ),
+        "{}",
+        pcscd.log_text()
+    );
+    wait_card(&bob_reader, false, BOUND);
+    let log = pcscd.log_text();
+    for keys in [&alice, &bob] {
+        assert!(
+            log.contains(&format!("TLS 1.3 with key {}", keys.fingerprint)),
+            "{log}"
+        );
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! DEVICENAME Virtual PCD                   no ':' (macOS friendly name): listen on 35963
 //! DEVICENAME /dev/null:35963/slots=4/listen=127.0.0.1/timeout=10
 //! DEVICENAME /dev/null:35963/listen=::/tls=yes  only TLS 1.3 peers with a trusted key
+//! DEVICENAME /dev/null:35973/tls=yes/keys=alice  the same, with key set `alice`
 //! DEVICENAME ::1:35963/timeout=5           reversed over IPv6, unquoted
 //! DEVICENAME "[::1]:35963"                 the same, quoted (pcscd keeps the quotes)
 //! ```
@@ -70,6 +71,28 @@ pub struct ReaderConfig {
     /// authentication by pinned keys, with the key and trust list of the TLS directory
     /// (docs/TLS.md).
     pub tls: bool,
+    /// The key set of a secure reader (`keys=NAME`): its key and trust list are those
+    /// of the TLS directory's sub-directory NAME, so that readers trust different
+    /// peers. None: the TLS directory's own.
+    pub tls_keys: Option<String>,
+}
+
+/// The longest key set name (`keys=`).
+pub const MAX_KEYS_NAME: usize = 64;
+
+/// Checks a key set name: 1 to [`MAX_KEYS_NAME`] letters, digits, `-` or `_`, so that
+/// it names one sub-directory and nothing else (no `/`, no `..`).
+pub fn check_keys_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_KEYS_NAME {
+        return Err(format!("expected 1 to {MAX_KEYS_NAME} characters"));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        Some(c) => Err(format!("{c:?} is not a letter, digit, - or _")),
+        None => Ok(()),
+    }
 }
 
 /// A peer address or network named by an `allow=` option: `ADDR` or `ADDR_PREFIXLEN`
@@ -160,7 +183,7 @@ impl fmt::Display for ConfigError {
             "cannot use DEVICENAME \"{}\": {}; expected /dev/null:PORT (listen), HOST:PORT (reversed) \
              or CHANNELID PORT, optionally followed by /slots=N /listen=ADDR /v6only=yes|no \
              /timeout=SECONDS /protocol=vpcd|vscard /log=error|warn|info|debug|trace /trace=yes|no \
-             /allow=ADDR[_PREFIXLEN] /pinpad=yes|no /tls=yes|no",
+             /allow=ADDR[_PREFIXLEN] /pinpad=yes|no /tls=yes|no /keys=NAME",
             self.input.escape_debug(),
             self.reason
         )
@@ -182,6 +205,7 @@ impl ReaderConfig {
             allow: Vec::new(),
             pinpad: false,
             tls: false,
+            tls_keys: None,
         }
     }
 
@@ -320,6 +344,10 @@ impl ReaderConfig {
                     self.pinpad = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?
                 }
                 "tls" => self.tls = parse_bool(value).ok_or_else(|| bad("expected yes or no"))?,
+                "keys" => {
+                    check_keys_name(value).map_err(|e| bad(&e))?;
+                    self.tls_keys = Some(value.to_owned());
+                }
                 "allow" => {
                     if let Endpoint::Connect { .. } = self.endpoint {
                         return Err(bad("reversed mode connects out and accepts no peers"));
@@ -335,6 +363,9 @@ impl ReaderConfig {
         }
         if self.pinpad && self.protocol != Protocol::Vpcd {
             return Err("option pinpad needs the vpcd protocol: VSCard has no PIN entry".into());
+        }
+        if self.tls_keys.is_some() && !self.tls {
+            return Err("option keys names the key set of a secure reader: add /tls=yes".into());
         }
         if self.tls && self.protocol != Protocol::Vpcd {
             return Err("option tls needs the vpcd protocol: VSCard peers speak no TLS".into());
@@ -665,6 +696,44 @@ mod tests {
         assert!(e.to_string().contains("tls=maybe"), "{e}");
         let e = ReaderConfig::parse("/dev/null:1/tls=yes/protocol=vscard").unwrap_err();
         assert!(e.to_string().contains("VSCard"), "{e}");
+    }
+
+    #[test]
+    fn the_keys_option_names_one_sub_directory() {
+        assert_eq!(
+            ReaderConfig::parse("/dev/null:1/tls=yes").unwrap().tls_keys,
+            None
+        );
+        for (entry, name) in [
+            ("/dev/null:35963/tls=yes/keys=alice", "alice"),
+            ("pc.example:35963/keys=phone-2_b/tls=yes", "phone-2_b"),
+        ] {
+            assert!(pcscd_passes_unquoted(entry), "{entry}");
+            let c = ReaderConfig::parse(entry).unwrap();
+            assert!(c.tls, "{entry}");
+            assert_eq!(c.tls_keys.as_deref(), Some(name), "{entry}");
+        }
+        let longest = "k".repeat(MAX_KEYS_NAME);
+        let c = ReaderConfig::parse(&format!("/dev/null:1/tls=yes/keys={longest}")).unwrap();
+        assert_eq!(c.tls_keys, Some(longest.clone()));
+        for (entry, why) in [
+            ("/dev/null:1/keys=alice", "add /tls=yes"),
+            ("/dev/null:1/tls=no/keys=alice", "add /tls=yes"),
+            ("/dev/null:1/tls=yes/keys=", "expected 1 to 64 characters"),
+            ("/dev/null:1/tls=yes/keys=..", "'.' is not a letter"),
+            ("/dev/null:1/tls=yes/keys=a.b", "'.' is not a letter"),
+            ("/dev/null:1/tls=yes/keys=a@b", "'@' is not a letter"),
+            ("/dev/null:1/tls=yes/keys=a\\b", "is not a letter"),
+        ] {
+            let e = ReaderConfig::parse(entry).unwrap_err().to_string();
+            assert!(e.contains(why), "{entry}: {e}");
+        }
+        let e = ReaderConfig::parse(&format!("/dev/null:1/tls=yes/keys={longest}k"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected 1 to 64 characters"), "{e}");
+        assert_eq!(check_keys_name("A-z_09"), Ok(()));
+        assert!(check_keys_name("é").is_err());
     }
 
     #[test]

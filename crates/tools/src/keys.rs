@@ -17,6 +17,14 @@ pub fn driver_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from("/etc/vpcd/tls"), PathBuf::from)
 }
 
+/// The key directory of a reader: its key set's (`keys=NAME`), or the driver's own.
+pub fn reader_dir(keys: Option<&str>) -> PathBuf {
+    match keys {
+        Some(name) => driver_dir().join(name),
+        None => driver_dir(),
+    }
+}
+
 /// A new ECDSA P-256 key pair in a self-signed certificate: P-256 because every TLS
 /// 1.3 stack has it (Android's included); the certificate only carries the key.
 pub fn generate() -> Result<KeyFile, String> {

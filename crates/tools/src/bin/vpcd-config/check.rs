@@ -311,8 +311,16 @@ fn check(config: Option<&Path>, socket: &Path) -> Findings {
     }
 
     f.lines.extend(ports.lines);
-    if readers.iter().any(|(r, _)| r.config.tls) {
-        check_tls(&mut f, &vpcd_tools::keys::driver_dir());
+    // Each key set the secure readers use, once.
+    let mut key_sets: Vec<Option<&str>> = readers
+        .iter()
+        .filter(|(r, _)| r.config.tls)
+        .map(|(r, _)| r.config.tls_keys.as_deref())
+        .collect();
+    key_sets.sort();
+    key_sets.dedup();
+    for keys in key_sets {
+        check_tls(&mut f, &vpcd_tools::keys::reader_dir(keys), keys);
     }
     check_selinux(&mut f);
     f
@@ -320,7 +328,11 @@ fn check(config: Option<&Path>, socket: &Path) -> Findings {
 
 /// The files of secure readers (tls=yes): there, readable by pcscd, well formed, and
 /// the private key kept from other users.
-fn check_tls(f: &mut Findings, dir: &Path) {
+fn check_tls(f: &mut Findings, dir: &Path, keys: Option<&str>) {
+    let init = match keys {
+        Some(name) => format!("sudo vpcd-config tls init --keys {name}"),
+        None => "sudo vpcd-config tls init".to_owned(),
+    };
     use vpcd_protocol::tls::{KEY_FILE, TRUST_FILE};
     use vpcd_tools::keys;
     let key_path = dir.join(KEY_FILE);
@@ -328,7 +340,7 @@ fn check_tls(f: &mut Findings, dir: &Path) {
     match keys::load_key(&key_path) {
         Err(e) if !key_path.exists() => f.error(format!(
             "a reader has tls=yes, but {} is missing: the reader will not start; make it: \
-             sudo vpcd-config tls init ({e})",
+             {init} ({e})",
             key_path.display()
         )),
         Err(e) => f.error(format!("{e}: the tls=yes readers will not start")),
@@ -351,7 +363,7 @@ fn check_tls(f: &mut Findings, dir: &Path) {
     }
     if !trust_path.exists() {
         f.error(format!(
-            "{} is missing: the tls=yes readers will not start (sudo vpcd-config tls init)",
+            "{} is missing: the tls=yes readers will not start ({init})",
             trust_path.display()
         ));
         return;

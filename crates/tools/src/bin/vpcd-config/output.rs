@@ -32,7 +32,10 @@ impl SlotInfo<'_> {
         match &self.kind {
             SlotKind::Listen { hosts, .. } if self.reader.config.tls => hosts
                 .iter()
-                .map(|h| secure_url(h, self.port, reader_fingerprint()))
+                .map(|h| {
+                    let keys = self.reader.config.tls_keys.as_deref();
+                    secure_url(h, self.port, reader_fingerprint(keys))
+                })
                 .collect(),
             SlotKind::Listen { hosts, .. } => {
                 hosts.iter().map(|h| vpcd_url(h, self.port)).collect()
@@ -42,15 +45,12 @@ impl SlotInfo<'_> {
     }
 }
 
-/// The reader key of the secure readers (docs/TLS.md), if it can be read here.
-fn reader_fingerprint() -> Option<vpcd_protocol::tls::Fingerprint> {
-    static FP: std::sync::OnceLock<Option<vpcd_protocol::tls::Fingerprint>> =
-        std::sync::OnceLock::new();
-    *FP.get_or_init(|| {
-        let key = vpcd_tools::keys::driver_dir().join(vpcd_protocol::tls::KEY_FILE);
-        let key = vpcd_tools::keys::load_key(&key).ok()?;
-        vpcd_tools::keys::fingerprint(&key).ok()
-    })
+/// The key of the secure readers of key set `keys` (docs/TLS.md), if it can be read
+/// here.
+fn reader_fingerprint(keys: Option<&str>) -> Option<vpcd_protocol::tls::Fingerprint> {
+    let key = vpcd_tools::keys::reader_dir(keys).join(vpcd_protocol::tls::KEY_FILE);
+    let key = vpcd_tools::keys::load_key(&key).ok()?;
+    vpcd_tools::keys::fingerprint(&key).ok()
 }
 
 /// A secure slot's `vpcds://` URI; without a readable key (not root, or no

@@ -36,6 +36,7 @@ Usage: vpcd-config tls init [--force]
 Options:
       --dir DIR     the directory of key.pem and trusted [default: $VPCD_TLS_DIR,
                     else /etc/vpcd/tls]; pcscd reads the same one
+      --keys NAME   the key set of the readers with /keys=NAME: DIR/NAME
   -H, --host HOST   the host in the URI [default: this machine's name]
   -P, --port PORT   the port in the URI [default: 35963]
       --no-qr       no QR code
@@ -84,6 +85,7 @@ fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
         qr: true,
         words: vec![],
     };
+    let mut keys = None;
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         let name = cli::option_name(&arg);
@@ -104,10 +106,19 @@ fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
                     .filter(|p| *p != 0)
                     .ok_or_else(|| format!("{name}: bad port \"{v}\""))?;
             }
+            Long("keys") => {
+                let v = cli::value(&mut parser, &name)?;
+                vpcd_protocol::config::check_keys_name(&v).map_err(|e| format!("{name}: {e}"))?;
+                keys = Some(v);
+            }
             Long("no-qr") => o.qr = false,
             Value(v) => o.words.push(cli::text(&name, v)?),
             Short(_) | Long(_) => return Err(arg.unexpected().to_string()),
         }
+    }
+    // After the loop: --keys picks a sub-directory of --dir in either order.
+    if let Some(keys) = keys {
+        o.dir.push(keys);
     }
     Ok(Some(o))
 }
