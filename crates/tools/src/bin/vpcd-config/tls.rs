@@ -221,6 +221,7 @@ fn run(args: &[OsString], out: &mut dyn Write) -> Result<(), (u8, String)> {
                 host,
                 port: o.port,
                 fingerprint,
+                pair: None,
             };
             let _ = writeln!(out, "reader key {fingerprint}\n{uri}");
             if o.qr {
