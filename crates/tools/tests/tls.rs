@@ -264,10 +264,7 @@ fn three_wrong_tokens_end_the_pairing_with_nobody_trusted() {
     for n in 1..=3 {
         let (ok, out) = vicc(&wrong_token(&uri, n), &key);
         assert!(!ok);
-        assert!(
-            out.contains(&format!("pairing refused by 127.0.0.1:")),
-            "{out}"
-        );
+        assert!(out.contains("pairing refused by 127.0.0.1:"), "{out}");
         assert!(out.contains(&format!("wrong token ({n} of 3)")), "{out}");
     }
     let status = wait_exit(&mut pair, Duration::from_secs(10));
