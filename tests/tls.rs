@@ -380,6 +380,82 @@ fn trust_and_untrust_take_effect_at_the_next_connection_without_a_restart() {
     bed.other_reader_answers();
 }
 
+/// One-step pairing: `vpcd-config tls pair` (the admin's command) takes the token and
+/// writes the trust list; the driver, which cannot write, reads it at the next
+/// connection. No `trust` command anywhere.
+#[test]
+fn one_step_pairing_makes_the_card_without_a_trust_command_and_only_once() {
+    let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", false);
+    let mut cmd = Command::new(tool("vpcd-config"));
+    cmd.args([
+        "tls",
+        "pair",
+        "-H",
+        "127.0.0.1",
+        "-P",
+        &bed.port.to_string(),
+    ])
+    .args(["--no-qr", "--within", "60", "--name", "test phone", "--dir"])
+    .arg(&bed.reader.dir);
+    let mut pair = Process::spawn(&mut cmd, bed.tmp.path().join("pair.log"));
+    let out = wait_output(&pair, "vicc: vpcd-vicc --connect");
+    let uri = out
+        .lines()
+        .find(|l| l.starts_with("vpcds://"))
+        .unwrap_or_else(|| panic!("no URI:\n{out}"))
+        .to_owned();
+    assert!(uri.contains("&pair="), "{uri}");
+
+    let card = bed.vicc("paired", &["--connect", &uri]);
+    wait_output(&card, "the reader trusts this card's key now");
+    wait_card(&bed.secure_reader, true, 3 * BOUND);
+    bed.wait_log("changed: trusting 1 peer key(s) from now on");
+    opensc_echo(&bed.secure_reader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = pair.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pair still runs:\n{}",
+            pair.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let log = pair.output();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!("trusting {} \"test phone\"", bed.vicc.fingerprint)),
+        "{log}"
+    );
+    drop(card);
+    bed.assert_secure_slot_empty();
+
+    // The same URI from another vicc: the token is used, the pairing is over.
+    let other_key = bed.tmp.path().join("other-key.pem");
+    let mut cmd = Command::new(tool("vpcd-vicc"));
+    cmd.args(["--connect", &uri, "--tls-key"]).arg(&other_key);
+    let other = Process::spawn(&mut cmd, bed.tmp.path().join("other.log"));
+    let out = wait_output(
+        &other,
+        "the pairing is over (its token was used, or it expired)",
+    );
+    assert!(!out.contains("paired with"), "{out}");
+    bed.assert_secure_slot_empty();
+    // Its key was never trusted: without the pairing offer the reader refuses it.
+    let plain = uri.split("&pair=").next().unwrap();
+    let mut cmd = Command::new(tool("vpcd-vicc"));
+    cmd.args(["--connect", plain, "--tls-key"]).arg(&other_key);
+    let refused = Process::spawn(&mut cmd, bed.tmp.path().join("refused.log"));
+    wait_output(
+        &refused,
+        "connection to vpcd failed: TLS: it refused our key",
+    );
+    bed.assert_secure_slot_empty();
+    bed.other_reader_answers();
+}
+
 #[test]
 fn readers_with_key_sets_of_their_own_trust_only_their_own_peers() {
     let tmp = temp_dir("tls-keys");
