@@ -310,6 +310,15 @@ fn pairing_ends_after_within_seconds() {
     let (ok, out) = vicc(&uri.to_string(), &key);
     assert!(!ok && out.contains("the pairing is over"), "{out}");
     assert_eq!(trusted(&dir).entries.len(), 0);
+
+    // Without --no-qr the URI comes with its QR code (as show draws it), and each run
+    // makes a new token.
+    let (ok, out) = config(&dir, &["pair", "-H", "127.0.0.1", "--within", "1"]);
+    assert!(!ok && out.contains("no vicc paired within 1 s"), "{out}");
+    assert!(out.contains('\u{2588}'), "a QR code: {out}");
+    let again = out.lines().find(|l| l.starts_with("vpcds://")).unwrap();
+    let again = VpcdsUri::parse(again).unwrap();
+    assert_ne!(again.pair.unwrap().token, uri.pair.unwrap().token);
 }
 
 #[test]
@@ -352,4 +361,61 @@ fn pairing_ignores_peers_that_say_nothing_and_refuses_bad_options() {
     }
     let (ok, out) = config(&tmp.path().join("none"), &["pair", "--within", "1"]);
     assert!(!ok && out.contains("vpcd-config tls init"), "{out}");
+}
+
+/// A peer that trickles its line a byte at a time holds the pairing no longer than
+/// --within: the exchange has one deadline, not one per read.
+#[test]
+fn a_trickling_peer_does_not_hold_the_pairing_open() {
+    use rustls::{ClientConnection, StreamOwned};
+    use std::io::Write;
+    use vpcd_protocol::link::{self, Identity};
+    use vpcd_protocol::tls::{TrustEntry, TrustList};
+
+    let tmp = temp_dir("tls-pair-trickle");
+    let dir = tmp.path().join("tls");
+    let start = Instant::now();
+    let (mut pair, uri) = start_pair(&dir, &["--within", "2"]);
+    let me = Identity::from_key_file(&vpcd_tools::keys::generate().unwrap()).unwrap();
+    let reader = TrustList {
+        entries: vec![TrustEntry {
+            fingerprint: uri.fingerprint,
+            name: String::new(),
+        }],
+    };
+    let conn = ClientConnection::new(
+        link::client_config(&me, reader).unwrap(),
+        link::server_name(),
+    )
+    .unwrap();
+    let port = uri.pair.as_ref().unwrap().port;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut tls = StreamOwned::new(conn, tcp);
+    // Never a newline, and fewer bytes than the line's limit: only time ends it.
+    let mut sent = 0;
+    let status = loop {
+        if let Some(status) = pair.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still open after {sent} bytes:\n{}",
+            pair.output()
+        );
+        if sent < 200 && tls.write_all(b"v").and_then(|()| tls.flush()).is_ok() {
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = start.elapsed();
+    let log = pair.output();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("no vicc paired within 2 s: nobody trusted"),
+        "{log}"
+    );
+    assert!(log.contains("no pairing: no token in time"), "{log}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(sent > 10, "the peer trickled: {sent} bytes");
+    assert_eq!(trusted(&dir).entries.len(), 0);
 }

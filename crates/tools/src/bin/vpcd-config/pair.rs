@@ -122,14 +122,17 @@ pub(crate) fn run(r: &Request, out: &mut dyn Write) -> Result<(), (u8, String)> 
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(fail(format!("cannot accept connections: {e}"))),
         };
-        let mut stream = match handshake(tcp, &config, left.min(EXCHANGE_TIMEOUT)) {
+        // One bound for the whole exchange, never past the pairing's end: a peer that
+        // trickles bytes holds the port no longer than a silent one.
+        let until = Instant::now() + left.min(EXCHANGE_TIMEOUT);
+        let mut stream = match handshake(tcp, &config, until) {
             Ok(stream) => stream,
             Err(why) => {
                 eprintln!("vpcd-config tls pair: {peer}: no pairing: {why}");
                 continue;
             }
         };
-        match attempt(&mut stream, &token) {
+        match attempt(&mut stream, &token, until) {
             Attempt::Paired(fp) => {
                 let name = if r.name.is_empty() {
                     default_name(&peer)
@@ -207,15 +210,22 @@ fn wake_at(deadline: Instant, local: SocketAddr) {
 
 type Tls = StreamOwned<ServerConnection, TcpStream>;
 
-fn handshake(tcp: TcpStream, config: &Arc<ServerConfig>, timeout: Duration) -> Result<Tls, String> {
+/// Sets the socket's timeouts to what is left until `until`; an error once nothing is.
+fn time_left(sock: &TcpStream, until: Instant) -> io::Result<()> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    sock.set_read_timeout(Some(left))?;
+    sock.set_write_timeout(Some(left))
+}
+
+fn handshake(tcp: TcpStream, config: &Arc<ServerConfig>, until: Instant) -> Result<Tls, String> {
     let conn = ServerConnection::new(Arc::clone(config)).map_err(|e| e.to_string())?;
     let mut s = StreamOwned::new(conn, tcp);
-    s.sock
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| s.sock.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
     while s.conn.is_handshaking() {
-        if let Err(e) = s.conn.complete_io(&mut s.sock) {
+        let step = time_left(&s.sock, until).and_then(|()| s.conn.complete_io(&mut s.sock));
+        if let Err(e) = step {
             return Err(
                 match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                     Some(tls) => format!("TLS: {}", link::describe(tls)),
@@ -234,8 +244,21 @@ fn handshake(tcp: TcpStream, config: &Arc<ServerConfig>, timeout: Duration) -> R
     Ok(s)
 }
 
+/// A TLS stream read until a deadline, whatever the pace of its bytes.
+struct Until<'a> {
+    stream: &'a mut Tls,
+    until: Instant,
+}
+
+impl Read for Until<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        time_left(&self.stream.sock, self.until)?;
+        self.stream.read(buf)
+    }
+}
+
 /// Reads the peer's one line (at most [`MAX_PAIR_LINE`] bytes) and checks its token.
-fn attempt(stream: &mut Tls, token: &PairToken) -> Attempt {
+fn attempt(stream: &mut Tls, token: &PairToken, until: Instant) -> Attempt {
     let Some(fp) = stream
         .conn
         .peer_certificates()
@@ -245,7 +268,7 @@ fn attempt(stream: &mut Tls, token: &PairToken) -> Attempt {
         return Attempt::Failed("no client key".into());
     };
     let mut line = Vec::with_capacity(MAX_PAIR_LINE);
-    let read = BufReader::new(Read::by_ref(stream).take(MAX_PAIR_LINE as u64))
+    let read = BufReader::new(Until { stream, until }.take(MAX_PAIR_LINE as u64))
         .read_until(b'\n', &mut line);
     if let Err(e) = read {
         return Attempt::Failed(match e.kind() {
@@ -264,6 +287,8 @@ fn attempt(stream: &mut Tls, token: &PairToken) -> Attempt {
 }
 
 fn answer(stream: &mut Tls, answer: PairAnswer) {
+    // A peer that does not read gets its answer dropped, not the pairing stalled.
+    let _ = stream.sock.set_write_timeout(Some(Duration::from_secs(2)));
     let _ = stream.write_all(answer.to_line().as_bytes());
     stream.conn.send_close_notify();
     let _ = stream.flush();
