@@ -419,3 +419,75 @@ fn a_trickling_peer_does_not_hold_the_pairing_open() {
     assert!(sent > 10, "the peer trickled: {sent} bytes");
     assert_eq!(trusted(&dir).entries.len(), 0);
 }
+
+/// --keys NAME pairs into the key set's directory, over IPv6 too; a trust list this
+/// user cannot change is found before any token is shown.
+#[test]
+fn pairing_into_a_key_set_over_ipv6_and_a_read_only_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = temp_dir("tls-pair-keys");
+    let base = tmp.path().join("tls");
+    let run_config = |args: &[&str]| {
+        run(Command::new(build_dir().join("vpcd-config"))
+            .arg("tls")
+            .args(args)
+            .args(["--keys", "alice", "--dir"])
+            .arg(&base))
+    };
+    let (ok, out) = run_config(&["init"]);
+    assert!(ok, "{out}");
+    let reader_port = free_ports(1).to_string();
+    let mut cmd = Command::new(build_dir().join("vpcd-config"));
+    cmd.args(["tls", "pair", "-H", "::1", "-P", &reader_port, "--no-qr"])
+        .args(["--keys", "alice", "--dir"])
+        .arg(&base);
+    let mut pair = Process::spawn(&mut cmd, tmp.path().join("pair.log"));
+    let line = wait_line(&pair, "vpcds://");
+    assert!(line.starts_with("vpcds://[::1]:"), "{line}");
+    let (_, out) = vicc(&line, &tmp.path().join("vicc.pem"));
+    assert!(out.contains("paired with ::1:"), "{out}");
+    assert!(wait_exit(&mut pair, Duration::from_secs(10)).success());
+    assert_eq!(trusted(&base.join("alice")).entries.len(), 1);
+    assert!(
+        !base.join("trusted").exists(),
+        "the key set's list, not the base's"
+    );
+
+    // A directory this user cannot write in: as root (who writes anyway), the
+    // command runs as user nobody, from a copy it can reach.
+    let alice = base.join("alice");
+    let mut cmd = if is_root() {
+        let bin = tmp.path().join("vpcd-config");
+        std::fs::copy(build_dir().join("vpcd-config"), &bin).unwrap();
+        for p in [tmp.path(), &base, &alice] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(
+            alice.join("key.pem"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        cmd
+    } else {
+        std::fs::set_permissions(&alice, std::fs::Permissions::from_mode(0o555)).unwrap();
+        Command::new(build_dir().join("vpcd-config"))
+    };
+    let (ok, out) = run(cmd
+        .args(["tls", "pair", "--within", "30", "--no-qr", "--dir"])
+        .arg(&alice));
+    std::fs::set_permissions(&alice, std::fs::Permissions::from_mode(0o755)).unwrap();
+    println!("{out}");
+    assert!(!ok && out.contains("cannot write in"), "{out}");
+    assert!(!out.contains("vpcds://"), "no token shown: {out}");
+    assert_eq!(trusted(&alice).entries.len(), 1);
+}
+
+/// Whether this test runs as root (file permissions do not stop root).
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}

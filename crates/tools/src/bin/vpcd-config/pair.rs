@@ -68,6 +68,7 @@ pub(crate) fn run(r: &Request, out: &mut dyn Write) -> Result<(), (u8, String)> 
         .map_err(|e| fail(format!("{} is unusable: {e}", r.key_path.display())))?;
     // A trust list this command could not extend is found now, not after a pairing.
     keys::load_trust(r.trust_path).map_err(fail)?;
+    check_writable(r.trust_path).map_err(fail)?;
     let config = link::pairing_server_config(&me).map_err(fail)?;
     let mut token = [0u8; TOKEN_LEN];
     link::random(&mut token).map_err(fail)?;
@@ -180,6 +181,27 @@ pub(crate) fn run(r: &Request, out: &mut dyn Write) -> Result<(), (u8, String)> 
             Attempt::Failed(why) => eprintln!("vpcd-config tls pair: {peer}: no pairing: {why}"),
         }
     }
+}
+
+/// Whether the trust list's directory takes a new file (the list is replaced by a
+/// rename), tried with a file of our own: the trust list itself is left alone, so the
+/// driver sees no change.
+fn check_writable(trust_path: &Path) -> Result<(), String> {
+    let dir = trust_path.parent().unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".trusted.pair{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| {
+            format!(
+                "cannot write in {} ({e}): the trust list could not take the paired key \
+                 (run it as the user that may change it, e.g. with sudo)",
+                dir.display()
+            )
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// On the URI's host if it is an address of this machine, else on every address (as a
