@@ -786,6 +786,68 @@ fn a_reversed_vicc_refuses_a_reader_key_it_did_not_pin() {
     bed.assert_secure_slot_empty();
 }
 
+/// tests/tls-vicc/vicc.py pairs in one step as docs/TLS.md's exchange on the wire
+/// says (OpenSSL, not rustls): a wrong token is refused and counted, the right one
+/// makes it the card.
+#[test]
+fn a_vicc_on_another_tls_stack_pairs_in_one_step_as_documented() {
+    let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", false);
+    let mut cmd = Command::new(tool("vpcd-config"));
+    cmd.args([
+        "tls",
+        "pair",
+        "-H",
+        "127.0.0.1",
+        "-P",
+        &bed.port.to_string(),
+    ])
+    .args(["--no-qr", "--within", "60", "--dir"])
+    .arg(&bed.reader.dir);
+    let pair = Process::spawn(&mut cmd, bed.tmp.path().join("pair.log"));
+    let out = wait_output(&pair, "vicc: vpcd-vicc --connect");
+    let offer = out
+        .lines()
+        .find_map(|l| l.strip_prefix("vpcds://")?.split_once("&pair="))
+        .unwrap_or_else(|| panic!("no pairing URI:\n{out}"))
+        .1
+        .to_owned();
+    let script = repo_root().join("tests/tls-vicc/vicc.py");
+    let python = |tag: &str, offer: &str| {
+        Process::spawn(
+            Command::new("/usr/bin/python3")
+                .arg(&script)
+                .args(["127.0.0.1", &bed.port.to_string()])
+                .arg(bed.vicc.dir.join("key.pem"))
+                .arg(bed.reader.fingerprint.to_string())
+                .arg(offer),
+            bed.tmp.path().join(format!("{tag}.log")),
+        )
+    };
+    // The token with its last digit changed.
+    let flipped = if offer.ends_with('0') { '1' } else { '0' };
+    let wrong_offer = format!("{}{flipped}", &offer[..offer.len() - 1]);
+    let wrong = python("wrong", &wrong_offer);
+    wait_output(&wrong, "vicc.py: pairing refused: wrong token (1 of 3)");
+    let card = python("right", &offer);
+    wait_output(&card, "vicc.py: paired");
+    wait_output(&card, "TLSv1.3, reader key pinned");
+    wait_card(&bed.secure_reader, true, Duration::from_secs(5));
+    bed.wait_log(&format!("over TLS 1.3, key {}", bed.vicc.fingerprint));
+    let (ok, out) = run(Command::new("opensc-tool").args([
+        "-r",
+        &bed.secure_reader,
+        "-s",
+        "00 11 22 33 02 AB CD",
+    ]));
+    assert!(ok && out.contains("AB CD"), "{out}\n{}", card.output());
+    let log = wait_output(&pair, "paired 127.0.0.1:");
+    assert!(
+        log.contains(&format!("trusting {}", bed.vicc.fingerprint)),
+        "{log}"
+    );
+    bed.other_reader_answers();
+}
+
 #[test]
 fn a_vicc_on_another_tls_stack_pairs_as_documented() {
     // tests/tls-vicc/vicc.py: Python's ssl (OpenSSL), written from docs/TLS.md alone,
