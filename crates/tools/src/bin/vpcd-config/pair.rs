@@ -120,7 +120,15 @@ pub(crate) fn run(r: &Request, out: &mut dyn Write) -> Result<(), (u8, String)> 
         }
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // A peer gone before it was accepted is its own loss, not the pairing's.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(fail(format!("cannot accept connections: {e}"))),
         };
         // One bound for the whole exchange, never past the pairing's end: a peer that
