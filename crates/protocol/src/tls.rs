@@ -1208,6 +1208,24 @@ mod tests {
         }
 
         #[test]
+        fn pair_values_parse_exactly_when_valid(
+            port in "0{0,2}[1-9][0-9]{0,5}", token in "[0-9a-fA-F]{30,34}",
+        ) {
+            let s = format!("{port}-{token}");
+            let valid = port.parse::<u32>().unwrap() <= 65535 && token.len() == 32;
+            match Pairing::parse(&s) {
+                Ok(p) => {
+                    prop_assert!(valid, "{s}");
+                    prop_assert_eq!(Pairing::parse(&p.to_string()).unwrap(), p.clone());
+                    // Canonical: lowercase digits, the port without leading zeros.
+                    let canonical = format!("{}-{}", port.trim_start_matches('0'), token);
+                    prop_assert_eq!(p.to_string(), canonical.to_lowercase());
+                }
+                Err(e) => prop_assert!(!valid, "{s}: {e}"),
+            }
+        }
+
+        #[test]
         fn tokens_match_only_themselves(
             a in any::<[u8; TOKEN_LEN]>(), i in 0..TOKEN_LEN, flip in 1u8..,
         ) {
