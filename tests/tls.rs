@@ -380,6 +380,82 @@ fn trust_and_untrust_take_effect_at_the_next_connection_without_a_restart() {
     bed.other_reader_answers();
 }
 
+/// One-step pairing: `vpcd-config tls pair` (the admin's command) takes the token and
+/// writes the trust list; the driver, which cannot write, reads it at the next
+/// connection. No `trust` command anywhere.
+#[test]
+fn one_step_pairing_makes_the_card_without_a_trust_command_and_only_once() {
+    let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", false);
+    let mut cmd = Command::new(tool("vpcd-config"));
+    cmd.args([
+        "tls",
+        "pair",
+        "-H",
+        "127.0.0.1",
+        "-P",
+        &bed.port.to_string(),
+    ])
+    .args(["--no-qr", "--within", "60", "--name", "test phone", "--dir"])
+    .arg(&bed.reader.dir);
+    let mut pair = Process::spawn(&mut cmd, bed.tmp.path().join("pair.log"));
+    let out = wait_output(&pair, "vicc: vpcd-vicc --connect");
+    let uri = out
+        .lines()
+        .find(|l| l.starts_with("vpcds://"))
+        .unwrap_or_else(|| panic!("no URI:\n{out}"))
+        .to_owned();
+    assert!(uri.contains("&pair="), "{uri}");
+
+    let card = bed.vicc("paired", &["--connect", &uri]);
+    wait_output(&card, "the reader trusts this card's key now");
+    wait_card(&bed.secure_reader, true, 3 * BOUND);
+    bed.wait_log("changed: trusting 1 peer key(s) from now on");
+    opensc_echo(&bed.secure_reader);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = pair.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pair still runs:\n{}",
+            pair.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let log = pair.output();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!("trusting {} \"test phone\"", bed.vicc.fingerprint)),
+        "{log}"
+    );
+    drop(card);
+    bed.assert_secure_slot_empty();
+
+    // The same URI from another vicc: the token is used, the pairing is over.
+    let other_key = bed.tmp.path().join("other-key.pem");
+    let mut cmd = Command::new(tool("vpcd-vicc"));
+    cmd.args(["--connect", &uri, "--tls-key"]).arg(&other_key);
+    let other = Process::spawn(&mut cmd, bed.tmp.path().join("other.log"));
+    let out = wait_output(
+        &other,
+        "the pairing is over (its token was used, or it expired)",
+    );
+    assert!(!out.contains("paired with"), "{out}");
+    bed.assert_secure_slot_empty();
+    // Its key was never trusted: without the pairing offer the reader refuses it.
+    let plain = uri.split("&pair=").next().unwrap();
+    let mut cmd = Command::new(tool("vpcd-vicc"));
+    cmd.args(["--connect", plain, "--tls-key"]).arg(&other_key);
+    let refused = Process::spawn(&mut cmd, bed.tmp.path().join("refused.log"));
+    wait_output(
+        &refused,
+        "connection to vpcd failed: TLS: it refused our key",
+    );
+    bed.assert_secure_slot_empty();
+    bed.other_reader_answers();
+}
+
 #[test]
 fn readers_with_key_sets_of_their_own_trust_only_their_own_peers() {
     let tmp = temp_dir("tls-keys");
@@ -708,6 +784,68 @@ fn a_reversed_vicc_refuses_a_reader_key_it_did_not_pin() {
     bed.wait_log("it refused our key");
     bed.other_reader_answers();
     bed.assert_secure_slot_empty();
+}
+
+/// tests/tls-vicc/vicc.py pairs in one step as docs/TLS.md's exchange on the wire
+/// says (OpenSSL, not rustls): a wrong token is refused and counted, the right one
+/// makes it the card.
+#[test]
+fn a_vicc_on_another_tls_stack_pairs_in_one_step_as_documented() {
+    let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", false);
+    let mut cmd = Command::new(tool("vpcd-config"));
+    cmd.args([
+        "tls",
+        "pair",
+        "-H",
+        "127.0.0.1",
+        "-P",
+        &bed.port.to_string(),
+    ])
+    .args(["--no-qr", "--within", "60", "--dir"])
+    .arg(&bed.reader.dir);
+    let pair = Process::spawn(&mut cmd, bed.tmp.path().join("pair.log"));
+    let out = wait_output(&pair, "vicc: vpcd-vicc --connect");
+    let offer = out
+        .lines()
+        .find_map(|l| l.strip_prefix("vpcds://")?.split_once("&pair="))
+        .unwrap_or_else(|| panic!("no pairing URI:\n{out}"))
+        .1
+        .to_owned();
+    let script = repo_root().join("tests/tls-vicc/vicc.py");
+    let python = |tag: &str, offer: &str| {
+        Process::spawn(
+            Command::new("/usr/bin/python3")
+                .arg(&script)
+                .args(["127.0.0.1", &bed.port.to_string()])
+                .arg(bed.vicc.dir.join("key.pem"))
+                .arg(bed.reader.fingerprint.to_string())
+                .arg(offer),
+            bed.tmp.path().join(format!("{tag}.log")),
+        )
+    };
+    // The token with its last digit changed.
+    let flipped = if offer.ends_with('0') { '1' } else { '0' };
+    let wrong_offer = format!("{}{flipped}", &offer[..offer.len() - 1]);
+    let wrong = python("wrong", &wrong_offer);
+    wait_output(&wrong, "vicc.py: pairing refused: wrong token (1 of 3)");
+    let card = python("right", &offer);
+    wait_output(&card, "vicc.py: paired");
+    wait_output(&card, "TLSv1.3, reader key pinned");
+    wait_card(&bed.secure_reader, true, Duration::from_secs(5));
+    bed.wait_log(&format!("over TLS 1.3, key {}", bed.vicc.fingerprint));
+    let (ok, out) = run(Command::new("opensc-tool").args([
+        "-r",
+        &bed.secure_reader,
+        "-s",
+        "00 11 22 33 02 AB CD",
+    ]));
+    assert!(ok && out.contains("AB CD"), "{out}\n{}", card.output());
+    let log = wait_output(&pair, "paired 127.0.0.1:");
+    assert!(
+        log.contains(&format!("trusting {}", bed.vicc.fingerprint)),
+        "{log}"
+    );
+    bed.other_reader_answers();
 }
 
 #[test]

@@ -15,9 +15,10 @@
 //!   encoder and decoder.
 //! - [`config`]: a `reader.conf.d` entry's DEVICENAME / CHANNELID and our options.
 //! - [`tls`]: the pure parts of the secure link (docs/TLS.md): key fingerprints, the
-//!   key file (PEM), the trust list, the `vpcds://` pairing URI, a certificate's key.
+//!   key file (PEM), the trust list, the `vpcds://` pairing URI (with its one-time
+//!   `pair=` offer), the one-step pairing exchange's lines, a certificate's key.
 //! - `link` (feature `rustls`): the secure link's TLS 1.3 configurations with pinned
-//!   keys, shared by the driver and vpcd-vicc.
+//!   keys, shared by the driver and vpcd-vicc; the pairing server's (any proven key).
 //! - [`hex()`]: bytes as `3B 8A 80 01`, for log lines.
 
 #![forbid(unsafe_code)]

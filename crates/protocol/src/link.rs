@@ -232,6 +232,85 @@ impl ClientCertVerifier for Pinned {
     }
 }
 
+/// Accepts any client key, for one-step pairing (`vpcd-config tls pair`): who the peer
+/// is, is decided by the token it sends afterwards, inside this TLS session. The
+/// handshake signature is still checked, so the peer holds the key it shows, and the
+/// key it gets trusted for is the one it proved.
+#[derive(Debug)]
+pub struct AnyKey {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyKey {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        // Only the envelope must hold a key: that key is what gets pinned.
+        cert_fingerprint(end_entity.as_ref()).map_err(|e| {
+            Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            ))))
+        })?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        Err(Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The pairing side (`vpcd-config tls pair`): the reader's key, TLS 1.3, a client key
+/// required but any key taken ([`AnyKey`]), no tickets.
+pub fn pairing_server_config(me: &Identity) -> Result<Arc<ServerConfig>, String> {
+    let verifier = Arc::new(AnyKey {
+        algorithms: provider().signature_verification_algorithms,
+    });
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(me.chain(), me.key())
+        .map_err(|e| format!("the key pair is not usable: {e}"))?;
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(Arc::new(config))
+}
+
+/// Fills `buf` from the operating system's random generator (ring's, via getrandom).
+pub fn random(buf: &mut [u8]) -> Result<(), String> {
+    provider()
+        .secure_random
+        .fill(buf)
+        .map_err(|_| "the system's random generator failed".to_owned())
+}
+
 /// The accepting side (a listening reader, a reversed vicc): TLS 1.3, client key
 /// required and pinned, no tickets.
 pub fn server_config(me: &Identity, trusted: TrustList) -> Result<Arc<ServerConfig>, String> {
@@ -333,6 +412,15 @@ mod tests {
     ) -> Result<(), (&'static str, Error)> {
         let server = server_config(reader, reader_trusts).unwrap();
         let client = client_config(vicc, vicc_trusts).unwrap();
+        shake(server, client).map(|_| ())
+    }
+
+    /// A handshake in memory between two configurations; the server's view of the
+    /// client's certificate.
+    fn shake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> Result<Vec<u8>, (&'static str, Error)> {
         let mut s = Connection::from(ServerConnection::new(server).unwrap());
         let mut c = Connection::from(ClientConnection::new(client, server_name()).unwrap());
         for _ in 0..10 {
@@ -349,7 +437,8 @@ mod tests {
             c.read_tls(&mut &buf[..]).unwrap();
             c.process_new_packets().map_err(|e| ("vicc", e))?;
             if !s.is_handshaking() && !c.is_handshaking() {
-                return Ok(());
+                let certs = s.peer_certificates().unwrap_or_default();
+                return Ok(certs.first().map(|c| c.to_vec()).unwrap_or_default());
             }
         }
         panic!("no end to the handshake");
@@ -363,6 +452,73 @@ mod tests {
             v.fingerprint.to_string(),
             "dc6bcd30202930a08b6030aac7dedace020fcb2f9dcb1458d64472c9f84d75a9"
         );
+    }
+
+    #[test]
+    fn pairing_takes_any_key_its_holder_proves() {
+        let (r, v) = (identity(READER_KEY), identity(VICC_KEY));
+        let server = pairing_server_config(&r).unwrap();
+        let client = client_config(&v, trusting(&[&r])).unwrap();
+        let cert = shake(server.clone(), client).unwrap();
+        assert_eq!(cert_fingerprint(&cert).unwrap(), v.fingerprint);
+        // The vicc still pins the reader: a pairing server with another key is refused.
+        let impostor = pairing_server_config(&v).unwrap();
+        let client = client_config(&v, trusting(&[&r])).unwrap();
+        let (side, e) = shake(impostor, client).unwrap_err();
+        assert_eq!(side, "vicc");
+        assert!(describe(&e).contains(&v.fingerprint.to_string()), "{e}");
+        // A client without a key is refused: the key is what gets paired.
+        let anonymous = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Pinned::new(trusting(&[&r])))
+            .with_no_client_auth();
+        let (side, e) = shake(server, Arc::new(anonymous)).unwrap_err();
+        assert_eq!((side, e), ("reader", Error::NoCertificatesPresented));
+    }
+
+    #[test]
+    fn a_pairing_client_must_hold_the_key_it_shows() {
+        // The vicc's certificate with the reader's private key: the signature over the
+        // handshake does not match the key shown.
+        // rustls refuses such a pair in a configuration, so a resolver hands it over.
+        #[derive(Debug)]
+        struct Thief(Arc<rustls::sign::CertifiedKey>);
+        impl rustls::client::ResolvesClientCert for Thief {
+            fn resolve(
+                &self,
+                _hints: &[&[u8]],
+                _schemes: &[SignatureScheme],
+            ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+                Some(Arc::clone(&self.0))
+            }
+            fn has_certs(&self) -> bool {
+                true
+            }
+        }
+        let (r, v) = (identity(READER_KEY), identity(VICC_KEY));
+        let signing = provider().key_provider.load_private_key(r.key()).unwrap();
+        let stolen = rustls::sign::CertifiedKey::new(v.chain(), signing);
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Pinned::new(trusting(&[&r])))
+            .with_client_cert_resolver(Arc::new(Thief(Arc::new(stolen))));
+        let server = pairing_server_config(&r).unwrap();
+        let (side, e) = shake(server, Arc::new(client)).unwrap_err();
+        assert_eq!(side, "reader", "{e}");
+        assert_eq!(e, Error::InvalidCertificate(CertificateError::BadSignature));
+    }
+
+    #[test]
+    fn random_bytes_differ() {
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        random(&mut a).unwrap();
+        random(&mut b).unwrap();
+        assert_ne!(a, b);
+        assert_ne!(a, [0; 16]);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! trusted    # comment
 //!            3f1c...64 hex digits...9a  alice-phone
 //! URI        vpcds://192.168.1.20:35963?fp=3f1c...9a
+//!            vpcds://192.168.1.20:35963?fp=3f1c...9a&pair=40123-0f5e...32 hex digits...c1
+//! pairing    vicc: "vpcd-pair 1 TOKEN\n"   reader: "OK\n" | "REFUSED reason\n"
 //! ```
 
 use std::fmt;
@@ -386,6 +388,8 @@ pub struct VpcdsUri {
     pub host: String,
     pub port: u16,
     pub fingerprint: Fingerprint,
+    /// A one-time pairing offer (`vpcd-config tls pair`), if the URI carries one.
+    pub pair: Option<Pairing>,
 }
 
 impl VpcdsUri {
@@ -444,6 +448,7 @@ impl VpcdsUri {
                 .ok_or_else(|| bad("the port is no number from 1 to 65535"))?,
         };
         let mut fingerprint = None;
+        let mut pairing = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             if key == "fp" {
@@ -451,12 +456,18 @@ impl VpcdsUri {
                     return Err(bad("fp given twice"));
                 }
                 fingerprint = Some(Fingerprint::parse(value).map_err(|e| bad(&e))?);
+            } else if key == "pair" {
+                if pairing.is_some() {
+                    return Err(bad("pair given twice"));
+                }
+                pairing = Some(Pairing::parse(value).map_err(|e| bad(&e))?);
             }
         }
         Ok(VpcdsUri {
             host: host.to_owned(),
             port,
             fingerprint: fingerprint.ok_or_else(|| bad("no fp= (the host key's fingerprint)"))?,
+            pair: pairing,
         })
     }
 }
@@ -468,7 +479,164 @@ impl fmt::Display for VpcdsUri {
         } else {
             write!(f, "{SCHEME}://{}:{}", self.host, self.port)?;
         }
-        write!(f, "?fp={}", self.fingerprint)
+        write!(f, "?fp={}", self.fingerprint)?;
+        match &self.pair {
+            Some(p) => write!(f, "&pair={p}"),
+            None => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// One-step pairing (docs/TLS.md, "Pairing in one step")
+
+/// The bytes of a pairing token: 128 bits from the OS's random generator.
+pub const TOKEN_LEN: usize = 16;
+/// The longest line either side of a pairing exchange sends, newline included: a
+/// reader reads no more than this from a peer.
+pub const MAX_PAIR_LINE: usize = 256;
+/// What a vicc's pairing request starts with; the number is the exchange's version.
+pub const PAIR_REQUEST: &str = "vpcd-pair 1 ";
+
+/// A one-time pairing token. Compared in constant time, so that a peer guessing it
+/// learns nothing from how fast a wrong guess is refused.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PairToken(pub [u8; TOKEN_LEN]);
+
+impl PairToken {
+    /// Exactly 32 hex digits, in either case.
+    pub fn parse(s: &str) -> Result<PairToken, String> {
+        let digits = s.as_bytes();
+        if digits.len() != 2 * TOKEN_LEN {
+            return Err(format!(
+                "a pairing token has {} hex digits, not {}",
+                2 * TOKEN_LEN,
+                digits.len()
+            ));
+        }
+        let mut out = [0u8; TOKEN_LEN];
+        for (i, pair) in digits.chunks(2).enumerate() {
+            match (hex_value(pair[0]), hex_value(pair[1])) {
+                (Some(hi), Some(lo)) => out[i] = hi << 4 | lo,
+                _ => return Err("a pairing token is hex digits only".into()),
+            }
+        }
+        Ok(PairToken(out))
+    }
+
+    /// Equal tokens, in time independent of where they differ.
+    pub fn matches(&self, other: &PairToken) -> bool {
+        let diff = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Display for PairToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PairToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A secret until used: never in a debug print or a log line.
+        f.write_str("PairToken(..)")
+    }
+}
+
+/// A URI's `pair=PORT-TOKEN`: where `vpcd-config tls pair` listens (on the URI's
+/// host) and the token it accepts once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pairing {
+    pub port: u16,
+    pub token: PairToken,
+}
+
+impl Pairing {
+    pub fn parse(s: &str) -> Result<Pairing, String> {
+        let (port, token) = s
+            .split_once('-')
+            .ok_or("pair= is PORT-TOKEN (vpcd-config tls pair prints it)")?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0 && port.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or("pair=: the pairing port is no number from 1 to 65535")?;
+        let token = PairToken::parse(token).map_err(|e| format!("pair=: {e}"))?;
+        Ok(Pairing { port, token })
+    }
+}
+
+impl fmt::Display for Pairing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.port, self.token)
+    }
+}
+
+/// The vicc's one line, sent inside TLS once the handshake is done.
+pub fn pair_request(token: &PairToken) -> String {
+    format!("{PAIR_REQUEST}{token}\n")
+}
+
+/// The token of a vicc's line (without its newline).
+pub fn parse_pair_request(line: &str) -> Result<PairToken, String> {
+    let token = line.strip_prefix(PAIR_REQUEST).ok_or_else(|| {
+        format!(
+            "expected \"{}TOKEN\", got {:?}",
+            PAIR_REQUEST,
+            line.chars().take(40).collect::<String>()
+        )
+    })?;
+    PairToken::parse(token)
+}
+
+/// The reader's answer: `OK`, or `REFUSED` and a reason for the vicc's user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairAnswer {
+    Ok,
+    Refused(String),
+}
+
+impl PairAnswer {
+    /// The line, newline included; a reason is one line, cut to fit.
+    pub fn to_line(&self) -> String {
+        match self {
+            PairAnswer::Ok => "OK\n".into(),
+            PairAnswer::Refused(why) => {
+                let mut line = String::from("REFUSED ");
+                for c in why.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+                    if line.len() + c.len_utf8() >= MAX_PAIR_LINE {
+                        break;
+                    }
+                    line.push(c);
+                }
+                line.push('\n');
+                line
+            }
+        }
+    }
+
+    /// A line (without its newline).
+    pub fn parse(line: &str) -> Result<PairAnswer, String> {
+        if line == "OK" {
+            return Ok(PairAnswer::Ok);
+        }
+        match line.strip_prefix("REFUSED") {
+            Some(why) if why.is_empty() || why.starts_with(' ') => {
+                Ok(PairAnswer::Refused(why.trim().to_owned()))
+            }
+            _ => Err(format!(
+                "not a pairing answer: {:?}",
+                line.chars().take(40).collect::<String>()
+            )),
+        }
     }
 }
 
@@ -547,6 +715,9 @@ pub fn spki_of(cert: &[u8]) -> Result<&[u8], String> {
 pub fn parse_any(text: &str) {
     let _ = Fingerprint::parse(text);
     let _ = VpcdsUri::parse(text);
+    let _ = Pairing::parse(text);
+    let _ = parse_pair_request(text);
+    let _ = PairAnswer::parse(text);
     let _ = TrustList::parse(text);
     let _ = KeyFile::parse(text);
     let _ = spki_of(text.as_bytes());
@@ -693,6 +864,83 @@ mod tests {
             format!("vpcds://h%20x:1?fp={FP}"),
         ] {
             assert!(VpcdsUri::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    const TOKEN: &str = "0f5e00000000000000000000000000c1";
+
+    #[test]
+    fn uris_with_a_pairing_offer() {
+        let u = VpcdsUri::parse(&format!("vpcds://pc:35963?fp={FP}&pair=40123-{TOKEN}")).unwrap();
+        let pair = u.pair.clone().unwrap();
+        assert_eq!(pair.port, 40123);
+        assert_eq!(pair.token.to_string(), TOKEN);
+        assert_eq!(VpcdsUri::parse(&u.to_string()).unwrap(), u);
+        assert!(u.to_string().ends_with(&format!("&pair=40123-{TOKEN}")));
+        // Either order, either case; other parameters still ignored.
+        let upper = format!(
+            "vpcds://pc?x=1&pair=40123-{}&fp={FP}&y",
+            TOKEN.to_uppercase()
+        );
+        assert_eq!(VpcdsUri::parse(&upper).unwrap().pair, Some(pair));
+        assert_eq!(
+            VpcdsUri::parse(&format!("vpcds://pc?fp={FP}"))
+                .unwrap()
+                .pair,
+            None
+        );
+        for (bad, why) in [
+            ("pair=", "PORT-TOKEN"),
+            (&format!("pair={TOKEN}") as &str, "PORT-TOKEN"),
+            (&format!("pair=0-{TOKEN}"), "pairing port"),
+            (&format!("pair=65536-{TOKEN}"), "pairing port"),
+            (&format!("pair=+1-{TOKEN}"), "pairing port"),
+            (&format!("pair=x-{TOKEN}"), "pairing port"),
+            ("pair=1-0f5e", "32 hex digits"),
+            (&format!("pair=1-{TOKEN}00"), "32 hex digits"),
+            (
+                &format!("pair=1-{}", TOKEN.replace('f', "g")),
+                "hex digits only",
+            ),
+            (
+                &format!("pair=1-{TOKEN}&pair=2-{TOKEN}"),
+                "pair given twice",
+            ),
+        ] {
+            let e = VpcdsUri::parse(&format!("vpcds://pc?fp={FP}&{bad}")).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_pairing_exchange() {
+        let token = PairToken::parse(TOKEN).unwrap();
+        let line = pair_request(&token);
+        assert_eq!(line, format!("vpcd-pair 1 {TOKEN}\n"));
+        assert!(parse_pair_request(line.trim_end()).unwrap().matches(&token));
+        for bad in ["", "vpcd-pair 1 ", "vpcd-pair 2 0f5e", "GET / HTTP/1.1"] {
+            assert!(parse_pair_request(bad).is_err(), "{bad}");
+        }
+        assert!(parse_pair_request(&format!("vpcd-pair 2 {TOKEN}"))
+            .unwrap_err()
+            .starts_with("expected \"vpcd-pair 1 TOKEN\""));
+        let other = PairToken::parse(&TOKEN.replace("c1", "c0")).unwrap();
+        assert!(!token.matches(&other));
+        assert_eq!(format!("{token:?}"), "PairToken(..)", "no secret in Debug");
+        assert_eq!(PairAnswer::Ok.to_line(), "OK\n");
+        assert_eq!(PairAnswer::parse("OK"), Ok(PairAnswer::Ok));
+        let no = PairAnswer::Refused("wrong token\nOK".into());
+        assert_eq!(no.to_line(), "REFUSED wrong token OK\n");
+        assert_eq!(
+            PairAnswer::parse("REFUSED wrong token"),
+            Ok(PairAnswer::Refused("wrong token".into()))
+        );
+        assert_eq!(
+            PairAnswer::parse("REFUSED"),
+            Ok(PairAnswer::Refused("".into()))
+        );
+        for bad in ["", "ok", "OK ", "REFUSEDx", "HTTP/1.1 200 OK"] {
+            assert!(PairAnswer::parse(bad).is_err(), "{bad}");
         }
     }
 
@@ -933,12 +1181,58 @@ mod tests {
         #[test]
         fn fingerprints_and_uris_round_trip(
             bytes in any::<[u8; 32]>(), port in 1u16.., v6 in any::<bool>(),
+            pair in proptest::option::of((1u16.., any::<[u8; TOKEN_LEN]>())),
         ) {
             let fp = Fingerprint(bytes);
             prop_assert_eq!(Fingerprint::parse(&fp.to_string()).unwrap(), fp);
             let host = if v6 { "fd00::17".to_owned() } else { "card-host.example".to_owned() };
-            let uri = VpcdsUri { host, port, fingerprint: fp };
+            let pair = pair.map(|(port, t)| Pairing { port, token: PairToken(t) });
+            let uri = VpcdsUri { host, port, fingerprint: fp, pair };
             prop_assert_eq!(VpcdsUri::parse(&uri.to_string()).unwrap(), uri);
+        }
+
+        #[test]
+        fn pairing_lines_round_trip(
+            token in any::<[u8; TOKEN_LEN]>(), why in "\\PC{0,300}",
+        ) {
+            let token = PairToken(token);
+            let line = pair_request(&token);
+            prop_assert!(line.len() <= MAX_PAIR_LINE);
+            let parsed = parse_pair_request(line.strip_suffix('\n').unwrap()).unwrap();
+            prop_assert!(parsed.matches(&token));
+            let answer = PairAnswer::Refused(why).to_line();
+            prop_assert!(answer.len() <= MAX_PAIR_LINE, "{}", answer.len());
+            prop_assert_eq!(answer.matches('\n').count(), 1);
+            let parsed = PairAnswer::parse(answer.strip_suffix('\n').unwrap()).unwrap();
+            prop_assert!(matches!(parsed, PairAnswer::Refused(_)));
+        }
+
+        #[test]
+        fn pair_values_parse_exactly_when_valid(
+            port in "0{0,2}[1-9][0-9]{0,5}", token in "[0-9a-fA-F]{30,34}",
+        ) {
+            let s = format!("{port}-{token}");
+            let valid = port.parse::<u32>().unwrap() <= 65535 && token.len() == 32;
+            match Pairing::parse(&s) {
+                Ok(p) => {
+                    prop_assert!(valid, "{s}");
+                    prop_assert_eq!(Pairing::parse(&p.to_string()).unwrap(), p.clone());
+                    // Canonical: lowercase digits, the port without leading zeros.
+                    let canonical = format!("{}-{}", port.trim_start_matches('0'), token);
+                    prop_assert_eq!(p.to_string(), canonical.to_lowercase());
+                }
+                Err(e) => prop_assert!(!valid, "{s}: {e}"),
+            }
+        }
+
+        #[test]
+        fn tokens_match_only_themselves(
+            a in any::<[u8; TOKEN_LEN]>(), i in 0..TOKEN_LEN, flip in 1u8..,
+        ) {
+            let mut b = a;
+            b[i] ^= flip;
+            prop_assert!(PairToken(a).matches(&PairToken(a)));
+            prop_assert!(!PairToken(a).matches(&PairToken(b)));
         }
 
         #[test]

@@ -4,6 +4,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use vpcd_protocol::tls::{TrustList, VpcdsUri};
 use vpcd_testing::*;
@@ -134,4 +135,359 @@ fn check_reports_missing_and_exposed_tls_files() {
             .any(|l| l.starts_with("error:") && l.contains("trusted is malformed")),
         "{out}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// vpcd-config tls pair: one-step pairing with a one-time token
+
+/// `vpcd-config tls pair` running in `dir` (a reader key made first), and its URI.
+fn start_pair(dir: &Path, extra: &[&str]) -> (Process, VpcdsUri) {
+    let (ok, out) = config(dir, &["init"]);
+    assert!(ok, "{out}");
+    // The reader's port: nothing listens there, a paired vicc's connection fails.
+    let reader_port = free_ports(1).to_string();
+    let mut cmd = Command::new(build_dir().join("vpcd-config"));
+    cmd.args([
+        "tls",
+        "pair",
+        "-H",
+        "127.0.0.1",
+        "-P",
+        &reader_port,
+        "--no-qr",
+    ])
+    .args(extra)
+    .arg("--dir")
+    .arg(dir);
+    let pair = Process::spawn(&mut cmd, dir.join("pair.log"));
+    let uri = wait_line(&pair, "vpcds://");
+    let uri = VpcdsUri::parse(&uri).unwrap_or_else(|e| panic!("{e}"));
+    (pair, uri)
+}
+
+/// The first line of `process`'s output that starts with `start`, waited for.
+fn wait_line(process: &Process, start: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = process.output();
+        if let Some(line) = out.lines().find(|l| l.starts_with(start)) {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no {start:?} line in:\n{out}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The exit status of `process`, waited for up to `limit`.
+fn wait_exit(process: &mut Process, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after {limit:?}:\n{}",
+            process.output()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// vpcd-vicc --connect URI with its key at `key`: (success, output).
+fn vicc(uri: &str, key: &Path) -> (bool, String) {
+    let (ok, out) = run(Command::new(build_dir().join("vpcd-vicc"))
+        .args(["--connect", uri, "--tls-key"])
+        .arg(key));
+    println!("$ vpcd-vicc --connect {uri}\n{out}");
+    (ok, out)
+}
+
+fn trusted(dir: &Path) -> TrustList {
+    TrustList::parse(&std::fs::read_to_string(dir.join("trusted")).unwrap()).unwrap()
+}
+
+/// The URI with another token: the same length, one digit changed.
+fn wrong_token(uri: &VpcdsUri, i: usize) -> String {
+    let mut wrong = uri.clone();
+    let pair = wrong.pair.as_mut().unwrap();
+    pair.token.0[i] ^= 0x5A;
+    wrong.to_string()
+}
+
+#[test]
+fn pairing_trusts_one_vicc_once() {
+    let tmp = temp_dir("tls-pair");
+    let dir = tmp.path().join("tls");
+    let (mut pair, uri) = start_pair(&dir, &["--name", "test phone"]);
+    assert!(uri.pair.is_some(), "{uri}");
+    assert_eq!(trusted(&dir).entries.len(), 0);
+
+    let (_, out) = vicc(&uri.to_string(), &tmp.path().join("vicc1.pem"));
+    assert!(
+        out.contains(&format!(
+            "paired with 127.0.0.1:{}: the reader trusts this card's key now",
+            uri.pair.as_ref().unwrap().port
+        )),
+        "{out}"
+    );
+    let status = wait_exit(&mut pair, Duration::from_secs(10));
+    let log = pair.output();
+    assert!(status.success(), "{log}");
+    let list = trusted(&dir);
+    assert_eq!(list.entries.len(), 1, "{list:?}");
+    assert_eq!(list.entries[0].name, "test phone");
+    let fp = list.entries[0].fingerprint;
+    assert!(out.contains(&format!("this card's key is {fp}")), "{out}");
+    assert!(
+        log.contains(&format!("trusting {fp} \"test phone\"")),
+        "{log}"
+    );
+
+    // The token again, from another vicc: the pairing is over, nobody else trusted.
+    let (ok, out) = vicc(&uri.to_string(), &tmp.path().join("vicc2.pem"));
+    assert!(!ok);
+    assert!(
+        out.contains("the pairing is over (its token was used, or it expired)"),
+        "{out}"
+    );
+    assert!(!out.contains("paired with"), "{out}");
+    assert_eq!(trusted(&dir), list);
+}
+
+#[test]
+fn three_wrong_tokens_end_the_pairing_with_nobody_trusted() {
+    let tmp = temp_dir("tls-pair-wrong");
+    let dir = tmp.path().join("tls");
+    let (mut pair, uri) = start_pair(&dir, &[]);
+    let key = tmp.path().join("vicc.pem");
+    for n in 1..=3 {
+        let (ok, out) = vicc(&wrong_token(&uri, n), &key);
+        assert!(!ok);
+        assert!(out.contains("pairing refused by 127.0.0.1:"), "{out}");
+        assert!(out.contains(&format!("wrong token ({n} of 3)")), "{out}");
+    }
+    let status = wait_exit(&mut pair, Duration::from_secs(10));
+    let log = pair.output();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("3 wrong tokens: pairing closed, nobody trusted"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("vpcd-config tls pair: refused 127.0.0.1:")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert_eq!(trusted(&dir).entries.len(), 0);
+    // The right token now finds no pairing.
+    let (ok, out) = vicc(&uri.to_string(), &key);
+    assert!(!ok && out.contains("the pairing is over"), "{out}");
+    assert_eq!(trusted(&dir).entries.len(), 0);
+}
+
+#[test]
+fn pairing_ends_after_within_seconds() {
+    let tmp = temp_dir("tls-pair-late");
+    let dir = tmp.path().join("tls");
+    let start = Instant::now();
+    let (mut pair, uri) = start_pair(&dir, &["--within", "1"]);
+    // A wrong token first: it does not extend the time.
+    let key = tmp.path().join("vicc.pem");
+    let (ok, _) = vicc(&wrong_token(&uri, 0), &key);
+    assert!(!ok);
+    let status = wait_exit(&mut pair, Duration::from_secs(10));
+    let took = start.elapsed();
+    let log = pair.output();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("no vicc paired within 1 s: nobody trusted"),
+        "{log}"
+    );
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (ok, out) = vicc(&uri.to_string(), &key);
+    assert!(!ok && out.contains("the pairing is over"), "{out}");
+    assert_eq!(trusted(&dir).entries.len(), 0);
+
+    // Without --no-qr the URI comes with its QR code (as show draws it), and each run
+    // makes a new token.
+    let (ok, out) = config(&dir, &["pair", "-H", "127.0.0.1", "--within", "1"]);
+    assert!(!ok && out.contains("no vicc paired within 1 s"), "{out}");
+    assert!(out.contains('\u{2588}'), "a QR code: {out}");
+    let again = out.lines().find(|l| l.starts_with("vpcds://")).unwrap();
+    let again = VpcdsUri::parse(again).unwrap();
+    assert_ne!(again.pair.unwrap().token, uri.pair.unwrap().token);
+}
+
+#[test]
+fn pairing_ignores_peers_that_say_nothing_and_refuses_bad_options() {
+    use std::io::{Read, Write};
+    let tmp = temp_dir("tls-pair-quiet");
+    let dir = tmp.path().join("tls");
+    let (mut pair, uri) = start_pair(&dir, &["--within", "30"]);
+    let port = uri.pair.as_ref().unwrap().port;
+    // Not TLS: refused, not counted as a wrong token.
+    for _ in 0..4 {
+        let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        plain.write_all(b"vpcd-pair 1 0000\n").unwrap();
+        let mut rest = vec![];
+        let _ = plain.read_to_end(&mut rest);
+    }
+    // The pairing still works.
+    let (_, out) = vicc(&uri.to_string(), &tmp.path().join("vicc.pem"));
+    assert!(
+        out.contains("the reader trusts this card's key now"),
+        "{out}"
+    );
+    let status = wait_exit(&mut pair, Duration::from_secs(10));
+    let log = pair.output();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("no pairing: TLS: it does not speak TLS")
+            .count(),
+        4,
+        "{log}"
+    );
+    assert!(log.contains("\"paired 20"), "the default name: {log}");
+
+    for (args, why) in [
+        (&["pair", "--within", "0"][..], "--within"),
+        (&["pair", "--pair-port", "x"], "--pair-port"),
+    ] {
+        let (ok, out) = config(&dir, args);
+        assert!(!ok && out.contains(why), "{args:?}: {out}");
+    }
+    let (ok, out) = config(&tmp.path().join("none"), &["pair", "--within", "1"]);
+    assert!(!ok && out.contains("vpcd-config tls init"), "{out}");
+}
+
+/// A peer that trickles its line a byte at a time holds the pairing no longer than
+/// --within: the exchange has one deadline, not one per read.
+#[test]
+fn a_trickling_peer_does_not_hold_the_pairing_open() {
+    use rustls::{ClientConnection, StreamOwned};
+    use std::io::Write;
+    use vpcd_protocol::link::{self, Identity};
+    use vpcd_protocol::tls::{TrustEntry, TrustList};
+
+    let tmp = temp_dir("tls-pair-trickle");
+    let dir = tmp.path().join("tls");
+    let start = Instant::now();
+    let (mut pair, uri) = start_pair(&dir, &["--within", "2"]);
+    let me = Identity::from_key_file(&vpcd_tools::keys::generate().unwrap()).unwrap();
+    let reader = TrustList {
+        entries: vec![TrustEntry {
+            fingerprint: uri.fingerprint,
+            name: String::new(),
+        }],
+    };
+    let conn = ClientConnection::new(
+        link::client_config(&me, reader).unwrap(),
+        link::server_name(),
+    )
+    .unwrap();
+    let port = uri.pair.as_ref().unwrap().port;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut tls = StreamOwned::new(conn, tcp);
+    // Never a newline, and fewer bytes than the line's limit: only time ends it.
+    let mut sent = 0;
+    let status = loop {
+        if let Some(status) = pair.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still open after {sent} bytes:\n{}",
+            pair.output()
+        );
+        if sent < 200 && tls.write_all(b"v").and_then(|()| tls.flush()).is_ok() {
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = start.elapsed();
+    let log = pair.output();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("no vicc paired within 2 s: nobody trusted"),
+        "{log}"
+    );
+    assert!(log.contains("no pairing: no token in time"), "{log}");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    assert!(sent > 10, "the peer trickled: {sent} bytes");
+    assert_eq!(trusted(&dir).entries.len(), 0);
+}
+
+/// --keys NAME pairs into the key set's directory, over IPv6 too; a trust list this
+/// user cannot change is found before any token is shown.
+#[test]
+fn pairing_into_a_key_set_over_ipv6_and_a_read_only_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = temp_dir("tls-pair-keys");
+    let base = tmp.path().join("tls");
+    let run_config = |args: &[&str]| {
+        run(Command::new(build_dir().join("vpcd-config"))
+            .arg("tls")
+            .args(args)
+            .args(["--keys", "alice", "--dir"])
+            .arg(&base))
+    };
+    let (ok, out) = run_config(&["init"]);
+    assert!(ok, "{out}");
+    let reader_port = free_ports(1).to_string();
+    let mut cmd = Command::new(build_dir().join("vpcd-config"));
+    cmd.args(["tls", "pair", "-H", "::1", "-P", &reader_port, "--no-qr"])
+        .args(["--keys", "alice", "--dir"])
+        .arg(&base);
+    let mut pair = Process::spawn(&mut cmd, tmp.path().join("pair.log"));
+    let line = wait_line(&pair, "vpcds://");
+    assert!(line.starts_with("vpcds://[::1]:"), "{line}");
+    let (_, out) = vicc(&line, &tmp.path().join("vicc.pem"));
+    assert!(out.contains("paired with ::1:"), "{out}");
+    assert!(wait_exit(&mut pair, Duration::from_secs(10)).success());
+    assert_eq!(trusted(&base.join("alice")).entries.len(), 1);
+    assert!(
+        !base.join("trusted").exists(),
+        "the key set's list, not the base's"
+    );
+
+    // A directory this user cannot write in: as root (who writes anyway), the
+    // command runs as user nobody, from a copy it can reach.
+    let alice = base.join("alice");
+    let mut cmd = if is_root() {
+        let bin = tmp.path().join("vpcd-config");
+        std::fs::copy(build_dir().join("vpcd-config"), &bin).unwrap();
+        for p in [tmp.path(), &base, &alice] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(
+            alice.join("key.pem"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        cmd
+    } else {
+        std::fs::set_permissions(&alice, std::fs::Permissions::from_mode(0o555)).unwrap();
+        Command::new(build_dir().join("vpcd-config"))
+    };
+    let (ok, out) = run(cmd
+        .args(["tls", "pair", "--within", "30", "--no-qr", "--dir"])
+        .arg(&alice));
+    std::fs::set_permissions(&alice, std::fs::Permissions::from_mode(0o755)).unwrap();
+    println!("{out}");
+    assert!(!ok && out.contains("cannot write in"), "{out}");
+    assert!(!out.contains("vpcds://"), "no token shown: {out}");
+    assert_eq!(trusted(&alice).entries.len(), 1);
+}
+
+/// Whether this test runs as root (file permissions do not stop root).
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }

@@ -22,13 +22,15 @@
 //! - `addresses`: this machine's addresses and the ones that reach a reader;
 //! - `qr`: the QR code of a `vpcd://` URL;
 //! - `output`: the slots of the readers, printed as text or JSON;
-//! - `tls`: `vpcd-config tls`, the keys of the secure link (docs/TLS.md).
+//! - `tls`: `vpcd-config tls`, the keys of the secure link (docs/TLS.md);
+//! - `pair`: `vpcd-config tls pair`, one-step pairing with a one-time token.
 
 #![deny(unsafe_code)]
 
 mod addresses;
 mod check;
 mod output;
+mod pair;
 mod qr;
 mod readerconf;
 mod readers;
@@ -83,7 +85,8 @@ Options:
       --check         tell what stands between a vicc and the readers, one line
                       per finding (see vpcd-config --check --help)
   tls ...             the keys of secure readers (/tls=yes): init, trust,
-                      untrust, show (see vpcd-config tls --help, docs/TLS.md)
+                      untrust, show, pair (see vpcd-config tls --help,
+                      docs/TLS.md)
   -h, --help          print this help
   -V, --version       print the version
 

@@ -122,4 +122,24 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn pairing_uris_fit_a_qr_code() {
+        use vpcd_protocol::tls::{Fingerprint, PairToken, Pairing, VpcdsUri};
+        // The longest kind: an IPv6 host, a fingerprint and a pairing offer.
+        let uri = VpcdsUri {
+            host: "fd00:1111:2222:3333:4444:5555:6666:7777".into(),
+            port: 65535,
+            fingerprint: Fingerprint([0xAB; 32]),
+            pair: Some(Pairing {
+                port: 65535,
+                token: PairToken([0xCD; 16]),
+            }),
+        }
+        .to_string();
+        let rendered = render_qr(&uri, QrStyle::Plain).unwrap();
+        let modules = modules_of(&rendered, QrStyle::Plain);
+        let n = modules[0].len();
+        assert_eq!(decode(&modules[..n]), uri);
+    }
 }

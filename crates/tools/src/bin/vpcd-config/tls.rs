@@ -6,7 +6,8 @@
 //!   exists, else 0600) and an empty trust list `trusted`;
 //! - `trust FINGERPRINT [--name NAME]`, `untrust FINGERPRINT`: the trust list;
 //! - `show`: the reader's fingerprint, the `vpcds://` URI a vicc pins it with (and its
-//!   QR code), and the trusted keys.
+//!   QR code), and the trusted keys;
+//! - `pair`: one-step pairing with a one-time token (`crate::pair`).
 
 use std::ffi::OsString;
 use std::io::{self, IsTerminal, Write};
@@ -25,6 +26,8 @@ Usage: vpcd-config tls init [--force]
        vpcd-config tls trust FINGERPRINT [--name NAME]
        vpcd-config tls untrust FINGERPRINT
        vpcd-config tls show [-H HOST] [-P PORT] [--no-qr]
+       vpcd-config tls pair [-H HOST] [-P PORT] [--name NAME] [--pair-port N]
+                            [--within SECONDS] [--no-qr]
 
   init      make the reader's key pair (key.pem: readable by root and group pcscd
             only) and an empty trust list (trusted); --force replaces a key
@@ -32,6 +35,11 @@ Usage: vpcd-config tls init [--force]
   untrust   remove a key from the trust list
   show      this reader's key fingerprint, the vpcds://HOST:PORT?fp=... URI a vicc
             pins it with (vpcd-vicc --connect URI), its QR code, the trusted keys
+  pair      one-step pairing: prints a URI with a one-time token,
+            vpcds://HOST:PORT?fp=...&pair=PAIRPORT-TOKEN, and its QR code;
+            waits for one vicc to bring the token (vpcd-vicc --connect URI),
+            trusts its key and exits 0; after 3 wrong tokens or --within:
+            exit 1, nobody trusted
 
 Options:
       --dir DIR     the directory of key.pem and trusted [default: $VPCD_TLS_DIR,
@@ -40,10 +48,19 @@ Options:
   -H, --host HOST   the host in the URI [default: this machine's name]
   -P, --port PORT   the port in the URI [default: 35963]
       --no-qr       no QR code
+      --name NAME   trust/pair: the vicc's name in the trust list [pair default:
+                    \"paired DATE from ADDRESS\"]
+      --pair-port N pair: the pairing port [default: any free one]; listened on
+                    on HOST if it is an address of this machine, else on all
+      --within SECS pair: how long the token is good for [default: 300]
 
 The driver reads the trust list again at the next connection after it changed:
-trust/untrust need no pcscd restart (the key: restart after init). Pairing, one step
-on each side:
+trust/untrust/pair need no pcscd restart (the key: restart after init).
+Pairing in one step (the token works once; pcscd needs no write access):
+  here:     sudo vpcd-config tls pair --name phone
+                -> vpcds://pc:35963?fp=...&pair=...
+  vicc:     vpcd-vicc --connect 'vpcds://pc:35963?fp=...&pair=...'
+Or by hand, one step on each side:
   here:     vpcd-config tls show            -> vpcds://pc:35963?fp=...
   vicc:     vpcd-vicc --connect 'vpcds://pc:35963?fp=...'   -> prints its key
   here:     sudo vpcd-config tls trust KEY --name phone
@@ -56,6 +73,8 @@ struct Options {
     host: Option<String>,
     port: u16,
     qr: bool,
+    pair_port: u16,
+    within: std::time::Duration,
     words: Vec<String>,
 }
 
@@ -83,6 +102,8 @@ fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
         host: None,
         port: DEFAULT_PORT,
         qr: true,
+        pair_port: 0,
+        within: std::time::Duration::from_secs(300),
         words: vec![],
     };
     let mut keys = None;
@@ -112,6 +133,23 @@ fn parse(args: &[OsString]) -> Result<Option<Options>, String> {
                 keys = Some(v);
             }
             Long("no-qr") => o.qr = false,
+            Long("pair-port") => {
+                let v = cli::value(&mut parser, &name)?;
+                o.pair_port = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{name}: bad port \"{v}\""))?;
+            }
+            Long("within") => {
+                let v = cli::value(&mut parser, &name)?;
+                let secs: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=86_400).contains(s))
+                    .ok_or_else(|| format!("{name}: \"{v}\": expected 1 to 86400 seconds"))?;
+                o.within = std::time::Duration::from_secs(secs);
+            }
             Value(v) => o.words.push(cli::text(&name, v)?),
             Short(_) | Long(_) => return Err(arg.unexpected().to_string()),
         }
@@ -221,15 +259,11 @@ fn run(args: &[OsString], out: &mut dyn Write) -> Result<(), (u8, String)> {
                 host,
                 port: o.port,
                 fingerprint,
+                pair: None,
             };
             let _ = writeln!(out, "reader key {fingerprint}\n{uri}");
             if o.qr {
-                let style = if io::stdout().is_terminal() {
-                    QrStyle::Ansi
-                } else {
-                    QrStyle::Plain
-                };
-                if let Ok(code) = render_qr(&uri.to_string(), style) {
+                if let Ok(code) = render_qr(&uri.to_string(), qr_style()) {
                     let _ = writeln!(out, "{code}");
                 }
             }
@@ -247,9 +281,31 @@ fn run(args: &[OsString], out: &mut dyn Write) -> Result<(), (u8, String)> {
             }
             Ok(())
         }
+        ["pair"] => crate::pair::run(
+            &crate::pair::Request {
+                key_path: &key_path,
+                trust_path: &trust_path,
+                host: o.host.clone().unwrap_or_else(hostname),
+                port: o.port,
+                pair_port: o.pair_port,
+                within: o.within,
+                name: o.name.clone(),
+                qr: o.qr,
+            },
+            out,
+        ),
         _ => Err(usage(
-            "expected init, trust FINGERPRINT, untrust FINGERPRINT or show".into(),
+            "expected init, trust FINGERPRINT, untrust FINGERPRINT, show or pair".into(),
         )),
+    }
+}
+
+/// Colours on a terminal; plain characters in a file or a pipe.
+pub(crate) fn qr_style() -> QrStyle {
+    if io::stdout().is_terminal() {
+        QrStyle::Ansi
+    } else {
+        QrStyle::Plain
     }
 }
 

@@ -17,7 +17,7 @@ use crate::card::relay::{self, PowerOff, Relay};
 use crate::card::server::{self, DEFAULT_PORT};
 use crate::card::{Card, VirtualCard};
 use crate::keypad::{Keypad, WithKeypad};
-use vpcd_protocol::tls::{Fingerprint, VpcdsUri};
+use vpcd_protocol::tls::{Fingerprint, Pairing, VpcdsUri};
 use vpcd_protocol::vpcd as protocol;
 use vpcd_tools::cli;
 
@@ -70,7 +70,9 @@ Options:
       --card-pin PIN   the built-in card's PIN (default: {pin})
       --connect URI    a secure reader (tls=yes): vpcds://HOST:PORT?fp=KEY, as
                        vpcd-config tls show prints it; sets -H and -P and pins
-                       the reader's key (docs/TLS.md)
+                       the reader's key (docs/TLS.md); with &pair=PORT-TOKEN
+                       (vpcd-config tls pair) it first pairs: the token makes
+                       the reader trust this card's key, once
       --tls-peer KEY   speak TLS 1.3 and pin the reader's key (its SHA-256
                        fingerprint, vpcd-config tls show); with -r too
       --tls-key FILE   this card's key pair, made on first use (default:
@@ -151,6 +153,8 @@ struct Options {
     tls_peer: Option<Fingerprint>,
     /// This card's key pair (`--tls-key`).
     tls_key: Option<PathBuf>,
+    /// A one-time pairing offer (`--connect` with `pair=`).
+    pair: Option<Pairing>,
 }
 
 // Made once per run: the size of its largest variant costs nothing.
@@ -188,6 +192,7 @@ where
         card_pin: None,
         tls_peer: None,
         tls_key: None,
+        pair: None,
     };
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -223,6 +228,7 @@ where
                 o.host = Some(uri.host);
                 o.port = uri.port;
                 o.tls_peer = Some(uri.fingerprint);
+                o.pair = uri.pair;
             }
             Long("tls-peer") => {
                 let value = cli::value(&mut parser, &name)?;
@@ -348,7 +354,19 @@ fn make_secure(o: &Options) -> Result<Option<secure::Secure>, String> {
         return Ok(None);
     };
     let path = o.tls_key.clone().unwrap_or_else(secure::default_key_path);
-    secure::Secure::new(&path, pinned).map(Some)
+    let secure = secure::Secure::new(&path, pinned, o.pair.is_some())?;
+    if let Some(pairing) = &o.pair {
+        // Once, before the first connection: a token works once.
+        let host = o.host.as_deref().unwrap_or("localhost");
+        match secure.pair(host, pairing) {
+            Ok(()) => eprintln!(
+                "vpcd-vicc: paired with {host}:{}: the reader trusts this card's key now",
+                pairing.port
+            ),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(secure))
 }
 
 fn run_reversed<C: VirtualCard>(o: &Options, card: &mut C) -> Result<(), String> {
@@ -687,6 +705,17 @@ mod tests {
         let o = run(&["--connect", &format!("vpcds://[fd00::7]:35964?fp={fp}")]);
         assert_eq!((o.host.as_deref(), o.port), (Some("fd00::7"), 35964));
         assert_eq!(o.tls_peer.unwrap().to_string(), fp);
+        assert_eq!(o.pair, None);
+        let token = "0123456789abcdef0123456789abcdef";
+        let o = run(&[
+            "--connect",
+            &format!("vpcds://h:1?fp={fp}&pair=40000-{token}"),
+        ]);
+        let pair = o.pair.unwrap();
+        assert_eq!(
+            (pair.port, pair.token.to_string()),
+            (40000, token.to_owned())
+        );
         let o = run(&["-r", "-P", "4000", "--tls-peer", fp, "--tls-key", "/k.pem"]);
         assert_eq!(o.tls_peer.unwrap().to_string(), fp);
         assert_eq!(o.tls_key, Some(PathBuf::from("/k.pem")));
@@ -695,6 +724,10 @@ mod tests {
         for (args, named) in [
             (&["--connect", "vpcd://h:1"][..], "--connect"),
             (&["--connect", "vpcds://h:1"], "fp="),
+            (
+                &["--connect", &format!("vpcds://h:1?fp={fp}&pair=1-0123")],
+                "32 hex digits",
+            ),
             (&["--tls-peer", "abc"], "--tls-peer"),
             (&["--tls-key", "/k.pem"], "--tls-key goes with"),
         ] {

@@ -2,11 +2,15 @@
 //! use), the reader key it pins, and the TLS handshake before the vpcd frames, which
 //! are the same inside TLS as on a plain connection.
 //!
+//! With a one-time pairing offer in the URI (`pair=`, `vpcd-config tls pair`), the card
+//! first connects to the pairing port (TLS 1.3, the same pinned reader key, its own key
+//! presented), sends the token, and reads the answer: after `OK` the reader trusts it.
+//!
 //! Connecting (normal mode), the card is the TLS client; listening (`--reversed`), the
 //! server. Either way both keys are checked: the reader's against the pinned
 //! fingerprint, the card's by the reader's trust list.
 
-use std::io;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,7 +19,9 @@ use std::time::Duration;
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
 
 use vpcd_protocol::link::{self, Identity, Untrusted};
-use vpcd_protocol::tls::{Fingerprint, TrustEntry, TrustList};
+use vpcd_protocol::tls::{
+    pair_request, Fingerprint, PairAnswer, Pairing, TrustEntry, TrustList, MAX_PAIR_LINE,
+};
 use vpcd_tools::keys;
 
 use crate::card::VirtualCard;
@@ -44,7 +50,7 @@ pub fn default_key_path() -> PathBuf {
 impl Secure {
     /// Loads (or makes) the card's key and pins `pinned`; tells the user the card's
     /// fingerprint and the one command that makes the reader trust it.
-    pub fn new(key_path: &Path, pinned: Fingerprint) -> Result<Secure, String> {
+    pub fn new(key_path: &Path, pinned: Fingerprint, pairing: bool) -> Result<Secure, String> {
         let (key, created) = keys::load_or_create(key_path)?;
         let me = Identity::from_key_file(&key)
             .map_err(|e| format!("{} is unusable: {e}", key_path.display()))?;
@@ -54,12 +60,19 @@ impl Secure {
         if let Ok(Some(problem)) = keys::key_permission_problem(key_path) {
             eprintln!("vpcd-vicc: warning: {problem}");
         }
-        eprintln!(
-            "vpcd-vicc: TLS: this card's key is {fp}\n  \
-             On the reader's machine, trust it once: sudo vpcd-config tls trust {fp} --name NAME\n  \
-             Pinned reader key: {pinned}",
-            fp = me.fingerprint
-        );
+        if pairing {
+            eprintln!(
+                "vpcd-vicc: TLS: this card's key is {}\n  Pinned reader key: {pinned}",
+                me.fingerprint
+            );
+        } else {
+            eprintln!(
+                "vpcd-vicc: TLS: this card's key is {fp}\n  \
+                 On the reader's machine, trust it once: sudo vpcd-config tls trust {fp} --name NAME\n  \
+                 Pinned reader key: {pinned}",
+                fp = me.fingerprint
+            );
+        }
         let trust = TrustList {
             entries: vec![TrustEntry {
                 fingerprint: pinned,
@@ -71,6 +84,47 @@ impl Secure {
             client: link::client_config(&me, trust.clone())?,
             server: link::server_config(&me, trust)?,
         })
+    }
+
+    /// One-step pairing: the token to `host`'s pairing port, over TLS with the pinned
+    /// reader key; Ok once the reader trusts this card's key.
+    pub fn pair(&self, host: &str, pairing: &Pairing) -> Result<(), String> {
+        let at = format!("{host}:{}", pairing.port);
+        let tcp = crate::card::server::connect(host, pairing.port).map_err(|e| {
+            format!(
+                "pairing with {at} failed: cannot reach it ({e}): the pairing is over (its \
+                 token was used, or it expired) or it is elsewhere; ask for a new URI \
+                 (vpcd-config tls pair)"
+            )
+        })?;
+        let mut tls = self
+            .connect(tcp)
+            .map_err(|e| format!("pairing with {at} failed: {e}"))?;
+        tls.sock
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut line = Vec::with_capacity(MAX_PAIR_LINE);
+        let exchanged = tls
+            .write_all(pair_request(&pairing.token).as_bytes())
+            .and_then(|()| tls.flush())
+            .and_then(|()| {
+                BufReader::new(Read::by_ref(&mut tls).take(MAX_PAIR_LINE as u64))
+                    .read_until(b'\n', &mut line)
+            });
+        if let Err(e) = exchanged {
+            if line.is_empty() {
+                return Err(format!("pairing with {at} failed: {}", in_words(e)));
+            }
+        }
+        let text = String::from_utf8_lossy(&line);
+        match PairAnswer::parse(text.trim_end_matches(['\n', '\r'])) {
+            Ok(PairAnswer::Ok) => Ok(()),
+            Ok(PairAnswer::Refused(why)) => Err(format!("pairing refused by {at}: {why}")),
+            Err(_) if line.is_empty() => Err(format!(
+                "pairing with {at} failed: it closed the connection without an answer"
+            )),
+            Err(e) => Err(format!("pairing with {at} failed: {e}")),
+        }
     }
 
     /// Shakes hands as the client on a connected stream.
