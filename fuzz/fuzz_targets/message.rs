@@ -2,8 +2,8 @@
 //! `Message::parse`, `check_atr`, `check_reply`, and the frame prefix round trip.
 
 use vpcd_protocol::vpcd::{
-    self as protocol, check_atr, check_reply, AtrError, Control, Message, ProtocolError, HEADER_LEN,
-    MAX_ATR_LEN, MAX_PAYLOAD,
+    self as protocol, check_atr, check_reply, AtrError, Control, Message, ProtocolError,
+    HEADER_LEN, MAX_ATR_LEN, MAX_PAYLOAD,
 };
 
 fn run(payload: &[u8]) {

@@ -24,7 +24,10 @@ fn probe(bytes: &[u8]) {
     }
     for n in 0..bytes.len() {
         if let ProbeAnswer::Refused(_) = read_probe_answer(&bytes[..n]) {
-            assert!(matches!(whole, ProbeAnswer::Refused(_)), "refusal at {n} not final");
+            assert!(
+                matches!(whole, ProbeAnswer::Refused(_)),
+                "refusal at {n} not final"
+            );
         }
     }
 }
@@ -40,7 +43,9 @@ fn structure(bytes: &[u8], modify: bool) {
     for n in command.min_digits..=command.max_digits {
         let pin = vec![b'9'; usize::from(n)];
         let pins = vec![&pin[..]; command.pin_count()];
-        let apdu = command.build_apdu(&pins).expect("a parsed structure always builds");
+        let apdu = command
+            .build_apdu(&pins)
+            .expect("a parsed structure always builds");
         assert_eq!(apdu[..4], command.template.header);
         assert!(apdu.len() <= MAX_TEMPLATE_LEN);
         if apdu.len() > 5 {
@@ -49,11 +54,15 @@ fn structure(bytes: &[u8], modify: bool) {
         }
     }
     let short = vec![b'1'; usize::from(command.min_digits) - 1];
-    assert!(command.build_apdu(&vec![&short[..]; command.pin_count()]).is_err());
+    assert!(command
+        .build_apdu(&vec![&short[..]; command.pin_count()])
+        .is_err());
 }
 
 fn answer(bytes: &[u8]) {
-    let [min, extra, current, rest @ ..] = bytes else { return };
+    let [min, extra, current, rest @ ..] = bytes else {
+        return;
+    };
     let min = min % 16 + 1;
     let params = PinParams {
         version: 1,
