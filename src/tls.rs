@@ -388,3 +388,104 @@ fn flush_nonblocking(conn: &mut Connection, stream: &TcpStream) -> io::Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The protocol crate's test keys (crates/protocol/testdata).
+    const READER_KEY: &str = include_str!("../crates/protocol/testdata/reader-key.pem");
+    const VICC_KEY: &str = include_str!("../crates/protocol/testdata/vicc-key.pem");
+
+    fn identity(pem: &str) -> Identity {
+        Identity::from_key_file(&KeyFile::parse(pem).unwrap()).unwrap()
+    }
+
+    /// The session a listening secure slot gives a new peer (trusting nobody): its
+    /// handshake not begun.
+    pub(crate) fn accepting_session() -> Session {
+        let config = link::server_config(&identity(READER_KEY), TrustList::default()).unwrap();
+        Session {
+            conn: Mutex::new(ServerConnection::new(config).unwrap().into()),
+        }
+    }
+
+    /// A listening slot's setup whose trust list is the file at `trust_path`.
+    fn listening_setup(trust_path: PathBuf) -> Setup {
+        let me = identity(READER_KEY);
+        let stamp = stamp(&trust_path);
+        let trusted = TrustList::parse(&std::fs::read_to_string(&trust_path).unwrap()).unwrap();
+        let config = configure(&me, true, trusted).unwrap();
+        Setup {
+            me,
+            listening: true,
+            trust_path,
+            label: "tls-test".into(),
+            current: Mutex::new(Current { stamp, config }),
+        }
+    }
+
+    fn server(config: Config) -> Arc<ServerConfig> {
+        match config {
+            Config::Server(config) => config,
+            Config::Client(_) => panic!("a listening slot is the TLS server"),
+        }
+    }
+
+    /// Replaces the file as `vpcd-config tls trust` does: a new file renamed over it
+    /// (a new inode, the length may stay the same).
+    fn replace(path: &Path, text: &str) {
+        let new = path.with_extension("new");
+        std::fs::write(&new, text).unwrap();
+        std::fs::rename(&new, path).unwrap();
+    }
+
+    #[test]
+    fn the_trust_list_follows_its_file_and_a_spoiled_one_keeps_the_last_good() {
+        crate::test_log::init();
+        let thread = "trust-reload-test";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TRUST_FILE);
+        let vicc = identity(VICC_KEY).fingerprint;
+        std::fs::write(&path, "# nobody yet\n").unwrap();
+        std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || {
+                let setup = listening_setup(path.clone());
+                let first = server(setup.config());
+                assert!(
+                    Arc::ptr_eq(&first, &server(setup.config())),
+                    "an unchanged file is not read again"
+                );
+                // Written in place: longer.
+                std::fs::write(&path, format!("{vicc} phone\n")).unwrap();
+                let second = server(setup.config());
+                assert!(!Arc::ptr_eq(&first, &second), "rebuilt after a write");
+                assert!(Arc::ptr_eq(&second, &server(setup.config())));
+                // Renamed over, the same length.
+                replace(&path, &format!("{vicc} other\n"));
+                let third = server(setup.config());
+                assert!(!Arc::ptr_eq(&second, &third), "rebuilt after a rename");
+                // Spoiled: the last good list stays, and it is said once.
+                replace(&path, "not a fingerprint\n");
+                assert!(Arc::ptr_eq(&third, &server(setup.config())));
+                assert!(Arc::ptr_eq(&third, &server(setup.config())));
+                // Gone: the same.
+                std::fs::remove_file(&path).unwrap();
+                assert!(Arc::ptr_eq(&third, &server(setup.config())));
+                assert!(Arc::ptr_eq(&third, &server(setup.config())));
+                // Back, empty: trusting nobody from now on.
+                std::fs::write(&path, "").unwrap();
+                assert!(!Arc::ptr_eq(&third, &server(setup.config())));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let count = |line: &str| crate::test_log::count(thread, line);
+        assert_eq!(count("changed: trusting 1 peer key(s) from now on"), 2);
+        assert_eq!(count("changed: trusting 0 peer key(s) from now on"), 1);
+        assert_eq!(count("is malformed: line 1"), 1, "said once");
+        assert_eq!(count("cannot read"), 1, "said once");
+        assert_eq!(count("keeping the trust list read before"), 2);
+    }
+}
