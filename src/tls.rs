@@ -446,6 +446,10 @@ pub(crate) mod tests {
             let mut reply = [0u8; 5];
             tls.read_exact(&mut reply).unwrap();
             tls.write_all(b"more").unwrap();
+            let mut go = [0u8; 1];
+            tls.read_exact(&mut go).unwrap();
+            // Data nobody asked for, then the end.
+            tls.write_all(b"junk").unwrap();
             tls.conn.send_close_notify();
             tls.flush().unwrap();
             (asked, reply)
@@ -487,8 +491,40 @@ pub(crate) mod tests {
             .read_blocking(&stream, &mut [IoSliceMut::new(&mut buf)])
             .unwrap();
         assert_eq!(&buf[..n], b"more");
+        // Idle between exchanges, looked at as the watcher does (through Conn::peek).
+        let peer = stream.peer_addr().unwrap();
+        let card = crate::slot::conn::Conn {
+            id: 0,
+            stream,
+            peer,
+            extra: (),
+            tls: Some(session),
+        };
+        let (stream, session) = (&card.stream, card.tls.as_ref().unwrap());
+        let peek = |what: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match card.peek() {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(std::time::Instant::now() < deadline, "no {what}");
+                        std::thread::yield_now();
+                    }
+                    other => break other.unwrap(),
+                }
+            }
+        };
+        let quiet = card.peek().unwrap_err();
+        assert_eq!(quiet.kind(), io::ErrorKind::WouldBlock, "nothing yet");
+        session.send(stream, b"?", Duration::from_secs(5)).unwrap();
+        assert_eq!(peek("junk"), 4, "data nobody asked for");
+        assert_eq!(card.peek().unwrap(), 4, "still there, in the session now");
+        let n = session
+            .read_blocking(stream, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap();
+        assert_eq!(&buf[..n], b"junk");
+        assert_eq!(peek("close_notify"), 0, "closed");
         let closed = session
-            .read_blocking(&stream, &mut [IoSliceMut::new(&mut buf)])
+            .read_blocking(stream, &mut [IoSliceMut::new(&mut buf)])
             .unwrap_err();
         assert_eq!(closed.kind(), io::ErrorKind::UnexpectedEof, "{closed}");
         let (asked, reply) = vicc.join().unwrap();
