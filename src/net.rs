@@ -414,6 +414,36 @@ mod tests {
         assert_ne!(e.kind(), io::ErrorKind::TimedOut, "{e}");
     }
 
+    /// A peer that resets while a large write is under way: the kernel hands back the
+    /// part it took, and the write goes on against the time left (not against a
+    /// deadline already gone) and fails as a broken connection, long before the
+    /// timeout.
+    #[test]
+    fn a_peer_that_resets_mid_write_fails_it_as_a_broken_connection() {
+        let timeout = Duration::from_secs(20);
+        let (ours, mut theirs) = pair(timeout);
+        let started = Instant::now();
+        // More than the two socket buffers hold: the write is still running (or
+        // blocked with part of it taken) when the peer has read its first byte.
+        let writer =
+            std::thread::spawn(move || write_all_within(&ours, &vec![7u8; 64 << 20], timeout));
+        theirs.set_read_timeout(Some(timeout)).unwrap();
+        theirs.read_exact(&mut [0u8; 1]).unwrap();
+        SockRef::from(&theirs)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(theirs);
+        let e = writer.join().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        );
+        assert!(started.elapsed() < timeout, "took {:?}", started.elapsed());
+    }
+
     #[test]
     fn an_idle_listener_is_served_without_backing_off() {
         let listener = listen((Ipv4Addr::LOCALHOST, 0).into(), false).unwrap();

@@ -392,3 +392,270 @@ fn flush_nonblocking(conn: &mut Connection, stream: &TcpStream) -> io::Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The protocol crate's test keys (crates/protocol/testdata).
+    const READER_KEY: &str = include_str!("../crates/protocol/testdata/reader-key.pem");
+    const VICC_KEY: &str = include_str!("../crates/protocol/testdata/vicc-key.pem");
+
+    fn identity(pem: &str) -> Identity {
+        Identity::from_key_file(&KeyFile::parse(pem).unwrap()).unwrap()
+    }
+
+    /// The session a listening secure slot gives a new peer (trusting nobody): its
+    /// handshake not begun.
+    pub(crate) fn accepting_session() -> Session {
+        let config = link::server_config(&identity(READER_KEY), TrustList::default()).unwrap();
+        Session {
+            conn: Mutex::new(ServerConnection::new(config).unwrap().into()),
+        }
+    }
+
+    /// The session a listening secure slot gives a new peer, trusting the test vicc.
+    fn session_trusting_the_vicc() -> Session {
+        let trusted = TrustList::parse(&format!("{}\n", identity(VICC_KEY).fingerprint)).unwrap();
+        let config = link::server_config(&identity(READER_KEY), trusted).unwrap();
+        Session {
+            conn: Mutex::new(ServerConnection::new(config).unwrap().into()),
+        }
+    }
+
+    /// A vicc's end of a secure link: a rustls client on a blocking socket.
+    fn vicc_end(stream: TcpStream) -> rustls::StreamOwned<ClientConnection, TcpStream> {
+        let trusted = TrustList::parse(&format!("{}\n", identity(READER_KEY).fingerprint)).unwrap();
+        let config = link::client_config(&identity(VICC_KEY), trusted).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        rustls::StreamOwned::new(
+            ClientConnection::new(config, link::server_name()).unwrap(),
+            stream,
+        )
+    }
+
+    /// A peer proves itself through the watcher's non-blocking reads and writes, then
+    /// exchanges as the card through the blocking ones, and its close_notify ends it.
+    #[test]
+    fn a_secure_peer_shakes_hands_without_blocking_then_exchanges_as_the_card() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let at = listener.local_addr().unwrap();
+        let vicc = std::thread::spawn(move || {
+            let mut tls = vicc_end(TcpStream::connect(at).unwrap());
+            let mut asked = [0u8; 4];
+            tls.read_exact(&mut asked).unwrap();
+            tls.write_all(b"proof").unwrap();
+            let mut reply = [0u8; 5];
+            tls.read_exact(&mut reply).unwrap();
+            tls.write_all(b"more").unwrap();
+            let mut go = [0u8; 1];
+            tls.read_exact(&mut go).unwrap();
+            // Data nobody asked for; the end once told (a TCP close too would
+            // show before the data in the session).
+            tls.write_all(b"junk").unwrap();
+            tls.flush().unwrap();
+            tls.read_exact(&mut go).unwrap();
+            tls.conn.send_close_notify();
+            tls.flush().unwrap();
+            (asked, reply)
+        });
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_nonblocking(true).unwrap();
+        let session = session_trusting_the_vicc();
+        assert!(session.is_handshaking());
+        assert_eq!(session.peer_fingerprint(), None);
+        // Queued until the handshake is done, then sent by a read's flush.
+        session.write_nonblocking(&stream, b"atr?").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < 5 {
+            let mut buf = [0u8; 16];
+            match session.read_nonblocking(&stream, &mut buf) {
+                Ok(0) => panic!("the vicc closed"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "no proof came");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, b"proof");
+        assert!(!session.is_handshaking());
+        assert_eq!(
+            session.peer_fingerprint(),
+            Some(identity(VICC_KEY).fingerprint)
+        );
+        // The card: blocking I/O with the reader's timeouts.
+        crate::net::configure_peer(&stream, Duration::from_secs(5)).unwrap();
+        session
+            .send(&stream, b"reply", Duration::from_secs(5))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let n = session
+            .read_blocking(&stream, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap();
+        assert_eq!(&buf[..n], b"more");
+        // Idle between exchanges, looked at as the watcher does (through Conn::peek).
+        let peer = stream.peer_addr().unwrap();
+        let card = crate::slot::conn::Conn {
+            id: 0,
+            stream,
+            peer,
+            extra: (),
+            tls: Some(session),
+        };
+        let (stream, session) = (&card.stream, card.tls.as_ref().unwrap());
+        let peek = |what: &str| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match card.peek() {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(std::time::Instant::now() < deadline, "no {what}");
+                        std::thread::yield_now();
+                    }
+                    other => break other.unwrap(),
+                }
+            }
+        };
+        let quiet = card.peek().unwrap_err();
+        assert_eq!(quiet.kind(), io::ErrorKind::WouldBlock, "nothing yet");
+        session.send(stream, b"?", Duration::from_secs(5)).unwrap();
+        assert_eq!(peek("junk"), 4, "data nobody asked for");
+        assert_eq!(card.peek().unwrap(), 4, "still there, in the session now");
+        let n = session
+            .read_blocking(stream, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap();
+        assert_eq!(&buf[..n], b"junk");
+        session.send(stream, b"!", Duration::from_secs(5)).unwrap();
+        assert_eq!(peek("close_notify"), 0, "closed");
+        let closed = session
+            .read_blocking(stream, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap_err();
+        assert_eq!(closed.kind(), io::ErrorKind::UnexpectedEof, "{closed}");
+        let (asked, reply) = vicc.join().unwrap();
+        assert_eq!(&asked, b"atr?");
+        assert_eq!(&reply, b"reply");
+    }
+
+    #[test]
+    fn a_plain_reader_that_others_can_reach_is_warned_about_once() {
+        crate::test_log::init();
+        let thread = "plain-warning-test";
+        std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(|| {
+                let open = ReaderConfig::parse("/dev/null:35963/listen=0.0.0.0").unwrap();
+                let local = ReaderConfig::parse("/dev/null:35963/listen=127.0.0.1").unwrap();
+                for (cfg, index) in [(&open, 0), (&open, 1), (&local, 0), (&local, 1)] {
+                    assert!(Setup::load(cfg, "plain", index).unwrap().is_none());
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            crate::test_log::count(thread, "plain: plain vpcd beyond loopback"),
+            1,
+            "from the first slot of the reader that listens beyond loopback only"
+        );
+    }
+
+    #[test]
+    fn a_trust_file_is_read_whole_up_to_its_bound_and_a_missing_one_says_how_to_make_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TRUST_FILE);
+        let missing = read_small(&path).unwrap_err();
+        assert!(
+            missing.contains("vpcd-config tls init creates it"),
+            "{missing}"
+        );
+        // One byte past the bound: read, so that the parser refuses it as too long.
+        std::fs::write(&path, "#".repeat(MAX_FILE_LEN + 1)).unwrap();
+        assert_eq!(read_small(&path).unwrap().len(), MAX_FILE_LEN + 1);
+        std::fs::write(&path, "#".repeat(MAX_FILE_LEN + 100)).unwrap();
+        assert_eq!(read_small(&path).unwrap().len(), MAX_FILE_LEN + 1);
+        assert!(TrustList::parse(&read_small(&path).unwrap()).is_err());
+    }
+
+    /// A listening slot's setup whose trust list is the file at `trust_path`.
+    fn listening_setup(trust_path: PathBuf) -> Setup {
+        let me = identity(READER_KEY);
+        let stamp = stamp(&trust_path);
+        let trusted = TrustList::parse(&std::fs::read_to_string(&trust_path).unwrap()).unwrap();
+        let config = configure(&me, true, trusted).unwrap();
+        Setup {
+            me,
+            listening: true,
+            trust_path,
+            label: "tls-test".into(),
+            current: Mutex::new(Current { stamp, config }),
+        }
+    }
+
+    fn server(config: Config) -> Arc<ServerConfig> {
+        match config {
+            Config::Server(config) => config,
+            Config::Client(_) => panic!("a listening slot is the TLS server"),
+        }
+    }
+
+    /// Replaces the file as `vpcd-config tls trust` does: a new file renamed over it
+    /// (a new inode, the length may stay the same).
+    fn replace(path: &Path, text: &str) {
+        let new = path.with_extension("new");
+        std::fs::write(&new, text).unwrap();
+        std::fs::rename(&new, path).unwrap();
+    }
+
+    #[test]
+    fn the_trust_list_follows_its_file_and_a_spoiled_one_keeps_the_last_good() {
+        crate::test_log::init();
+        let thread = "trust-reload-test";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TRUST_FILE);
+        let vicc = identity(VICC_KEY).fingerprint;
+        std::fs::write(&path, "# nobody yet\n").unwrap();
+        std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || {
+                let setup = listening_setup(path.clone());
+                let first = server(setup.config());
+                assert!(
+                    Arc::ptr_eq(&first, &server(setup.config())),
+                    "an unchanged file is not read again"
+                );
+                // Written in place: longer.
+                std::fs::write(&path, format!("{vicc} phone\n")).unwrap();
+                let second = server(setup.config());
+                assert!(!Arc::ptr_eq(&first, &second), "rebuilt after a write");
+                assert!(Arc::ptr_eq(&second, &server(setup.config())));
+                // Renamed over, the same length.
+                replace(&path, &format!("{vicc} other\n"));
+                let third = server(setup.config());
+                assert!(!Arc::ptr_eq(&second, &third), "rebuilt after a rename");
+                // Spoiled: the last good list stays, and it is said once.
+                replace(&path, "not a fingerprint\n");
+                assert!(Arc::ptr_eq(&third, &server(setup.config())));
+                assert!(Arc::ptr_eq(&third, &server(setup.config())));
+                // Gone: the same.
+                std::fs::remove_file(&path).unwrap();
+                assert!(Arc::ptr_eq(&third, &server(setup.config())));
+                assert!(Arc::ptr_eq(&third, &server(setup.config())));
+                // Back, empty: trusting nobody from now on.
+                std::fs::write(&path, "").unwrap();
+                assert!(!Arc::ptr_eq(&third, &server(setup.config())));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let count = |line: &str| crate::test_log::count(thread, line);
+        assert_eq!(count("changed: trusting 1 peer key(s) from now on"), 2);
+        assert_eq!(count("changed: trusting 0 peer key(s) from now on"), 1);
+        assert_eq!(count("is malformed: line 1"), 1, "said once");
+        assert_eq!(count("cannot read"), 1, "said once");
+        assert_eq!(count("keeping the trust list read before"), 2);
+    }
+}

@@ -194,6 +194,30 @@ mod tests {
         drop(theirs);
     }
 
+    /// A secure connection is looked at through its session: bytes that are no TLS
+    /// record are a TLS error, not data a card sent.
+    #[test]
+    fn a_secure_connections_peek_goes_through_its_session() {
+        use std::io::Write;
+        let (ours, mut theirs) = conn(0);
+        let ours = ours.with_tls(Some(crate::tls::tests::accepting_session()));
+        assert!(ours.tls.is_some());
+        theirs.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let err = loop {
+            match ours.peek() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "the bytes never came");
+                    std::thread::yield_now();
+                }
+                other => break other.expect_err("no application data"),
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(err.to_string().starts_with("TLS: "), "{err}");
+        assert!(ours.with_tls(None).tls.is_none());
+    }
+
     #[test]
     fn apdus_are_traced_only_when_asked_with_their_direction() {
         crate::test_log::init();
