@@ -110,9 +110,18 @@ pub struct PcscdBuilder {
     driver_log: Option<String>,
     wrapper: Wrapper,
     pcscd: Option<OsString>,
+    watchdog: bool,
 }
 
 impl PcscdBuilder {
+    /// The watchdog that reports a test still running after 100 s ([`Watchdog`]): on by
+    /// default (and off under valgrind). A benchmark, which runs for minutes by design
+    /// and kills itself on its own deadline, turns it off.
+    pub fn watchdog(mut self, on: bool) -> Self {
+        self.watchdog = on;
+        self
+    }
+
     /// Adds a reader.conf entry.
     pub fn entry(mut self, entry: &Entry) -> Self {
         self.config.push(entry.render());
@@ -242,7 +251,7 @@ impl PcscdBuilder {
         };
         // Under valgrind everything is many times slower: no watchdog there.
         let slowed = wrapper.as_deref().is_some_and(|w| w.contains("valgrind"));
-        if !slowed {
+        if self.watchdog && !slowed {
             pcscd.watchdog = Some(Watchdog::start(pcscd.pid(), pcscd.log.clone()));
         }
         pcscd.wait_ready();
@@ -290,6 +299,7 @@ impl Pcscd {
             driver_log: None,
             wrapper: Wrapper::FromEnv,
             pcscd: None,
+            watchdog: true,
         }
     }
 

@@ -156,7 +156,9 @@ fn main() {
     };
 
     let port = free_ports(2);
+    // Minutes by design, and a deadline of its own: no test watchdog.
     let pcscd = Pcscd::builder()
+        .watchdog(false)
         .debug_log(false)
         .entries(&[
             Entry::device(PLAIN, &format!("/dev/null:{port}/slots=1/listen=127.0.0.1")),

@@ -34,7 +34,9 @@ pub fn watchdog() {
 /// loopback only) and Debian's C driver (2 slots from `c_port`).
 pub fn start(ours_lib: &Path, ours_port: u16, c_port: u16) -> Pcscd {
     // No debug log: pcscd's would add a write per command to every round trip.
+    // Minutes by design, and a deadline of its own: no test watchdog.
     let pcscd = Pcscd::builder()
+        .watchdog(false)
         .debug_log(false)
         .wrapper(None)
         .entry(
