@@ -114,15 +114,29 @@ impl fmt::Display for Untrusted {
 
 impl std::error::Error for Untrusted {}
 
-/// Accepts exactly the pinned keys, on either side of the handshake.
+/// Accepts exactly the pinned keys, on either side of the handshake; or, for one-step
+/// pairing (`vpcd-config tls pair`, [`Pinned::any_key`]), any client key. Either way
+/// the handshake signature is checked, so the peer holds the key it shows: a pairing
+/// peer is then judged by the token it sends inside the session, and the key it gets
+/// trusted for is the one it proved.
 #[derive(Debug)]
 pub struct Pinned {
-    trusted: TrustList,
+    /// None: any key (pairing).
+    trusted: Option<TrustList>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl Pinned {
     pub fn new(trusted: TrustList) -> Arc<Pinned> {
+        Pinned::with(Some(trusted))
+    }
+
+    /// Any key its holder proves: the pairing side's verifier.
+    pub fn any_key() -> Arc<Pinned> {
+        Pinned::with(None)
+    }
+
+    fn with(trusted: Option<TrustList>) -> Arc<Pinned> {
         Arc::new(Pinned {
             trusted,
             algorithms: provider().signature_verification_algorithms,
@@ -130,12 +144,17 @@ impl Pinned {
     }
 
     fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), Error> {
+        // Even for any key, the certificate must hold one: that key is what gets pinned.
         let fp = cert_fingerprint(end_entity.as_ref()).map_err(|e| {
             Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
             ))))
         })?;
-        if self.trusted.contains(&fp) {
+        let trusted = match &self.trusted {
+            None => true,
+            Some(list) => list.contains(&fp),
+        };
+        if trusted {
             Ok(())
         } else {
             Err(Error::InvalidCertificate(CertificateError::Other(
@@ -232,75 +251,10 @@ impl ClientCertVerifier for Pinned {
     }
 }
 
-/// Accepts any client key, for one-step pairing (`vpcd-config tls pair`): who the peer
-/// is, is decided by the token it sends afterwards, inside this TLS session. The
-/// handshake signature is still checked, so the peer holds the key it shows, and the
-/// key it gets trusted for is the one it proved.
-#[derive(Debug)]
-pub struct AnyKey {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ClientCertVerifier for AnyKey {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, Error> {
-        // Only the envelope must hold a key: that key is what gets pinned.
-        cert_fingerprint(end_entity.as_ref()).map_err(|e| {
-            Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            ))))
-        })?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls12NotOffered,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
 /// The pairing side (`vpcd-config tls pair`): the reader's key, TLS 1.3, a client key
-/// required but any key taken ([`AnyKey`]), no tickets.
+/// required but any key taken ([`Pinned::any_key`]), no tickets.
 pub fn pairing_server_config(me: &Identity) -> Result<Arc<ServerConfig>, String> {
-    let verifier = Arc::new(AnyKey {
-        algorithms: provider().signature_verification_algorithms,
-    });
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(me.chain(), me.key())
-        .map_err(|e| format!("the key pair is not usable: {e}"))?;
-    config.send_tls13_tickets = 0;
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Ok(Arc::new(config))
+    accepting(me, Pinned::any_key())
 }
 
 /// Fills `buf` from the operating system's random generator (ring's, via getrandom).
@@ -314,10 +268,14 @@ pub fn random(buf: &mut [u8]) -> Result<(), String> {
 /// The accepting side (a listening reader, a reversed vicc): TLS 1.3, client key
 /// required and pinned, no tickets.
 pub fn server_config(me: &Identity, trusted: TrustList) -> Result<Arc<ServerConfig>, String> {
+    accepting(me, Pinned::new(trusted))
+}
+
+fn accepting(me: &Identity, verifier: Arc<Pinned>) -> Result<Arc<ServerConfig>, String> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(Pinned::new(trusted))
+        .with_client_cert_verifier(verifier)
         .with_single_cert(me.chain(), me.key())
         .map_err(|e| format!("the key pair is not usable: {e}"))?;
     config.send_tls13_tickets = 0;
