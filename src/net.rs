@@ -638,19 +638,13 @@ mod tests {
 
     #[test]
     fn the_log_budget_logs_what_it_allows_and_counts_the_rest() {
-        crate::test_log::init();
         let thread = "budget-test";
-        std::thread::Builder::new()
-            .name(thread.into())
-            .spawn(|| {
-                let mut budget = LogBudget::new(2, Duration::from_secs(60));
-                for i in 0..5 {
-                    budget.log(log::Level::Warn, "slot", &format!("peer {i} misbehaved"));
-                }
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::test_log::on_thread(thread, || {
+            let mut budget = LogBudget::new(2, Duration::from_secs(60));
+            for i in 0..5 {
+                budget.log(log::Level::Warn, "slot", &format!("peer {i} misbehaved"));
+            }
+        });
         assert_eq!(crate::test_log::count(thread, "slot: peer "), 2);
         assert_eq!(crate::test_log::count(thread, "slot: peer 1 misbehaved"), 1);
         assert_eq!(crate::test_log::count(thread, "suppressed"), 0);

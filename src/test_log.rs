@@ -44,6 +44,18 @@ pub(crate) fn init() {
     recorder();
 }
 
+/// Runs `f` on a thread named `thread`, recording, and waits for it: what it logs is
+/// then [`count`]ed apart from the lines of other tests running meanwhile.
+pub(crate) fn on_thread(thread: &str, f: impl FnOnce() + Send + 'static) {
+    init();
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 /// The lines logged so far by the thread named `thread` that contain `needle`.
 pub(crate) fn count(thread: &str, needle: &str) -> usize {
     recorder()

@@ -542,20 +542,14 @@ pub(crate) mod tests {
 
     #[test]
     fn a_plain_reader_that_others_can_reach_is_warned_about_once() {
-        crate::test_log::init();
         let thread = "plain-warning-test";
-        std::thread::Builder::new()
-            .name(thread.into())
-            .spawn(|| {
-                let open = ReaderConfig::parse("/dev/null:35963/listen=0.0.0.0").unwrap();
-                let local = ReaderConfig::parse("/dev/null:35963/listen=127.0.0.1").unwrap();
-                for (cfg, index) in [(&open, 0), (&open, 1), (&local, 0), (&local, 1)] {
-                    assert!(Setup::load(cfg, "plain", index).unwrap().is_none());
-                }
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::test_log::on_thread(thread, || {
+            let open = ReaderConfig::parse("/dev/null:35963/listen=0.0.0.0").unwrap();
+            let local = ReaderConfig::parse("/dev/null:35963/listen=127.0.0.1").unwrap();
+            for (cfg, index) in [(&open, 0), (&open, 1), (&local, 0), (&local, 1)] {
+                assert!(Setup::load(cfg, "plain", index).unwrap().is_none());
+            }
+        });
         assert_eq!(
             crate::test_log::count(thread, "plain: plain vpcd beyond loopback"),
             1,
@@ -612,45 +606,39 @@ pub(crate) mod tests {
 
     #[test]
     fn the_trust_list_follows_its_file_and_a_spoiled_one_keeps_the_last_good() {
-        crate::test_log::init();
         let thread = "trust-reload-test";
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(TRUST_FILE);
         let vicc = identity(VICC_KEY).fingerprint;
         std::fs::write(&path, "# nobody yet\n").unwrap();
-        std::thread::Builder::new()
-            .name(thread.into())
-            .spawn(move || {
-                let setup = listening_setup(path.clone());
-                let first = server(setup.config());
-                assert!(
-                    Arc::ptr_eq(&first, &server(setup.config())),
-                    "an unchanged file is not read again"
-                );
-                // Written in place: longer.
-                std::fs::write(&path, format!("{vicc} phone\n")).unwrap();
-                let second = server(setup.config());
-                assert!(!Arc::ptr_eq(&first, &second), "rebuilt after a write");
-                assert!(Arc::ptr_eq(&second, &server(setup.config())));
-                // Renamed over, the same length.
-                replace(&path, &format!("{vicc} other\n"));
-                let third = server(setup.config());
-                assert!(!Arc::ptr_eq(&second, &third), "rebuilt after a rename");
-                // Spoiled: the last good list stays, and it is said once.
-                replace(&path, "not a fingerprint\n");
-                assert!(Arc::ptr_eq(&third, &server(setup.config())));
-                assert!(Arc::ptr_eq(&third, &server(setup.config())));
-                // Gone: the same.
-                std::fs::remove_file(&path).unwrap();
-                assert!(Arc::ptr_eq(&third, &server(setup.config())));
-                assert!(Arc::ptr_eq(&third, &server(setup.config())));
-                // Back, empty: trusting nobody from now on.
-                std::fs::write(&path, "").unwrap();
-                assert!(!Arc::ptr_eq(&third, &server(setup.config())));
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::test_log::on_thread(thread, move || {
+            let setup = listening_setup(path.clone());
+            let first = server(setup.config());
+            assert!(
+                Arc::ptr_eq(&first, &server(setup.config())),
+                "an unchanged file is not read again"
+            );
+            // Written in place: longer.
+            std::fs::write(&path, format!("{vicc} phone\n")).unwrap();
+            let second = server(setup.config());
+            assert!(!Arc::ptr_eq(&first, &second), "rebuilt after a write");
+            assert!(Arc::ptr_eq(&second, &server(setup.config())));
+            // Renamed over, the same length.
+            replace(&path, &format!("{vicc} other\n"));
+            let third = server(setup.config());
+            assert!(!Arc::ptr_eq(&second, &third), "rebuilt after a rename");
+            // Spoiled: the last good list stays, and it is said once.
+            replace(&path, "not a fingerprint\n");
+            assert!(Arc::ptr_eq(&third, &server(setup.config())));
+            assert!(Arc::ptr_eq(&third, &server(setup.config())));
+            // Gone: the same.
+            std::fs::remove_file(&path).unwrap();
+            assert!(Arc::ptr_eq(&third, &server(setup.config())));
+            assert!(Arc::ptr_eq(&third, &server(setup.config())));
+            // Back, empty: trusting nobody from now on.
+            std::fs::write(&path, "").unwrap();
+            assert!(!Arc::ptr_eq(&third, &server(setup.config())));
+        });
         let count = |line: &str| crate::test_log::count(thread, line);
         assert_eq!(count("changed: trusting 1 peer key(s) from now on"), 2);
         assert_eq!(count("changed: trusting 0 peer key(s) from now on"), 1);

@@ -138,6 +138,33 @@ impl Bed {
         )
     }
 
+    /// `vpcd-config tls pair` for the secure reader (60 s, no QR code, `extra`
+    /// options), and the URI it offers, once it shows it.
+    fn start_pairing(&self, extra: &[&str]) -> (Process, String) {
+        let mut cmd = Command::new(tool("vpcd-config"));
+        cmd.args([
+            "tls",
+            "pair",
+            "-H",
+            "127.0.0.1",
+            "-P",
+            &self.port.to_string(),
+        ])
+        .args(["--no-qr", "--within", "60"])
+        .args(extra)
+        .arg("--dir")
+        .arg(&self.reader.dir);
+        let pair = Process::spawn(&mut cmd, self.tmp.path().join("pair.log"));
+        let out = wait_output(&pair, "vicc: vpcd-vicc --connect");
+        let uri = out
+            .lines()
+            .find(|l| l.starts_with("vpcds://"))
+            .unwrap_or_else(|| panic!("no URI:\n{out}"))
+            .to_owned();
+        assert!(uri.contains("&pair="), "{uri}");
+        (pair, uri)
+    }
+
     fn vicc(&self, tag: &str, args: &[&str]) -> Process {
         let mut cmd = Command::new(tool("vpcd-vicc"));
         cmd.args(args)
@@ -386,43 +413,14 @@ fn trust_and_untrust_take_effect_at_the_next_connection_without_a_restart() {
 #[test]
 fn one_step_pairing_makes_the_card_without_a_trust_command_and_only_once() {
     let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", false);
-    let mut cmd = Command::new(tool("vpcd-config"));
-    cmd.args([
-        "tls",
-        "pair",
-        "-H",
-        "127.0.0.1",
-        "-P",
-        &bed.port.to_string(),
-    ])
-    .args(["--no-qr", "--within", "60", "--name", "test phone", "--dir"])
-    .arg(&bed.reader.dir);
-    let mut pair = Process::spawn(&mut cmd, bed.tmp.path().join("pair.log"));
-    let out = wait_output(&pair, "vicc: vpcd-vicc --connect");
-    let uri = out
-        .lines()
-        .find(|l| l.starts_with("vpcds://"))
-        .unwrap_or_else(|| panic!("no URI:\n{out}"))
-        .to_owned();
-    assert!(uri.contains("&pair="), "{uri}");
+    let (mut pair, uri) = bed.start_pairing(&["--name", "test phone"]);
 
     let card = bed.vicc("paired", &["--connect", &uri]);
     wait_output(&card, "the reader trusts this card's key now");
     wait_card(&bed.secure_reader, true, 3 * BOUND);
     bed.wait_log("changed: trusting 1 peer key(s) from now on");
     opensc_echo(&bed.secure_reader);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = pair.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pair still runs:\n{}",
-            pair.output()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = pair.wait_exit(Duration::from_secs(10));
     let log = pair.output();
     assert!(status.success(), "{log}");
     assert!(
@@ -792,25 +790,8 @@ fn a_reversed_vicc_refuses_a_reader_key_it_did_not_pin() {
 #[test]
 fn a_vicc_on_another_tls_stack_pairs_in_one_step_as_documented() {
     let bed = Bed::start("/dev/null:{port}/slots=1/listen=127.0.0.1/tls=yes", false);
-    let mut cmd = Command::new(tool("vpcd-config"));
-    cmd.args([
-        "tls",
-        "pair",
-        "-H",
-        "127.0.0.1",
-        "-P",
-        &bed.port.to_string(),
-    ])
-    .args(["--no-qr", "--within", "60", "--dir"])
-    .arg(&bed.reader.dir);
-    let pair = Process::spawn(&mut cmd, bed.tmp.path().join("pair.log"));
-    let out = wait_output(&pair, "vicc: vpcd-vicc --connect");
-    let offer = out
-        .lines()
-        .find_map(|l| l.strip_prefix("vpcds://")?.split_once("&pair="))
-        .unwrap_or_else(|| panic!("no pairing URI:\n{out}"))
-        .1
-        .to_owned();
+    let (pair, uri) = bed.start_pairing(&[]);
+    let offer = uri.split_once("&pair=").unwrap().1.to_owned();
     let script = repo_root().join("tests/tls-vicc/vicc.py");
     let python = |tag: &str, offer: &str| {
         Process::spawn(

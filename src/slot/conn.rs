@@ -220,18 +220,12 @@ mod tests {
 
     #[test]
     fn apdus_are_traced_only_when_asked_with_their_direction() {
-        crate::test_log::init();
         let thread = "trace-test";
-        std::thread::Builder::new()
-            .name(thread.into())
-            .spawn(|| {
-                trace_apdu(true, "r", Way::Command, &[0x00, 0xA4]);
-                trace_apdu(true, "r", Way::Reply, &[0x90, 0x00]);
-                trace_apdu(false, "r", Way::Command, &[0x11]);
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        crate::test_log::on_thread(thread, || {
+            trace_apdu(true, "r", Way::Command, &[0x00, 0xA4]);
+            trace_apdu(true, "r", Way::Reply, &[0x90, 0x00]);
+            trace_apdu(false, "r", Way::Command, &[0x11]);
+        });
         assert_eq!(crate::test_log::count(thread, "r: APDU > 00 A4"), 1);
         assert_eq!(crate::test_log::count(thread, "r: APDU < 90 00"), 1);
         assert_eq!(crate::test_log::count(thread, "APDU"), 2, "not when off");

@@ -178,22 +178,6 @@ fn wait_line(process: &Process, start: &str) -> String {
     }
 }
 
-/// The exit status of `process`, waited for up to `limit`.
-fn wait_exit(process: &mut Process, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running after {limit:?}:\n{}",
-            process.output()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// vpcd-vicc --connect URI with its key at `key`: (success, output).
 fn vicc(uri: &str, key: &Path) -> (bool, String) {
     let (ok, out) = run(Command::new(build_dir().join("vpcd-vicc"))
@@ -231,7 +215,7 @@ fn pairing_trusts_one_vicc_once() {
         )),
         "{out}"
     );
-    let status = wait_exit(&mut pair, Duration::from_secs(10));
+    let status = pair.wait_exit(Duration::from_secs(10));
     let log = pair.output();
     assert!(status.success(), "{log}");
     let list = trusted(&dir);
@@ -267,7 +251,7 @@ fn three_wrong_tokens_end_the_pairing_with_nobody_trusted() {
         assert!(out.contains("pairing refused by 127.0.0.1:"), "{out}");
         assert!(out.contains(&format!("wrong token ({n} of 3)")), "{out}");
     }
-    let status = wait_exit(&mut pair, Duration::from_secs(10));
+    let status = pair.wait_exit(Duration::from_secs(10));
     let log = pair.output();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
@@ -297,7 +281,7 @@ fn pairing_ends_after_within_seconds() {
     let key = tmp.path().join("vicc.pem");
     let (ok, _) = vicc(&wrong_token(&uri, 0), &key);
     assert!(!ok);
-    let status = wait_exit(&mut pair, Duration::from_secs(10));
+    let status = pair.wait_exit(Duration::from_secs(10));
     let took = start.elapsed();
     let log = pair.output();
     assert_eq!(status.code(), Some(1), "{log}");
@@ -341,7 +325,7 @@ fn pairing_ignores_peers_that_say_nothing_and_refuses_bad_options() {
         out.contains("the reader trusts this card's key now"),
         "{out}"
     );
-    let status = wait_exit(&mut pair, Duration::from_secs(10));
+    let status = pair.wait_exit(Duration::from_secs(10));
     let log = pair.output();
     assert!(status.success(), "{log}");
     assert_eq!(
@@ -446,7 +430,7 @@ fn pairing_into_a_key_set_over_ipv6_and_a_read_only_directory() {
     assert!(line.starts_with("vpcds://[::1]:"), "{line}");
     let (_, out) = vicc(&line, &tmp.path().join("vicc.pem"));
     assert!(out.contains("paired with ::1:"), "{out}");
-    assert!(wait_exit(&mut pair, Duration::from_secs(10)).success());
+    assert!(pair.wait_exit(Duration::from_secs(10)).success());
     assert_eq!(trusted(&base.join("alice")).entries.len(), 1);
     assert!(
         !base.join("trusted").exists(),
