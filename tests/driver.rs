@@ -276,17 +276,26 @@ fn sigint_shuts_pcscd_down_promptly_with_a_vicc_stalled_mid_apdu() {
     // exited during the call: its main thread may finish the teardown and exit while
     // the client thread whose failed transmit dropped the reader's last reference is
     // still closing that slot (pcsc-lite 1.9.9), or crash before it gets there (2.x).
+    // pcsc-lite 2.5.1 races the same way: slot 1's close, run by the client thread
+    // that held the stalled reader's last reference, can be missing or cut short by
+    // pcscd's exit (its at_exit line) or crash (seen in 3 to 5 runs of 20 under
+    // load). Slot 0, closed by pcscd's main thread before it exits, must finish.
+    let exited_meanwhile = crashed || log.contains("at_exit() cleaning");
     for lun in ["0x0", "0x1"] {
+        let raced = lun == "0x1" && pcscd_version() >= (2, 0, 0) && exited_meanwhile;
         let call = format!("IFDHCloseChannel (lun {lun})");
         let Some(after) = log.split(&call).nth(1) else {
-            assert!(crashed, "{call} missing:\n{log}");
+            assert!(crashed || raced, "{call} missing:\n{log}");
             continue;
         };
         let closed = after
             .lines()
             .any(|l| l.contains(&format!("lun {lun} ")) && l.ends_with("slot closed"));
         let pcscd_went_on = after.lines().skip(1).any(|l| !l.contains("ifdvpcd:"));
-        assert!(closed || !pcscd_went_on, "{call} did not finish:\n{log}");
+        assert!(
+            closed || !pcscd_went_on || raced,
+            "{call} did not finish:\n{log}"
+        );
     }
     // pcscd itself spends a second stopping its hotplug thread before it closes any
     // reader; the driver's part, from there to exit, must be quick.
