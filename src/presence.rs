@@ -11,7 +11,10 @@
 //! card has already taken its place, so a quick swap is never missed.
 //!
 //! Only the polling thread (the thread that waits in the polling callback) takes a
-//! removal as reported. pcscd's event handler compares each presence with what *it*
+//! removal as reported, and only when it waits again: between two waits it may check
+//! presence twice (pcscd powers an unused card off after a wait, and IFDPowerICC checks
+//! presence first; then its event loop checks), and only the event loop's check
+//! changes what pcscd thinks is in. Until that wait every check reports the removal. pcscd's event handler compares each presence with what *it*
 //! last saw, in a variable of its own: another thread's check that learns of the
 //! removal first (IFDPowerICC checks presence before a client's SCardDisconnect
 //! resets the card) makes pcscd mark the reader empty, and if that check took the
@@ -44,6 +47,9 @@ struct State {
     recheck: bool,
     /// A removal the polling thread has not heard of yet.
     removal_unreported: bool,
+    /// The polling thread was told of that removal; it is heard once that thread waits
+    /// again.
+    removal_told: bool,
     /// The polling thread: the last one that waited. `None` before the first wait, when
     /// every check counts as the polling thread's.
     poller: Option<ThreadId>,
@@ -83,6 +89,7 @@ impl Presence {
         self.update(|s| {
             s.present = false;
             s.removal_unreported = true;
+            s.removal_told = false;
         });
     }
 
@@ -110,21 +117,26 @@ impl Presence {
         if s.held {
             return s.reported;
         }
-        if s.poller
-            .is_some_and(|poller| poller != thread::current().id())
-        {
-            // Not the polling thread: the removal stays the polling thread's to hear.
-            return s.present && !s.removal_unreported;
+        match s.poller {
+            Some(poller) if poller != thread::current().id() => {
+                // Not the polling thread: the removal stays the polling thread's to hear.
+                return s.present && !s.removal_unreported;
+            }
+            Some(_) => {
+                // Heard when the polling thread waits again (see the module's doc).
+                s.removal_told |= s.removal_unreported;
+            }
+            None if s.removal_unreported => {
+                // No polling thread yet to wait: heard now. If a new card is already
+                // in, the next wait returns at once so pcscd sees it.
+                s.removal_unreported = false;
+                s.recheck = s.present;
+                s.reported = false;
+                return false;
+            }
+            None => {}
         }
-        s.reported = if s.removal_unreported {
-            s.removal_unreported = false;
-            // If a new card is already in, report the old one gone now, and make the
-            // next wait return at once so pcscd sees the new one.
-            s.recheck = s.present;
-            false
-        } else {
-            s.present
-        };
+        s.reported = s.present && !s.removal_unreported;
         s.reported
     }
 
@@ -134,12 +146,20 @@ impl Presence {
         let deadline = Instant::now().checked_add(timeout);
         let mut s = self.state.lock();
         s.poller = Some(thread::current().id());
+        if s.removal_told {
+            // pcscd has heard the removal. If a new card is already in, return at once
+            // so that it hears the new one.
+            s.removal_told = false;
+            s.removal_unreported = false;
+            s.recheck |= s.present;
+        }
         if s.held && s.stops_seen == s.stop_requests {
             // The polling thread went on after a stop: not a teardown. What the stop
             // held back is reported now.
             s.held = false;
             if s.removal_unreported || s.present != s.reported {
                 s.waited = s.generation;
+                s.recheck = false;
                 return;
             }
         }
@@ -265,6 +285,47 @@ mod tests {
         assert!(t.elapsed() < LONG, "then at once another look");
         assert!(p.check(), "the new card");
         assert!(waits(&p));
+    }
+
+    /// pcscd's polling thread, after a wait, powers an unused card off (IFDPowerICC
+    /// checks presence first) and then checks presence for its event loop. A removal
+    /// must reach the event loop's check even when the next card is in by then (a vicc
+    /// reset: it reconnects at once). Before the fix the power-off's check took the
+    /// removal and the event check found a card: pcscd saw no event at all (CI, 1.9.9).
+    #[test]
+    fn a_removal_reaches_every_check_of_the_polling_thread_until_it_waits_again() {
+        let p = Presence::new();
+        p.insert();
+        p.wait_for_event(LONG);
+        assert!(p.check());
+        assert!(waits(&p));
+        p.remove();
+        p.wait_for_event(LONG);
+        assert!(!p.check(), "the power-off's check");
+        p.insert();
+        assert!(!p.check(), "the event loop's check hears the removal too");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(
+            t.elapsed() < LONG,
+            "the new card ends the next wait at once"
+        );
+        assert!(p.check(), "and is heard");
+        assert!(waits(&p), "then nothing more");
+    }
+
+    #[test]
+    fn a_removal_is_heard_at_once_before_the_polling_thread_first_waits() {
+        let p = Presence::new();
+        p.insert();
+        assert!(p.check());
+        p.remove();
+        p.insert();
+        assert!(!p.check(), "the removal");
+        assert!(p.check(), "no wait to hear it at: heard, the new card next");
+        let t = Instant::now();
+        p.wait_for_event(LONG);
+        assert!(t.elapsed() < LONG, "the first wait returns at once");
     }
 
     #[test]
