@@ -28,7 +28,10 @@ fn a_hang_is_reported_with_both_sides_and_ended() {
         return;
     }
     let start = Instant::now();
-    let child = Command::new(std::env::current_exe().unwrap())
+    // No core file from the abort (ulimit -c 0).
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -c 0; exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().unwrap())
         .args([
             "--ignored",
             "--exact",
