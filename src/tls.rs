@@ -15,6 +15,7 @@
 //!   timeouts ([`Session::send`], [`Session::read_blocking`]), under the slot's `io`
 //!   lock. Inside TLS the bytes are the same vpcd frames as on a plain slot.
 
+use std::ffi::OsString;
 use std::io::{self, IoSliceMut, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -34,8 +35,14 @@ pub(crate) const DEFAULT_DIR: &str = "/etc/vpcd/tls";
 
 /// The TLS directory of this process.
 pub(crate) fn dir() -> PathBuf {
-    std::env::var_os("VPCD_TLS_DIR")
-        .filter(|d| !d.is_empty())
+    dir_from(std::env::var_os("VPCD_TLS_DIR"))
+}
+
+/// The TLS directory `VPCD_TLS_DIR` names (`var`, apart so that tests need not set
+/// the process's environment): an empty one counts as unset, not as pcscd's current
+/// directory.
+fn dir_from(var: Option<OsString>) -> PathBuf {
+    var.filter(|d| !d.is_empty())
         .map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from)
 }
 
@@ -98,6 +105,16 @@ impl Setup {
     /// line) if its files are unusable. A plain reader that other machines can reach
     /// gets one warning naming the option, from its first slot.
     pub(crate) fn load(cfg: &ReaderConfig, label: &str, index: u16) -> io::Result<Option<Setup>> {
+        Setup::load_in(&dir(), cfg, label, index)
+    }
+
+    /// [`Setup::load`] with the TLS directory `base`.
+    fn load_in(
+        base: &Path,
+        cfg: &ReaderConfig,
+        label: &str,
+        index: u16,
+    ) -> io::Result<Option<Setup>> {
         if !cfg.tls {
             if index == 0 && cfg.listens_beyond_loopback() {
                 log::warn!(
@@ -111,8 +128,8 @@ impl Setup {
         }
         // A key set of its own (`keys=NAME`): the TLS directory's sub-directory NAME.
         let dir = match &cfg.tls_keys {
-            Some(name) => dir().join(name),
-            None => dir(),
+            Some(name) => base.join(name),
+            None => base.to_owned(),
         };
         let refuse = |e: String| {
             io::Error::new(
@@ -216,19 +233,22 @@ pub(crate) fn load_files(dir: &Path) -> Result<(Identity, TrustList), String> {
 }
 
 fn read_small(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        let hint = match e.kind() {
-            io::ErrorKind::NotFound => " (vpcd-config tls init creates it)",
-            io::ErrorKind::PermissionDenied => " (pcscd's user must be able to read it)",
-            _ => "",
-        };
-        format!("cannot read {}: {e}{hint}", path.display())
-    })?;
+    let file = std::fs::File::open(path)
+        .map_err(|e| format!("cannot read {}: {e}{}", path.display(), hint(e.kind())))?;
     let mut text = String::new();
     file.take(MAX_FILE_LEN as u64 + 1)
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(text)
+}
+
+/// What to do about a file that cannot be opened, for the log line.
+fn hint(kind: io::ErrorKind) -> &'static str {
+    match kind {
+        io::ErrorKind::NotFound => " (vpcd-config tls init creates it)",
+        io::ErrorKind::PermissionDenied => " (pcscd's user must be able to read it)",
+        _ => "",
+    }
 }
 
 /// The TLS state of one peer's connection. The lock is uncontended: the watcher owns
@@ -542,17 +562,21 @@ pub(crate) mod tests {
 
     #[test]
     fn a_plain_reader_that_others_can_reach_is_warned_about_once() {
-        let thread = "plain-warning-test";
-        crate::test_log::on_thread(thread, || {
-            let open = ReaderConfig::parse("/dev/null:35963/listen=0.0.0.0").unwrap();
-            let local = ReaderConfig::parse("/dev/null:35963/listen=127.0.0.1").unwrap();
-            for (cfg, index) in [(&open, 0), (&open, 1), (&local, 0), (&local, 1)] {
-                assert!(Setup::load(cfg, "plain", index).unwrap().is_none());
-            }
-        });
+        // One thread per slot index, to tell which slot said it.
+        let threads = ["plain-warning-test-0", "plain-warning-test-1"];
+        for (index, thread) in (0..).zip(threads) {
+            crate::test_log::on_thread(thread, move || {
+                let open = ReaderConfig::parse("/dev/null:35963/listen=0.0.0.0").unwrap();
+                let local = ReaderConfig::parse("/dev/null:35963/listen=127.0.0.1").unwrap();
+                for cfg in [&open, &local] {
+                    assert!(Setup::load(cfg, "plain", index).unwrap().is_none());
+                }
+            });
+        }
+        let count = |thread| crate::test_log::count(thread, "plain: plain vpcd beyond loopback");
         assert_eq!(
-            crate::test_log::count(thread, "plain: plain vpcd beyond loopback"),
-            1,
+            (count(threads[0]), count(threads[1])),
+            (1, 0),
             "from the first slot of the reader that listens beyond loopback only"
         );
     }
@@ -572,6 +596,190 @@ pub(crate) mod tests {
         std::fs::write(&path, "#".repeat(MAX_FILE_LEN + 100)).unwrap();
         assert_eq!(read_small(&path).unwrap().len(), MAX_FILE_LEN + 1);
         assert!(TrustList::parse(&read_small(&path).unwrap()).is_err());
+    }
+
+    /// A connected pair of loopback sockets: ours and the peer's.
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        (ours, theirs)
+    }
+
+    /// The session a connecting secure slot gives its peer: its first flight (the
+    /// ClientHello) waiting to go out.
+    fn connecting_session() -> Session {
+        let trusted = TrustList::parse(&format!("{}\n", identity(VICC_KEY).fingerprint)).unwrap();
+        let config = link::client_config(&identity(READER_KEY), trusted).unwrap();
+        Session {
+            conn: Mutex::new(
+                ClientConnection::new(config, link::server_name())
+                    .unwrap()
+                    .into(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_flight_the_socket_refuses_fails_the_write() {
+        let (ours, _theirs) = socket_pair();
+        ours.set_nonblocking(true).unwrap();
+        ours.shutdown(std::net::Shutdown::Write).unwrap();
+        let err = connecting_session()
+            .write_nonblocking(&ours, b"atr?")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+    }
+
+    #[test]
+    fn a_flight_a_full_socket_cannot_take_yet_goes_out_with_a_later_flush() {
+        let (ours, mut theirs) = socket_pair();
+        ours.set_nonblocking(true).unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // The peer reads nothing yet: fill both ends' buffers.
+        let mut filled = 0;
+        loop {
+            match (&ours).write(&[0; 1 << 16]) {
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let session = connecting_session();
+        session
+            .write_nonblocking(&ours, b"atr?")
+            .expect("a full socket is no error: the rest waits");
+        let reader = std::thread::spawn(move || {
+            let mut filler = vec![0; filled];
+            theirs.read_exact(&mut filler).unwrap();
+            let mut header = [0; 5];
+            theirs.read_exact(&mut header).unwrap();
+            header
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !reader.is_finished() {
+            session.write_nonblocking(&ours, b"").unwrap();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flight never went out"
+            );
+            std::thread::yield_now();
+        }
+        let header = reader.join().unwrap();
+        assert_eq!(header[0], 0x16, "a TLS handshake record: {header:?}");
+    }
+
+    #[test]
+    fn a_sockets_error_under_a_peek_is_reported_as_it_is() {
+        let (ours, _theirs) = socket_pair();
+        let session = accepting_session();
+        let reset = session
+            .peek(&ours, Err(io::ErrorKind::ConnectionReset.into()))
+            .unwrap_err();
+        assert_eq!(reset.kind(), io::ErrorKind::ConnectionReset, "{reset}");
+        let quiet = session
+            .peek(&ours, Err(io::ErrorKind::WouldBlock.into()))
+            .unwrap_err();
+        assert_eq!(quiet.kind(), io::ErrorKind::WouldBlock, "{quiet}");
+    }
+
+    #[test]
+    fn the_tls_directory_is_the_default_one_unless_the_environment_names_another() {
+        assert_eq!(dir_from(None), Path::new(DEFAULT_DIR));
+        assert_eq!(
+            dir_from(Some("".into())),
+            Path::new(DEFAULT_DIR),
+            "an empty one counts as unset"
+        );
+        assert_eq!(dir_from(Some("/srv/vpcd".into())), Path::new("/srv/vpcd"));
+        // Whatever this process's environment says, never pcscd's current directory.
+        assert!(!dir().as_os_str().is_empty());
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_reported_with_what_to_do() {
+        let missing = hint(io::ErrorKind::NotFound);
+        assert!(missing.contains("vpcd-config tls init"), "{missing}");
+        let denied = hint(io::ErrorKind::PermissionDenied);
+        assert!(
+            denied.contains("pcscd's user must be able to read"),
+            "{denied}"
+        );
+        assert_eq!(hint(io::ErrorKind::InvalidData), "");
+    }
+
+    /// Writes the reader's test key and the trust list `trust` into `dir`.
+    fn key_set(dir: &Path, trust: &str) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(KEY_FILE), READER_KEY).unwrap();
+        std::fs::write(dir.join(TRUST_FILE), trust).unwrap();
+    }
+
+    #[test]
+    fn a_secure_reader_uses_its_key_set_and_says_so_from_its_first_slot() {
+        // One thread per slot index, to tell which slot said it.
+        let threads = ["tls-load-test-0", "tls-load-test-1"];
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().to_owned();
+        let vicc = identity(VICC_KEY).fingerprint;
+        key_set(&root, "");
+        key_set(&root.join("alice"), &format!("{vicc} phone\n"));
+        for (index, thread) in (0..).zip(threads) {
+            let at = root.clone();
+            crate::test_log::on_thread(thread, move || {
+                let listening = ReaderConfig::parse("/dev/null:35963/tls=yes").unwrap();
+                let setup = Setup::load_in(&at, &listening, "default", index).unwrap();
+                let setup = setup.expect("tls=yes has a setup");
+                assert_eq!(setup.trust_path, at.join(TRUST_FILE));
+                assert!(matches!(setup.config(), Config::Server(_)), "it listens");
+                assert!(setup.session().unwrap().is_handshaking());
+                let reversed = ReaderConfig::parse("localhost:35963/tls=yes/keys=alice").unwrap();
+                let setup = Setup::load_in(&at, &reversed, "alice", index).unwrap();
+                let setup = setup.expect("tls=yes has a setup");
+                assert_eq!(setup.trust_path, at.join("alice").join(TRUST_FILE));
+                assert!(matches!(setup.config(), Config::Client(_)), "it connects");
+            });
+        }
+        let count = |line: &str| threads.map(|thread| crate::test_log::count(thread, line));
+        let me = identity(READER_KEY).fingerprint;
+        let using = |name: &str, dir: &Path, n: usize| {
+            format!(
+                "{name}: TLS 1.3 with key {me} ({}), trusting {n} peer key(s) of {}",
+                dir.join(KEY_FILE).display(),
+                dir.join(TRUST_FILE).display()
+            )
+        };
+        assert_eq!(count(&using("default", &root, 0)), [1, 0]);
+        assert_eq!(count(&using("alice", &root.join("alice"), 1)), [1, 0]);
+        let nobody = format!(
+            "default: {} trusts no peer key yet",
+            root.join(TRUST_FILE).display()
+        );
+        assert_eq!(count(&nobody), [1, 0]);
+        assert_eq!(count("trusts no peer key yet"), [1, 0], "alice trusts one");
+    }
+
+    #[test]
+    fn a_secure_reader_with_unusable_files_stays_closed() {
+        let base = tempfile::tempdir().unwrap();
+        key_set(base.path(), "");
+        let cfg = ReaderConfig::parse("/dev/null:35963/tls=yes/keys=bob").unwrap();
+        let refused = |why: &str| {
+            let err = Setup::load_in(base.path(), &cfg, "bob", 0).err().unwrap();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+            let err = err.to_string();
+            assert!(err.starts_with("tls=yes, but "), "{err}");
+            assert!(err.contains(why), "{err}");
+            assert!(err.ends_with("no plain fallback)"), "{err}");
+        };
+        let bob = base.path().join("bob");
+        refused(&format!("cannot read {}", bob.join(KEY_FILE).display()));
+        key_set(&bob, "not a fingerprint\n");
+        refused(&format!("{} is malformed", bob.join(TRUST_FILE).display()));
+        std::fs::write(bob.join(KEY_FILE), "not a key\n").unwrap();
+        refused(&format!("{} is malformed", bob.join(KEY_FILE).display()));
     }
 
     /// A listening slot's setup whose trust list is the file at `trust_path`.
