@@ -435,30 +435,43 @@ fn watch(shared: &Shared, deadline: Instant, local: SocketAddr) {
 
 /// One connection's exchange, on its own thread: handshake, line, verdict, answer.
 fn exchange(shared: &Shared, tcp: TcpStream, peer: SocketAddr, live: &Live, until: Instant) {
+    // Why it ended without a line: its own reason unless it was cut short, dropped
+    // for a newer connection or ended with the pairing (then that end, which a peer
+    // through its handshake is told).
     let no_pairing = |why: String, timed_out: &str| {
-        let why = if live.dropped.load(Ordering::SeqCst) {
-            format!(
+        let (why, ended) = if live.dropped.load(Ordering::SeqCst) {
+            let why = format!(
                 "dropped for a newer connection ({MAX_IN_FLIGHT} at once at most, the oldest \
                  goes)"
-            )
+            );
+            (why, None)
         } else {
             match lock(&shared.state).decision.end() {
-                // Cut at the end: at the pairing's time limit that is its own too.
-                Some(_) if Instant::now() >= until => timed_out.to_owned(),
-                Some(end) => end.why().to_owned(),
-                None => why,
+                // Cut at the pairing's time limit, which is its own too.
+                Some(_) if Instant::now() >= until => (timed_out.to_owned(), None),
+                Some(end) => (end.why().to_owned(), Some(end)),
+                None => (why, None),
             }
         };
         eprintln!("vpcd-config tls pair: {peer}: no pairing: {why}");
+        ended
     };
     let mut stream = match handshake(tcp, &shared.config, until) {
         Ok(stream) => stream,
-        Err(why) => return no_pairing(why, "the TLS handshake timed out"),
+        Err(why) => {
+            no_pairing(why, "the TLS handshake timed out");
+            return;
+        }
     };
     let (fp, right) = match attempt(&mut stream, &shared.token, until) {
         Attempt::Paired(fp) => (fp, true),
         Attempt::Wrong(fp) => (fp, false),
-        Attempt::Failed(why) => return no_pairing(why, "no token in time"),
+        Attempt::Failed(why) => {
+            if let Some(end) = no_pairing(why, "no token in time") {
+                answer(&mut stream, PairAnswer::Refused(end.why().into()));
+            }
+            return;
+        }
     };
     let (verdict, saved) = {
         let mut state = lock(&shared.state);
