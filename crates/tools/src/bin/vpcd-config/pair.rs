@@ -383,7 +383,7 @@ fn serve_port<'scope>(
         let spawned = std::thread::Builder::new()
             .name("vpcd-pair-peer".into())
             .spawn_scoped(s, move || {
-                exchange(shared, tcp, peer, &live, until);
+                exchange(shared, tcp, peer, (id, &live), until);
                 lock(&shared.in_flight).finish(id);
             });
         if let Err(e) = spawned {
@@ -434,7 +434,13 @@ fn watch(shared: &Shared, deadline: Instant, local: SocketAddr) {
 }
 
 /// One connection's exchange, on its own thread: handshake, line, verdict, answer.
-fn exchange(shared: &Shared, tcp: TcpStream, peer: SocketAddr, live: &Live, until: Instant) {
+fn exchange(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    (id, live): (u64, &Live),
+    until: Instant,
+) {
     // Why it ended without a line: its own reason unless it was cut short, dropped
     // for a newer connection or ended with the pairing (then that end, which a peer
     // through its handshake is told).
@@ -473,6 +479,10 @@ fn exchange(shared: &Shared, tcp: TcpStream, peer: SocketAddr, live: &Live, unti
             return;
         }
     };
+    // Its line is in: no longer one that can hold a place, so neither a newer
+    // connection nor the end cuts its answer (a winner's OK above all). Few get this
+    // far: MAX_WRONG + 1 lines end the pairing, and no connection is accepted after.
+    lock(&shared.in_flight).finish(id);
     let (verdict, saved) = {
         let mut state = lock(&shared.state);
         let verdict = state.decision.line(right);
