@@ -647,6 +647,33 @@ fn two_right_tokens_at_once_trust_exactly_one_key() {
     }
 }
 
+/// A trust list that cannot take the key when the right token comes (turned into a
+/// directory after the start): the vicc is told, nobody is trusted, exit status 1.
+#[test]
+fn pairing_refuses_the_vicc_when_the_trust_list_cannot_take_its_key() {
+    let tmp = temp_dir("tls-pair-unsaved");
+    let dir = tmp.path().join("tls");
+    let (mut pair, uri) = start_pair(&dir, &["--within", "30"]);
+    let list = dir.join("trusted");
+    let _ = std::fs::remove_file(&list);
+    std::fs::create_dir(&list).unwrap();
+    let (ok, out) = vicc(&uri.to_string(), &tmp.path().join("vicc.pem"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("pairing refused by 127.0.0.1:")
+            && out.contains("the reader could not save its trust list"),
+        "{out}"
+    );
+    let status = pair.wait_exit(Duration::from_secs(10));
+    let log = pair.output();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("cannot read {}", list.display())),
+        "{log}"
+    );
+    assert!(!log.contains("trusting"), "{log}");
+}
+
 /// --keys NAME pairs into the key set's directory, over IPv6 too; a trust list this
 /// user cannot change is found before any token is shown.
 #[test]
