@@ -536,6 +536,7 @@ fn peers_holding_the_pairing_port_do_not_keep_the_vicc_out() {
         let start = Instant::now();
         let (_, out) = vicc(&uri.to_string(), &tmp.path().join("vicc.pem"));
         let took = start.elapsed();
+        println!("the vicc paired in {took:?} with 25 peers holding the port");
         stop.store(true, Ordering::SeqCst);
         let answers: Vec<_> = peers.into_iter().map(|p| p.join().unwrap()).collect();
         (took, out, answers, shaken, dropped)
