@@ -404,6 +404,277 @@ fn a_trickling_peer_does_not_hold_the_pairing_open() {
     assert_eq!(trusted(&dir).entries.len(), 0);
 }
 
+/// A TLS client of the pairing port with a key of its own, its handshake done (or
+/// why not, within 5 s): what a vicc is before it sends its line.
+type PairPeer = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+fn pairing_peer(uri: &VpcdsUri) -> Result<(vpcd_protocol::tls::Fingerprint, PairPeer), String> {
+    use vpcd_protocol::link::{self, Identity};
+    use vpcd_protocol::tls::TrustEntry;
+    let me = Identity::from_key_file(&vpcd_tools::keys::generate().unwrap()).unwrap();
+    let reader = TrustList {
+        entries: vec![TrustEntry {
+            fingerprint: uri.fingerprint,
+            name: String::new(),
+        }],
+    };
+    let conn = rustls::ClientConnection::new(
+        link::client_config(&me, reader).unwrap(),
+        link::server_name(),
+    )
+    .unwrap();
+    let port = uri.pair.as_ref().unwrap().port;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| format!("handshake: {e}"))?;
+    }
+    Ok((me.fingerprint, tls))
+}
+
+/// The pairing server's one-line answer on `peer`, or why there is none.
+fn pair_answer(peer: &mut PairPeer) -> Result<vpcd_protocol::tls::PairAnswer, String> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut line = Vec::new();
+    let read = BufReader::new(Read::by_ref(peer).take(256)).read_until(b'\n', &mut line);
+    if line.is_empty() {
+        return Err(format!("no answer: {read:?}"));
+    }
+    let text = String::from_utf8_lossy(&line);
+    vpcd_protocol::tls::PairAnswer::parse(text.trim_end())
+}
+
+/// Whether a peer's connection was closed by the other side (not merely quiet
+/// until its read timed out).
+fn closed(sock: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::{ErrorKind, Read};
+    sock.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => return true,
+            // A TLS peer's handshake or a refusal: read on to the close.
+            Ok(_) => continue,
+            Err(e) => return !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        }
+    }
+}
+
+/// Peers that hold pairing connections open (silent TCP, TLS then silent, TLS then a
+/// byte now and then) do not keep the vicc that holds the token out: connections are
+/// served at once, up to 16, a new one beyond that dropping the oldest. The vicc
+/// pairs at once, not after each peer's 10 s; then the others are refused or closed
+/// and the command exits.
+#[test]
+fn peers_holding_the_pairing_port_do_not_keep_the_vicc_out() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use vpcd_protocol::tls::PairAnswer;
+
+    const SILENT: usize = 20;
+    const IN_FLIGHT: usize = 16;
+    let tmp = temp_dir("tls-pair-busy");
+    let dir = tmp.path().join("tls");
+    let (mut pair, uri) = start_pair(&dir, &["--within", "30", "--name", "phone"]);
+    let port = uri.pair.as_ref().unwrap().port;
+    let mut silent: Vec<_> = (0..SILENT)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let stop = AtomicBool::new(false);
+    let (ready, handshakes) = mpsc::channel();
+    let (vicc_took, out, answers, shaken, dropped) = std::thread::scope(|s| {
+        // 2 TLS peers that say nothing after the handshake, 3 that trickle bytes.
+        let peers: Vec<_> = (0..5)
+            .map(|i| {
+                let (uri, ready, stop) = (&uri, ready.clone(), &stop);
+                s.spawn(move || {
+                    let (_, mut tls) = match pairing_peer(uri) {
+                        Ok(peer) => peer,
+                        Err(e) => {
+                            let _ = ready.send(Err(e.clone()));
+                            return Err(e);
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    let mut sent = 0;
+                    while i >= 2 && !stop.load(Ordering::SeqCst) && sent < 100 {
+                        if tls.write_all(b"v").and_then(|()| tls.flush()).is_err() {
+                            break;
+                        }
+                        sent += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if i >= 2 {
+                        return Ok(None);
+                    }
+                    pair_answer(&mut tls).map(Some)
+                })
+            })
+            .collect();
+        drop(ready);
+        // All of them in flight before the vicc comes (checked after it: the vicc's
+        // promptness is the point).
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut shaken = Vec::new();
+        while shaken.len() < 5 {
+            match handshakes.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(handshake) => shaken.push(handshake),
+                Err(_) => break,
+            }
+        }
+        // The oldest silent peers beyond the 16 places were dropped as newer
+        // connections came.
+        let dropped = silent[..SILENT - IN_FLIGHT]
+            .iter_mut()
+            .all(|sock| closed(sock, Duration::from_secs(2)));
+
+        let start = Instant::now();
+        let (_, out) = vicc(&uri.to_string(), &tmp.path().join("vicc.pem"));
+        let took = start.elapsed();
+        println!("the vicc paired in {took:?} with 25 peers holding the port");
+        stop.store(true, Ordering::SeqCst);
+        let answers: Vec<_> = peers.into_iter().map(|p| p.join().unwrap()).collect();
+        (took, out, answers, shaken, dropped)
+    });
+    assert!(
+        out.contains("the reader trusts this card's key now") && vicc_took < Duration::from_secs(3),
+        "the vicc did not pair within 3 s of 25 peers holding the port (it took \
+         {vicc_took:?}):\n{out}\n{}",
+        pair.output()
+    );
+    assert_eq!(shaken, vec![Ok(()); 5], "the TLS peers' handshakes");
+    assert!(dropped, "the oldest silent peers were not dropped");
+    let status = pair.wait_exit(Duration::from_secs(3));
+    let log = pair.output();
+    assert!(status.success(), "{log}");
+    assert_eq!(trusted(&dir).entries.len(), 1);
+    assert_eq!(log.matches("trusting ").count(), 1, "{log}");
+
+    // The TLS peers still waiting for an answer get a refusal, the others are closed.
+    let over = "the pairing is over: its token was used";
+    for answer in &answers[..2] {
+        assert_eq!(answer, &Ok(Some(PairAnswer::Refused(over.into()))), "{log}");
+    }
+    for answer in &answers[2..] {
+        assert_eq!(answer, &Ok(None));
+    }
+    for (i, sock) in silent.iter_mut().enumerate() {
+        assert!(
+            closed(sock, Duration::from_secs(2)),
+            "silent peer {i} is still connected"
+        );
+    }
+    // 4 silent peers dropped by newer silent ones, 5 by the TLS peers, 1 by the vicc:
+    // always the oldest. The 15 left were ended with the pairing.
+    assert_eq!(
+        log.matches(": no pairing: dropped for a newer connection (16 at once at most")
+            .count(),
+        SILENT - IN_FLIGHT + 5 + 1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches(&format!(": no pairing: {over}")).count(),
+        IN_FLIGHT - 1,
+        "{log}"
+    );
+}
+
+/// Two vicc presenting the right token at the same moment: exactly one key is
+/// trusted, the other is refused (a token works once).
+#[test]
+fn two_right_tokens_at_once_trust_exactly_one_key() {
+    use std::io::Write;
+    use std::sync::{Condvar, Mutex};
+    use vpcd_protocol::tls::{pair_request, PairAnswer};
+
+    for round in 0..3 {
+        let tmp = temp_dir("tls-pair-race");
+        let dir = tmp.path().join("tls");
+        let (mut pair, uri) = start_pair(&dir, &["--within", "30"]);
+        let token = uri.pair.as_ref().unwrap().token.clone();
+        let ready = (Mutex::new(0), Condvar::new());
+        let results: Vec<_> = std::thread::scope(|s| {
+            let peers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (uri, ready, token) = (&uri, &ready, &token);
+                    s.spawn(move || {
+                        let peer = pairing_peer(uri);
+                        // Both lines go once both peers are through their
+                        // handshakes (or 3 s have passed: then the test fails).
+                        let (count, both) = ready;
+                        *count.lock().unwrap() += 1;
+                        both.notify_all();
+                        let _ = both
+                            .wait_timeout_while(
+                                count.lock().unwrap(),
+                                Duration::from_secs(3),
+                                |n| *n < 2,
+                            )
+                            .unwrap();
+                        let (fp, mut tls) = peer?;
+                        tls.write_all(pair_request(token).as_bytes())
+                            .and_then(|()| tls.flush())
+                            .map_err(|e| e.to_string())?;
+                        Ok::<_, String>((fp, pair_answer(&mut tls)?))
+                    })
+                })
+                .collect();
+            peers.into_iter().map(|p| p.join().unwrap()).collect()
+        });
+        let status = pair.wait_exit(Duration::from_secs(10));
+        let log = pair.output();
+        println!("round {round}: {results:?}\n{log}");
+        let results: Vec<_> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("{e}\n{log}")))
+            .collect();
+        assert!(status.success(), "{log}");
+        let winners: Vec<_> = results
+            .iter()
+            .filter(|(_, answer)| *answer == PairAnswer::Ok)
+            .collect();
+        assert_eq!(winners.len(), 1, "{results:?}");
+        let list = trusted(&dir);
+        assert_eq!(list.entries.len(), 1, "{list:?}");
+        assert_eq!(list.entries[0].fingerprint, winners[0].0);
+        let refused = PairAnswer::Refused("the pairing is over: its token was used".into());
+        assert!(results.iter().any(|(_, a)| *a == refused), "{results:?}");
+        assert_eq!(log.matches("trusting ").count(), 1, "{log}");
+    }
+}
+
+/// A trust list that cannot take the key when the right token comes (turned into a
+/// directory after the start): the vicc is told, nobody is trusted, exit status 1.
+#[test]
+fn pairing_refuses_the_vicc_when_the_trust_list_cannot_take_its_key() {
+    let tmp = temp_dir("tls-pair-unsaved");
+    let dir = tmp.path().join("tls");
+    let (mut pair, uri) = start_pair(&dir, &["--within", "30"]);
+    let list = dir.join("trusted");
+    let _ = std::fs::remove_file(&list);
+    std::fs::create_dir(&list).unwrap();
+    let (ok, out) = vicc(&uri.to_string(), &tmp.path().join("vicc.pem"));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("pairing refused by 127.0.0.1:")
+            && out.contains("the reader could not save its trust list"),
+        "{out}"
+    );
+    let status = pair.wait_exit(Duration::from_secs(10));
+    let log = pair.output();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("cannot read {}", list.display())),
+        "{log}"
+    );
+    assert!(!log.contains("trusting"), "{log}");
+}
+
 /// --keys NAME pairs into the key set's directory, over IPv6 too; a trust list this
 /// user cannot change is found before any token is shown.
 #[test]
