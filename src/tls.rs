@@ -308,9 +308,8 @@ impl Read for Feed<'_> {
             if out.is_empty() {
                 return Ok(0);
             }
-            if inbound.buf.len() < INBOUND_LEN {
-                inbound.buf.resize(INBOUND_LEN, 0);
-            }
+            // Allocated once; the same length again after.
+            inbound.buf.resize(INBOUND_LEN, 0);
             let n = (&mut &*self.stream).read(&mut inbound.buf)?;
             inbound.start = 0;
             inbound.end = n;
@@ -324,8 +323,9 @@ impl Read for Feed<'_> {
 
 impl Link {
     /// Moves the plaintext rustls holds into `bufs` past their first `filled` bytes
-    /// (counted in `filled`). rustls's error (the peer's end, without close_notify)
-    /// only if nothing was delivered: otherwise it stays for the next read.
+    /// (counted in `filled`). rustls's reader fails (`UnexpectedEof`) only once it was
+    /// shown the socket's end, and it is shown that only by a read of the socket, which
+    /// happens only when it holds no plaintext: no byte delivered is lost to that error.
     fn take_plaintext(
         &mut self,
         bufs: &mut [IoSliceMut<'_>],
@@ -337,7 +337,6 @@ impl Link {
                 Ok(0) => break,
                 Ok(n) => *filled += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) if *filled > 0 => break,
                 Err(e) => return Err(e),
             }
         }
@@ -498,12 +497,12 @@ impl Session {
             if filled > 0 && (link.inbound.is_empty() || unfilled(bufs, filled).is_none()) {
                 return Ok(filled);
             }
-            match link.read_tls(stream) {
-                Ok(0) if filled > 0 => return Ok(filled),
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(_) if filled > 0 => return Ok(filled),
-                Err(e) => return Err(e),
+            // With bytes delivered, rustls takes the bytes read before from memory (no
+            // socket error, no end of the socket), or says its peer's close_notify.
+            match link.read_tls(stream)? {
+                0 if filled > 0 => return Ok(filled),
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                _ => {}
             }
             if let Err(e) = link.conn.process_new_packets() {
                 return link.failed(&e, bufs, filled);
