@@ -275,7 +275,10 @@ const INBOUND_LEN: usize = 72 * 1024;
 /// which makes a 64 KiB reply cost a dozen or more system calls; read here, it costs
 /// one or two, and rustls takes the bytes from memory. Every byte read goes to
 /// rustls, in order, before the socket is read again: nothing is lost or reordered,
-/// and a partial record stays in rustls's buffer as before.
+/// and a partial record stays in rustls's buffer as before. Bytes a peer sent past
+/// its reply, in the same read, wait here for the next peek (the next exchange's send
+/// peeks first); the watcher's poll does not see them, as it did not see those rustls
+/// had taken in its own reads before.
 #[derive(Default)]
 struct Inbound {
     /// Allocated at the first read (a peer that never gets past its proof costs
