@@ -213,9 +213,7 @@ impl Setup {
                 .map_err(io::Error::other)?
                 .into(),
         };
-        Ok(Session {
-            conn: Mutex::new(conn),
-        })
+        Ok(Session::new(conn))
     }
 }
 
@@ -255,7 +253,135 @@ fn hint(kind: io::ErrorKind) -> &'static str {
 /// a candidate's session, and a card's is used under the slot's `io` lock (the
 /// watcher's idle check only tries it).
 pub(crate) struct Session {
-    conn: Mutex<Connection>,
+    link: Mutex<Link>,
+}
+
+/// A session's rustls connection and the buffers it keeps between exchanges.
+struct Link {
+    conn: Connection,
+    /// Records read from the socket, not yet handed to rustls.
+    inbound: Inbound,
+    /// A send's records, kept so that the next send neither allocates nor faults in
+    /// fresh pages (a 64 KiB buffer freed each time is handed back to the kernel).
+    outbound: Vec<u8>,
+}
+
+/// How much one read of a card's socket may take: a whole largest reply (65537
+/// plaintext bytes in five records, with their headers and tags) at once.
+const INBOUND_LEN: usize = 72 * 1024;
+
+/// Ciphertext taken from the socket but not yet given to rustls. rustls's own read of
+/// a socket takes at most 4 KiB at a time (its record buffer grows in 4 KiB steps),
+/// which makes a 64 KiB reply cost a dozen or more system calls; read here, it costs
+/// one or two, and rustls takes the bytes from memory. Every byte read goes to
+/// rustls, in order, before the socket is read again: nothing is lost or reordered,
+/// and a partial record stays in rustls's buffer as before. Bytes a peer sent past
+/// its reply, in the same read, wait here for the next peek (the next exchange's send
+/// peeks first); the watcher's poll does not see them, as it did not see those rustls
+/// had taken in its own reads before.
+#[derive(Default)]
+struct Inbound {
+    /// Allocated at the first read (a peer that never gets past its proof costs
+    /// nothing), kept for the connection's life.
+    buf: Vec<u8>,
+    /// The bytes not yet given to rustls: `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl Inbound {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+/// What rustls reads: first the bytes read before, then, once they are all taken, one
+/// read of the socket into the whole buffer. The socket's errors (`WouldBlock` on a
+/// non-blocking socket or when its read timeout expires) pass through with nothing
+/// taken, and its end (`Ok(0)`) only once every byte read before has been taken.
+struct Feed<'a> {
+    inbound: &'a mut Inbound,
+    stream: &'a TcpStream,
+}
+
+impl Read for Feed<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let inbound = &mut *self.inbound;
+        if inbound.is_empty() {
+            if out.is_empty() {
+                return Ok(0);
+            }
+            // Allocated once; the same length again after.
+            inbound.buf.resize(INBOUND_LEN, 0);
+            let n = (&mut &*self.stream).read(&mut inbound.buf)?;
+            inbound.start = 0;
+            inbound.end = n;
+        }
+        let n = out.len().min(inbound.end - inbound.start);
+        out[..n].copy_from_slice(&inbound.buf[inbound.start..inbound.start + n]);
+        inbound.start += n;
+        Ok(n)
+    }
+}
+
+impl Link {
+    /// Moves the plaintext rustls holds into `bufs` past their first `filled` bytes
+    /// (counted in `filled`). rustls's reader fails (`UnexpectedEof`) only once it was
+    /// shown the socket's end, and it is shown that only by a read of the socket, which
+    /// happens only when it holds no plaintext: no byte delivered is lost to that error.
+    fn take_plaintext(
+        &mut self,
+        bufs: &mut [IoSliceMut<'_>],
+        filled: &mut usize,
+    ) -> io::Result<()> {
+        while let Some(space) = unfilled(bufs, *filled) {
+            match self.conn.reader().read(space) {
+                // A close_notify: the next read_tls says so.
+                Ok(0) => break,
+                Ok(n) => *filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A read's end after rustls met a bad record: the bytes of the good records
+    /// before it first, if there are some (rustls keeps the error for the next read).
+    fn failed(
+        &mut self,
+        e: &rustls::Error,
+        bufs: &mut [IoSliceMut<'_>],
+        mut filled: usize,
+    ) -> io::Result<usize> {
+        self.take_plaintext(bufs, &mut filled)?;
+        if filled > 0 {
+            Ok(filled)
+        } else {
+            Err(tls_error(e))
+        }
+    }
+
+    /// Hands rustls more ciphertext: bytes read before if there are some (the socket
+    /// is not touched then), else one read of the socket.
+    fn read_tls(&mut self, stream: &TcpStream) -> io::Result<usize> {
+        self.conn.read_tls(&mut Feed {
+            inbound: &mut self.inbound,
+            stream,
+        })
+    }
+}
+
+/// The part of `bufs` past its first `filled` bytes: the rest of the buffer it ends
+/// in (`None` once all are full).
+fn unfilled<'b>(bufs: &'b mut [IoSliceMut<'_>], mut filled: usize) -> Option<&'b mut [u8]> {
+    for buf in bufs.iter_mut() {
+        if filled < buf.len() {
+            return Some(&mut buf[filled..]);
+        }
+        filled -= buf.len();
+    }
+    None
 }
 
 /// A handshake or record failure as an `InvalidData` error, in words for the log.
@@ -267,42 +393,52 @@ fn tls_error(e: &rustls::Error) -> io::Error {
 }
 
 impl Session {
+    fn new(conn: Connection) -> Session {
+        Session {
+            link: Mutex::new(Link {
+                conn,
+                inbound: Inbound::default(),
+                outbound: Vec::new(),
+            }),
+        }
+    }
+
     /// Whether the handshake is still going on.
     pub(crate) fn is_handshaking(&self) -> bool {
-        self.conn.lock().is_handshaking()
+        self.link.lock().conn.is_handshaking()
     }
 
     /// The peer's key, once the handshake is done.
     pub(crate) fn peer_fingerprint(&self) -> Option<Fingerprint> {
-        let conn = self.conn.lock();
-        let cert = conn.peer_certificates()?.first()?;
+        let link = self.link.lock();
+        let cert = link.conn.peer_certificates()?.first()?;
         link::cert_fingerprint(cert.as_ref()).ok()
     }
 
     /// Queues `bytes` (sent once the handshake is done) and writes what the socket
     /// takes without blocking.
     pub(crate) fn write_nonblocking(&self, stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-        let mut conn = self.conn.lock();
-        conn.writer().write_all(bytes)?;
-        flush_nonblocking(&mut conn, stream)
+        let mut link = self.link.lock();
+        link.conn.writer().write_all(bytes)?;
+        flush_nonblocking(&mut link.conn, stream)
     }
 
     /// The watcher's read of a proving peer: advances the handshake with what arrived,
     /// answers it, and returns application bytes if there are some (`WouldBlock` if
     /// not yet, `Ok(0)` when the peer closed).
     pub(crate) fn read_nonblocking(&self, stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-        let mut conn = self.conn.lock();
+        let mut link = self.link.lock();
         loop {
-            match conn.reader().read(buf) {
+            match link.conn.reader().read(buf) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
-            let got = conn.read_tls(&mut &*stream)?;
-            let processed = conn.process_new_packets();
+            let got = link.read_tls(stream)?;
+            let processed = link.conn.process_new_packets();
             // Whatever rustls has to say (the next flight, or the alert that explains
             // a refusal to the peer) goes out before we report.
-            let flushed = flush_nonblocking(&mut conn, stream);
+            let flushed = flush_nonblocking(&mut link.conn, stream);
             if let Err(e) = processed {
                 return Err(tls_error(&e));
             }
@@ -320,45 +456,60 @@ impl Session {
         bytes: &[u8],
         timeout: Duration,
     ) -> io::Result<()> {
-        let mut conn = self.conn.lock();
-        let mut records = Vec::with_capacity(bytes.len() + bytes.len() / 256 + 64);
+        let mut link = self.link.lock();
+        let Link { conn, outbound, .. } = &mut *link;
+        outbound.clear();
         let mut rest = bytes;
         // rustls buffers a bounded amount of plaintext (64 KiB): a large frame is
         // encrypted in turns.
         while !rest.is_empty() {
             let n = conn.writer().write(rest)?;
             while conn.wants_write() {
-                conn.write_tls(&mut records)?;
+                conn.write_tls(outbound)?;
             }
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             rest = &rest[n..];
         }
-        drop(conn);
-        crate::net::write_all_within(stream, &records, timeout)
+        crate::net::write_all_within(stream, outbound, timeout)
     }
 
     /// A card's read, on the blocking socket with its read timeout: at least one
     /// application byte, or the socket's error (`WouldBlock`/`TimedOut` when it timed
     /// out), `UnexpectedEof` when the peer is gone, `InvalidData` for a bad record.
+    /// Fills `bufs` as far as the records already read allow; the socket is read only
+    /// while nothing has been delivered, so a read never waits once it has bytes. An
+    /// error met after some bytes waits for the next read (rustls keeps it).
     pub(crate) fn read_blocking(
         &self,
         stream: &TcpStream,
         bufs: &mut [IoSliceMut<'_>],
     ) -> io::Result<usize> {
-        let mut conn = self.conn.lock();
+        if unfilled(bufs, 0).is_none() {
+            return Ok(0);
+        }
+        let mut link = self.link.lock();
+        let mut filled = 0;
+        // An error met by an earlier read, after the bytes it delivered.
+        if let Err(e) = link.conn.process_new_packets() {
+            return link.failed(&e, bufs, filled);
+        }
         loop {
-            match conn.reader().read_vectored(bufs) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            link.take_plaintext(bufs, &mut filled)?;
+            if filled > 0 && (link.inbound.is_empty() || unfilled(bufs, filled).is_none()) {
+                return Ok(filled);
             }
-            if conn.read_tls(&mut &*stream)? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            // With bytes delivered, rustls takes the bytes read before from memory (no
+            // socket error, no end of the socket), or says its peer's close_notify.
+            match link.read_tls(stream)? {
+                0 if filled > 0 => return Ok(filled),
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                _ => {}
             }
-            conn.process_new_packets().map_err(|e| tls_error(&e))?;
+            if let Err(e) = link.conn.process_new_packets() {
+                return link.failed(&e, bufs, filled);
+            }
         }
     }
 
@@ -371,29 +522,38 @@ impl Session {
         stream: &TcpStream,
         raw_peek: io::Result<usize>,
     ) -> io::Result<usize> {
-        let Some(mut conn) = self.conn.try_lock() else {
+        let Some(mut link) = self.link.try_lock() else {
             return Err(io::ErrorKind::WouldBlock.into());
         };
-        let buffered = |conn: &mut Connection| -> io::Result<usize> {
-            let state = conn.process_new_packets().map_err(|e| tls_error(&e))?;
-            if state.plaintext_bytes_to_read() > 0 {
-                Ok(state.plaintext_bytes_to_read())
-            } else if state.peer_has_closed() {
-                Ok(0)
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
+        // What rustls holds, after it took the bytes read before (an exchange's read
+        // may have taken more than its reply).
+        let buffered = |link: &mut Link| -> io::Result<usize> {
+            loop {
+                let state = link.conn.process_new_packets().map_err(|e| tls_error(&e))?;
+                if state.plaintext_bytes_to_read() > 0 {
+                    return Ok(state.plaintext_bytes_to_read());
+                }
+                if state.peer_has_closed() {
+                    return Ok(0);
+                }
+                if link.inbound.is_empty() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                // From memory: the socket is not read while these last.
+                link.read_tls(stream)?;
             }
         };
         match raw_peek {
             Ok(0) => Ok(0),
             Ok(_) => {
-                // Bytes wait in the socket, so this read does not block.
-                if conn.read_tls(&mut &*stream)? == 0 {
+                // Bytes wait in the socket (or were read before), so this read does
+                // not block.
+                if link.read_tls(stream)? == 0 {
                     return Ok(0);
                 }
-                buffered(&mut conn)
+                buffered(&mut link)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buffered(&mut conn),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buffered(&mut link),
             Err(e) => Err(e),
         }
     }
@@ -429,18 +589,14 @@ pub(crate) mod tests {
     /// handshake not begun.
     pub(crate) fn accepting_session() -> Session {
         let config = link::server_config(&identity(READER_KEY), TrustList::default()).unwrap();
-        Session {
-            conn: Mutex::new(ServerConnection::new(config).unwrap().into()),
-        }
+        Session::new(ServerConnection::new(config).unwrap().into())
     }
 
     /// The session a listening secure slot gives a new peer, trusting the test vicc.
     fn session_trusting_the_vicc() -> Session {
         let trusted = TrustList::parse(&format!("{}\n", identity(VICC_KEY).fingerprint)).unwrap();
         let config = link::server_config(&identity(READER_KEY), trusted).unwrap();
-        Session {
-            conn: Mutex::new(ServerConnection::new(config).unwrap().into()),
-        }
+        Session::new(ServerConnection::new(config).unwrap().into())
     }
 
     /// A vicc's end of a secure link: a rustls client on a blocking socket.
@@ -611,13 +767,11 @@ pub(crate) mod tests {
     fn connecting_session() -> Session {
         let trusted = TrustList::parse(&format!("{}\n", identity(VICC_KEY).fingerprint)).unwrap();
         let config = link::client_config(&identity(READER_KEY), trusted).unwrap();
-        Session {
-            conn: Mutex::new(
-                ClientConnection::new(config, link::server_name())
-                    .unwrap()
-                    .into(),
-            ),
-        }
+        Session::new(
+            ClientConnection::new(config, link::server_name())
+                .unwrap()
+                .into(),
+        )
     }
 
     #[test]
@@ -853,5 +1007,325 @@ pub(crate) mod tests {
         assert_eq!(count("is malformed: line 1"), 1, "said once");
         assert_eq!(count("cannot read"), 1, "said once");
         assert_eq!(count("keeping the trust list read before"), 2);
+    }
+
+    /// Moves what `from` has to send into `to`; whether there was anything.
+    fn transfer(from: &mut Connection, to: &mut Connection) -> bool {
+        let mut bytes = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut bytes).unwrap();
+        }
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            to.read_tls(&mut rest).unwrap();
+            to.process_new_packets().unwrap();
+        }
+        !bytes.is_empty()
+    }
+
+    /// A card's session whose handshake with the test vicc is done (in memory), and
+    /// the vicc's connection, which makes the records the tests put on the wire.
+    fn established() -> (Session, Connection) {
+        let trusted = TrustList::parse(&format!("{}\n", identity(READER_KEY).fingerprint)).unwrap();
+        let config = link::client_config(&identity(VICC_KEY), trusted).unwrap();
+        let mut vicc: Connection = ClientConnection::new(config, link::server_name())
+            .unwrap()
+            .into();
+        let session = session_trusting_the_vicc();
+        {
+            let mut link = session.link.lock();
+            while transfer(&mut vicc, &mut link.conn) | transfer(&mut link.conn, &mut vicc) {}
+            assert!(!link.conn.is_handshaking());
+        }
+        (session, vicc)
+    }
+
+    /// `plaintext` as the vicc's records on the wire.
+    fn seal(vicc: &mut Connection, plaintext: &[u8]) -> Vec<u8> {
+        vicc.writer().write_all(plaintext).unwrap();
+        let mut records = Vec::new();
+        while vicc.wants_write() {
+            vicc.write_tls(&mut records).unwrap();
+        }
+        records
+    }
+
+    /// A card's end of a loopback connection (reads time out after `timeout`), and
+    /// the vicc's raw end.
+    fn card_socket(timeout: Duration) -> (TcpStream, TcpStream) {
+        let (ours, theirs) = socket_pair();
+        crate::net::configure_peer(&ours, timeout).unwrap();
+        (ours, theirs)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// How many bytes wait in the socket, without taking them or blocking.
+    fn waiting(stream: &TcpStream) -> usize {
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 1 << 18];
+        match socket2::SockRef::from(stream)
+            .recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Waits until at least `len` bytes wait in the socket.
+    fn arrived(stream: &TcpStream, len: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while waiting(stream) < len {
+            assert!(std::time::Instant::now() < deadline, "the bytes never came");
+            std::thread::yield_now();
+        }
+    }
+
+    /// The card's socket holds nothing more: its reads took it all.
+    fn drained(stream: &TcpStream) {
+        assert_eq!(waiting(stream), 0);
+    }
+
+    #[test]
+    fn a_reply_of_several_records_fills_the_buffers_in_one_read() {
+        let (session, mut vicc) = established();
+        let (ours, mut theirs) = card_socket(Duration::from_secs(5));
+        let reply = pattern(40_000);
+        let records = seal(&mut vicc, &reply);
+        assert!(records.len() > 2 * 16_384, "three records");
+        theirs.write_all(&records).unwrap();
+        let mut prefix = [0u8; 2];
+        let mut into = vec![0u8; 65_536];
+        let mut n = 0;
+        // The bytes may reach the socket in pieces; each read delivers what came.
+        while n < reply.len() {
+            let mut bufs = [IoSliceMut::new(&mut prefix), IoSliceMut::new(&mut into)];
+            let mut rest = &mut bufs[..];
+            IoSliceMut::advance_slices(&mut rest, n);
+            n += session.read_blocking(&ours, rest).unwrap();
+        }
+        assert_eq!(n, reply.len());
+        assert_eq!(prefix, reply[..2]);
+        assert_eq!(into[..n - 2], reply[2..]);
+        // All of it at once, once it is all there.
+        let records = seal(&mut vicc, &reply);
+        theirs.write_all(&records).unwrap();
+        arrived(&ours, records.len());
+        let n = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut into)])
+            .unwrap();
+        assert_eq!(into[..n], reply[..], "one call, every record");
+        drained(&ours);
+    }
+
+    #[test]
+    fn a_small_buffer_takes_a_reply_in_turns_and_nothing_is_lost() {
+        let (session, mut vicc) = established();
+        let (ours, mut theirs) = card_socket(Duration::from_secs(5));
+        let reply = pattern(50_000);
+        theirs.write_all(&seal(&mut vicc, &reply)).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 777];
+        while got.len() < reply.len() {
+            let n = session
+                .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+                .unwrap();
+            assert!(n > 0 && n <= buf.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, reply);
+        assert_eq!(
+            session
+                .read_blocking(&ours, &mut [IoSliceMut::new(&mut [])])
+                .unwrap(),
+            0,
+            "no room: nothing read, nothing waited for"
+        );
+    }
+
+    #[test]
+    fn a_record_cut_by_the_read_timeout_is_completed_by_the_next_read() {
+        let (session, mut vicc) = established();
+        let (ours, mut theirs) = card_socket(Duration::from_millis(50));
+        let reply = pattern(20_000);
+        let records = seal(&mut vicc, &reply);
+        let (first, second) = records.split_at(records.len() / 2 + 3);
+        theirs.write_all(first).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let timed_out = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap_err();
+        assert!(
+            matches!(
+                timed_out.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{timed_out}"
+        );
+        theirs.write_all(second).unwrap();
+        let mut got = Vec::new();
+        while got.len() < reply.len() {
+            let n = session
+                .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+                .unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, reply, "the first half was kept, in order");
+    }
+
+    #[test]
+    fn an_end_in_the_middle_of_a_record_is_an_unexpected_end() {
+        let (session, mut vicc) = established();
+        let (ours, mut theirs) = card_socket(Duration::from_secs(5));
+        let records = seal(&mut vicc, &pattern(9000));
+        theirs.write_all(&records[..records.len() - 1]).unwrap();
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut buf = vec![0u8; 65_536];
+        let cut = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap_err();
+        assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof, "{cut}");
+    }
+
+    #[test]
+    fn bytes_after_the_reply_wait_for_the_next_read_and_the_peek_sees_them() {
+        let (session, mut vicc) = established();
+        let (ours, mut theirs) = card_socket(Duration::from_secs(5));
+        // Large enough that rustls takes them from memory in several turns.
+        let reply = pattern(10_000);
+        let junk = pattern(9_000);
+        let mut wire = seal(&mut vicc, &reply);
+        wire.extend(seal(&mut vicc, &junk));
+        theirs.write_all(&wire).unwrap();
+        arrived(&ours, wire.len());
+        let mut buf = vec![0u8; reply.len()];
+        let n = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap();
+        assert_eq!(buf[..n], reply[..]);
+        drained(&ours);
+        // Not in the socket any more, but not lost.
+        let seen = session
+            .peek(&ours, Err(io::ErrorKind::WouldBlock.into()))
+            .unwrap();
+        assert_eq!(seen, junk.len(), "data nobody asked for");
+        let mut more = vec![0u8; 65_536];
+        let n = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut more)])
+            .unwrap();
+        assert_eq!(more[..n], junk[..]);
+    }
+
+    #[test]
+    fn a_peek_with_bytes_in_the_socket_takes_the_bytes_read_before_first() {
+        let (session, mut vicc) = established();
+        let (ours, mut theirs) = card_socket(Duration::from_secs(5));
+        let reply = pattern(10_000);
+        let junk = pattern(9_000);
+        let mut wire = seal(&mut vicc, &reply);
+        wire.extend(seal(&mut vicc, &junk));
+        theirs.write_all(&wire).unwrap();
+        arrived(&ours, wire.len());
+        let mut buf = vec![0u8; reply.len()];
+        session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap();
+        // More arrives behind the junk: the peek must not skip what was read before.
+        theirs.write_all(&seal(&mut vicc, b"late")).unwrap();
+        arrived(&ours, 1);
+        assert_eq!(session.peek(&ours, Ok(1)).unwrap(), junk.len());
+        let mut more = vec![0u8; 65_536];
+        let mut got = Vec::new();
+        while got.len() < junk.len() + 4 {
+            let n = session
+                .read_blocking(&ours, &mut [IoSliceMut::new(&mut more)])
+                .unwrap();
+            got.extend_from_slice(&more[..n]);
+        }
+        assert_eq!(got[..junk.len()], junk[..]);
+        assert_eq!(&got[junk.len()..], b"late");
+    }
+
+    #[test]
+    fn a_bad_record_after_good_ones_fails_the_read_after_their_bytes() {
+        let (session, mut vicc) = established();
+        let (ours, mut theirs) = card_socket(Duration::from_secs(5));
+        let reply = pattern(100);
+        let mut wire = seal(&mut vicc, &reply);
+        let mut bad = seal(&mut vicc, b"spoiled");
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        wire.extend(bad);
+        theirs.write_all(&wire).unwrap();
+        arrived(&ours, wire.len());
+        let mut buf = vec![0u8; 65_536];
+        let n = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap();
+        assert_eq!(buf[..n], reply[..]);
+        let bad = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap_err();
+        assert_eq!(bad.kind(), io::ErrorKind::InvalidData, "{bad}");
+    }
+
+    #[test]
+    fn data_then_close_notify_in_one_read_gives_the_data_then_the_end() {
+        let (session, mut vicc) = established();
+        let (ours, mut theirs) = card_socket(Duration::from_secs(5));
+        // Larger than rustls takes at once, and bytes after the close_notify (which
+        // rustls ignores): the read has the data while some bytes read are left.
+        let reply = pattern(5000);
+        let mut wire = seal(&mut vicc, &reply);
+        vicc.send_close_notify();
+        wire.extend(seal(&mut vicc, b""));
+        wire.extend(pattern(6000));
+        theirs.write_all(&wire).unwrap();
+        arrived(&ours, wire.len());
+        let mut buf = vec![0u8; 65_536];
+        let n = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap();
+        assert_eq!(buf[..n], reply[..]);
+        // The TCP connection stays open: the end is the close_notify, not the socket's.
+        let end = session
+            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap_err();
+        assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof, "{end}");
+    }
+
+    #[test]
+    fn the_feed_gives_bytes_read_before_then_reads_the_socket_in_one_go() {
+        let (ours, mut theirs) = card_socket(Duration::from_secs(5));
+        let mut inbound = Inbound::default();
+        theirs.write_all(&pattern(3000)).unwrap();
+        arrived(&ours, 3000);
+        let mut feed = Feed {
+            inbound: &mut inbound,
+            stream: &ours,
+        };
+        assert_eq!(
+            feed.read(&mut []).unwrap(),
+            0,
+            "no room: the socket is not read"
+        );
+        assert!(feed.inbound.is_empty());
+        let mut out = [0u8; 1000];
+        assert_eq!(feed.read(&mut out).unwrap(), 1000);
+        assert_eq!(out[..], pattern(3000)[..1000]);
+        assert_eq!(
+            feed.inbound.end - feed.inbound.start,
+            2000,
+            "the rest, kept"
+        );
+        drained(&ours);
+        let mut big = [0u8; 4096];
+        assert_eq!(feed.read(&mut big).unwrap(), 2000);
+        assert_eq!(big[..2000], pattern(3000)[1000..]);
+        assert!(feed.inbound.is_empty());
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(feed.read(&mut big).unwrap(), 0, "the end");
     }
 }
