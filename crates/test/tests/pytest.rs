@@ -53,6 +53,9 @@ fn temp_dir(tag: &str) -> PathBuf {
 #[test]
 fn four_workers_four_environments() {
     let record = temp_dir("pytest-record");
+    // xdist makes pytest's base temporary directory even when no test asks for one:
+    // ours, not /tmp/pytest-of-USER.
+    let base = temp_dir("pytest-base");
     let out = pytest(
         &plugin_dir().join("src"),
         &[
@@ -64,6 +67,7 @@ fn four_workers_four_environments() {
             "python/pytest-vpcd/tests",
         ],
     )
+    .arg(format!("--basetemp={}", base.display()))
     .env("VPCD_PYTEST_RECORD", &record)
     .output()
     .unwrap();
@@ -99,6 +103,7 @@ fn four_workers_four_environments() {
         assert!(!Path::new(s).parent().unwrap().exists(), "{s} left behind");
     }
     std::fs::remove_dir_all(&record).unwrap();
+    std::fs::remove_dir_all(&base).unwrap();
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! evidence (both sides' threads, pcscd's log) instead of being ended by nextest's
 //! timeout with only its name, and leaves no pcscd behind.
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +29,11 @@ fn a_hang_is_reported_with_both_sides_and_ended() {
         return;
     }
     let start = Instant::now();
+    // The aborted child cannot remove its pcscd's directory (nor gdb its files): they
+    // are made in a directory of this test's, removed when it ends.
+    let tmp = tempfile::tempdir().unwrap();
+    // A sandboxed pcscd (user pcscd) must reach its directory in it.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // No core file from the abort (ulimit -c 0).
     let child = Command::new("sh")
         .args(["-c", "ulimit -c 0; exec \"$0\" \"$@\""])
@@ -39,6 +45,7 @@ fn a_hang_is_reported_with_both_sides_and_ended() {
             "--nocapture",
         ])
         .env("VPCD_TEST_WATCHDOG", "1")
+        .env("TMPDIR", tmp.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -85,4 +92,14 @@ fn a_hang_is_reported_with_both_sides_and_ended() {
         assert!(Instant::now() < deadline, "pcscd {pcscd} still runs");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Its pcscd's directory was made in ours, so it goes with it.
+    let made: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        made.iter().any(|n| n.starts_with("vpcd-pcscd-")),
+        "{made:?}"
+    );
 }
