@@ -351,30 +351,13 @@ fn pairing_ignores_peers_that_say_nothing_and_refuses_bad_options() {
 /// --within: the exchange has one deadline, not one per read.
 #[test]
 fn a_trickling_peer_does_not_hold_the_pairing_open() {
-    use rustls::{ClientConnection, StreamOwned};
     use std::io::Write;
-    use vpcd_protocol::link::{self, Identity};
-    use vpcd_protocol::tls::{TrustEntry, TrustList};
 
     let tmp = temp_dir("tls-pair-trickle");
     let dir = tmp.path().join("tls");
     let start = Instant::now();
     let (mut pair, uri) = start_pair(&dir, &["--within", "2"]);
-    let me = Identity::from_key_file(&vpcd_tools::keys::generate().unwrap()).unwrap();
-    let reader = TrustList {
-        entries: vec![TrustEntry {
-            fingerprint: uri.fingerprint,
-            name: String::new(),
-        }],
-    };
-    let conn = ClientConnection::new(
-        link::client_config(&me, reader).unwrap(),
-        link::server_name(),
-    )
-    .unwrap();
-    let port = uri.pair.as_ref().unwrap().port;
-    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut tls = StreamOwned::new(conn, tcp);
+    let (_, mut tls) = pairing_peer(&uri).unwrap();
     // Never a newline, and fewer bytes than the line's limit: only time ends it.
     let mut sent = 0;
     let status = loop {
