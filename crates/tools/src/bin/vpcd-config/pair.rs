@@ -362,8 +362,7 @@ fn serve_port<'scope>(
         };
         // One bound for the whole exchange, never past the pairing's end: a peer that
         // trickles bytes holds its place no longer than a silent one.
-        let left = deadline.saturating_duration_since(Instant::now());
-        let until = Instant::now() + left.min(EXCHANGE_TIMEOUT);
+        let until = deadline.min(Instant::now() + EXCHANGE_TIMEOUT);
         let sock = match tcp.try_clone() {
             Ok(sock) => sock,
             Err(e) => {
