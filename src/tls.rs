@@ -1088,6 +1088,29 @@ pub(crate) mod tests {
         assert_eq!(waiting(stream), 0);
     }
 
+    /// Puts `wire` on the vicc's end and waits until all of it is in the card's socket.
+    fn deliver(theirs: &mut TcpStream, ours: &TcpStream, wire: &[u8]) {
+        theirs.write_all(wire).unwrap();
+        arrived(ours, wire.len());
+    }
+
+    /// One card read into `buf`.
+    fn read_into(session: &Session, ours: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+        session.read_blocking(ours, &mut [IoSliceMut::new(buf)])
+    }
+
+    /// Card reads of at most `chunk` bytes, each delivering some, until `len` came.
+    fn read_len(session: &Session, ours: &TcpStream, len: usize, chunk: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        while got.len() < len {
+            let n = read_into(session, ours, &mut buf).unwrap();
+            assert!(n > 0 && n <= buf.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
     #[test]
     fn a_reply_of_several_records_fills_the_buffers_in_one_read() {
         let (session, mut vicc) = established();
@@ -1111,11 +1134,8 @@ pub(crate) mod tests {
         assert_eq!(into[..n - 2], reply[2..]);
         // All of it at once, once it is all there.
         let records = seal(&mut vicc, &reply);
-        theirs.write_all(&records).unwrap();
-        arrived(&ours, records.len());
-        let n = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut into)])
-            .unwrap();
+        deliver(&mut theirs, &ours, &records);
+        let n = read_into(&session, &ours, &mut into).unwrap();
         assert_eq!(into[..n], reply[..], "one call, every record");
         drained(&ours);
     }
@@ -1126,20 +1146,10 @@ pub(crate) mod tests {
         let (ours, mut theirs) = card_socket(Duration::from_secs(5));
         let reply = pattern(50_000);
         theirs.write_all(&seal(&mut vicc, &reply)).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 777];
-        while got.len() < reply.len() {
-            let n = session
-                .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-                .unwrap();
-            assert!(n > 0 && n <= buf.len());
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_len(&session, &ours, reply.len(), 777);
         assert_eq!(got, reply);
         assert_eq!(
-            session
-                .read_blocking(&ours, &mut [IoSliceMut::new(&mut [])])
-                .unwrap(),
+            read_into(&session, &ours, &mut []).unwrap(),
             0,
             "no room: nothing read, nothing waited for"
         );
@@ -1154,9 +1164,7 @@ pub(crate) mod tests {
         let (first, second) = records.split_at(records.len() / 2 + 3);
         theirs.write_all(first).unwrap();
         let mut buf = vec![0u8; 65_536];
-        let timed_out = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap_err();
+        let timed_out = read_into(&session, &ours, &mut buf).unwrap_err();
         assert!(
             matches!(
                 timed_out.kind(),
@@ -1165,13 +1173,7 @@ pub(crate) mod tests {
             "{timed_out}"
         );
         theirs.write_all(second).unwrap();
-        let mut got = Vec::new();
-        while got.len() < reply.len() {
-            let n = session
-                .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-                .unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
+        let got = read_len(&session, &ours, reply.len(), buf.len());
         assert_eq!(got, reply, "the first half was kept, in order");
     }
 
@@ -1183,9 +1185,7 @@ pub(crate) mod tests {
         theirs.write_all(&records[..records.len() - 1]).unwrap();
         theirs.shutdown(std::net::Shutdown::Write).unwrap();
         let mut buf = vec![0u8; 65_536];
-        let cut = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap_err();
+        let cut = read_into(&session, &ours, &mut buf).unwrap_err();
         assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof, "{cut}");
     }
 
@@ -1198,12 +1198,9 @@ pub(crate) mod tests {
         let junk = pattern(9_000);
         let mut wire = seal(&mut vicc, &reply);
         wire.extend(seal(&mut vicc, &junk));
-        theirs.write_all(&wire).unwrap();
-        arrived(&ours, wire.len());
+        deliver(&mut theirs, &ours, &wire);
         let mut buf = vec![0u8; reply.len()];
-        let n = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap();
+        let n = read_into(&session, &ours, &mut buf).unwrap();
         assert_eq!(buf[..n], reply[..]);
         drained(&ours);
         // Not in the socket any more, but not lost.
@@ -1212,9 +1209,7 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(seen, junk.len(), "data nobody asked for");
         let mut more = vec![0u8; 65_536];
-        let n = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut more)])
-            .unwrap();
+        let n = read_into(&session, &ours, &mut more).unwrap();
         assert_eq!(more[..n], junk[..]);
     }
 
@@ -1226,24 +1221,14 @@ pub(crate) mod tests {
         let junk = pattern(9_000);
         let mut wire = seal(&mut vicc, &reply);
         wire.extend(seal(&mut vicc, &junk));
-        theirs.write_all(&wire).unwrap();
-        arrived(&ours, wire.len());
+        deliver(&mut theirs, &ours, &wire);
         let mut buf = vec![0u8; reply.len()];
-        session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap();
+        read_into(&session, &ours, &mut buf).unwrap();
         // More arrives behind the junk: the peek must not skip what was read before.
         theirs.write_all(&seal(&mut vicc, b"late")).unwrap();
         arrived(&ours, 1);
         assert_eq!(session.peek(&ours, Ok(1)).unwrap(), junk.len());
-        let mut more = vec![0u8; 65_536];
-        let mut got = Vec::new();
-        while got.len() < junk.len() + 4 {
-            let n = session
-                .read_blocking(&ours, &mut [IoSliceMut::new(&mut more)])
-                .unwrap();
-            got.extend_from_slice(&more[..n]);
-        }
+        let got = read_len(&session, &ours, junk.len() + 4, 65_536);
         assert_eq!(got[..junk.len()], junk[..]);
         assert_eq!(&got[junk.len()..], b"late");
     }
@@ -1258,16 +1243,11 @@ pub(crate) mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         wire.extend(bad);
-        theirs.write_all(&wire).unwrap();
-        arrived(&ours, wire.len());
+        deliver(&mut theirs, &ours, &wire);
         let mut buf = vec![0u8; 65_536];
-        let n = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap();
+        let n = read_into(&session, &ours, &mut buf).unwrap();
         assert_eq!(buf[..n], reply[..]);
-        let bad = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap_err();
+        let bad = read_into(&session, &ours, &mut buf).unwrap_err();
         assert_eq!(bad.kind(), io::ErrorKind::InvalidData, "{bad}");
     }
 
@@ -1282,17 +1262,12 @@ pub(crate) mod tests {
         vicc.send_close_notify();
         wire.extend(seal(&mut vicc, b""));
         wire.extend(pattern(6000));
-        theirs.write_all(&wire).unwrap();
-        arrived(&ours, wire.len());
+        deliver(&mut theirs, &ours, &wire);
         let mut buf = vec![0u8; 65_536];
-        let n = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap();
+        let n = read_into(&session, &ours, &mut buf).unwrap();
         assert_eq!(buf[..n], reply[..]);
         // The TCP connection stays open: the end is the close_notify, not the socket's.
-        let end = session
-            .read_blocking(&ours, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap_err();
+        let end = read_into(&session, &ours, &mut buf).unwrap_err();
         assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof, "{end}");
     }
 
