@@ -1189,20 +1189,33 @@ pub(crate) mod tests {
         assert_eq!(cut.kind(), io::ErrorKind::UnexpectedEof, "{cut}");
     }
 
+    /// A reply with data nobody asked for behind it, both in the card's socket; one
+    /// read of the reply's length takes the reply and leaves the socket empty (the
+    /// rest was read with it). The data behind it.
+    fn reply_then_junk(
+        session: &Session,
+        vicc: &mut Connection,
+        theirs: &mut TcpStream,
+        ours: &TcpStream,
+    ) -> Vec<u8> {
+        // Large enough that rustls takes them from memory in several turns.
+        let reply = pattern(10_000);
+        let junk = pattern(9_000);
+        let mut wire = seal(vicc, &reply);
+        wire.extend(seal(vicc, &junk));
+        deliver(theirs, ours, &wire);
+        let mut buf = vec![0u8; reply.len()];
+        let n = read_into(session, ours, &mut buf).unwrap();
+        assert_eq!(buf[..n], reply[..]);
+        drained(ours);
+        junk
+    }
+
     #[test]
     fn bytes_after_the_reply_wait_for_the_next_read_and_the_peek_sees_them() {
         let (session, mut vicc) = established();
         let (ours, mut theirs) = card_socket(Duration::from_secs(5));
-        // Large enough that rustls takes them from memory in several turns.
-        let reply = pattern(10_000);
-        let junk = pattern(9_000);
-        let mut wire = seal(&mut vicc, &reply);
-        wire.extend(seal(&mut vicc, &junk));
-        deliver(&mut theirs, &ours, &wire);
-        let mut buf = vec![0u8; reply.len()];
-        let n = read_into(&session, &ours, &mut buf).unwrap();
-        assert_eq!(buf[..n], reply[..]);
-        drained(&ours);
+        let junk = reply_then_junk(&session, &mut vicc, &mut theirs, &ours);
         // Not in the socket any more, but not lost.
         let seen = session
             .peek(&ours, Err(io::ErrorKind::WouldBlock.into()))
@@ -1217,13 +1230,7 @@ pub(crate) mod tests {
     fn a_peek_with_bytes_in_the_socket_takes_the_bytes_read_before_first() {
         let (session, mut vicc) = established();
         let (ours, mut theirs) = card_socket(Duration::from_secs(5));
-        let reply = pattern(10_000);
-        let junk = pattern(9_000);
-        let mut wire = seal(&mut vicc, &reply);
-        wire.extend(seal(&mut vicc, &junk));
-        deliver(&mut theirs, &ours, &wire);
-        let mut buf = vec![0u8; reply.len()];
-        read_into(&session, &ours, &mut buf).unwrap();
+        let junk = reply_then_junk(&session, &mut vicc, &mut theirs, &ours);
         // More arrives behind the junk: the peek must not skip what was read before.
         theirs.write_all(&seal(&mut vicc, b"late")).unwrap();
         arrived(&ours, 1);
