@@ -241,6 +241,10 @@ fn atr_of(card: &pcsc::Card) -> Vec<u8> {
 
 /// A client with reader id 0 holding a TEST_ATR card, seen by pcscd.
 fn client_with_card(port: u16, mode: Apdus, reader: &str) -> Client {
+    // An earlier client's card must be seen gone first: pcscd may not have noticed its
+    // removal yet, and its stale "present" would pass for this card's insertion (then
+    // pcscd reports the removal, and a connect in between finds no card).
+    wait_card(reader, false, 2 * SECOND);
     let client = Client::connect(port, mode);
     client.init();
     assert_eq!(client.add_reader("first"), (0, VSC_SUCCESS));
